@@ -1,0 +1,290 @@
+"""SAOM: segment_anything's Sam plus a class head on the decoder's IoU-token output.
+
+Builds the official sizes (vit_h, vit_l, vit_b) and small test/embedded configurations from
+segment_anything's own blocks, and loads SAOM checkpoints or official ``sam_vit_*.pth`` files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer)
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+
+from saom_ros.classes import AGNOSTIC_CLASSES
+
+FORMAT = "saom"
+FORMAT_VERSION = 1
+_SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a SAM/SAOM model (the decoder follows segment_anything's build_sam)."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    window_size: int
+    img_size: int = 1024
+    patch_size: int = 16
+    prompt_embed_dim: int = 256
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_global_attn_indexes",
+                           tuple(int(i) for i in self.encoder_global_attn_indexes))
+
+    @staticmethod
+    def preset(name: str, num_classes: int = 0) -> "ModelConfig":
+        """The named architecture: vit_h, vit_l, vit_b or tiny."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model type {name!r}; expected one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], num_classes=num_classes)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "vit_h": ModelConfig(1280, 32, 16, (7, 15, 23, 31), 14),
+    "vit_l": ModelConfig(1024, 24, 16, (5, 11, 17, 23), 14),
+    "vit_b": ModelConfig(768, 12, 12, (2, 5, 8, 11), 14),
+    "tiny": ModelConfig(96, 2, 3, (1,), 8, img_size=256, patch_size=16, prompt_embed_dim=64),
+}
+
+
+class DecoderOutput(NamedTuple):
+    """Decoder results, one row per prompt."""
+
+    low_res_logits: torch.Tensor  # [B, M, 4h, 4w]
+    iou_pred: torch.Tensor  # [B, M]
+    class_logits: Optional[torch.Tensor]  # [B, num_classes] or None
+
+
+def _build_sam(config: ModelConfig) -> Sam:
+    """segment_anything's _build_sam, with every size taken from ``config``."""
+    dim = config.prompt_embed_dim
+    grid = config.img_size // config.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth, embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size, qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size, out_chans=dim),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size), mask_in_chans=16),
+        # Official sizes: mlp 2048 and IoU-head 256 for dim 256; small models scale with dim.
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=8 * dim, num_heads=8),
+            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=dim),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                   sparse: torch.Tensor, dense: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MaskDecoder.predict_masks that also returns the IoU-token output.
+
+    Takes one embedding for all prompts (broadcast, not copied) or one per prompt.
+    """
+    b = sparse.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
+    src = image_embeddings.expand(b, -1, -1, -1) + dense
+    pos_src = image_pe.expand(b, -1, -1, -1)
+    _, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
+                            for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    _, c2, h2, w2 = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
+    return masks, decoder.iou_prediction_head(iou_token_out), iou_token_out
+
+
+class Saom(nn.Module):
+    """Sam plus a linear class head on the decoder's IoU-token output (None: class-agnostic)."""
+
+    def __init__(self, sam: Sam, config: ModelConfig, class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.sam = sam
+        self.config = config
+        self.class_names = tuple(class_names)
+        self.class_head = (nn.Linear(config.prompt_embed_dim, config.num_classes)
+                           if config.num_classes > 0 else None)
+        self._transform = ResizeLongestSide(config.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.pixel_mean.device
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B, C, h, w] of normalised, padded images [B, 3, S, S]."""
+        return self.sam.image_encoder(images)
+
+    def decode(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
+               point_labels: torch.Tensor, multimask: bool = True) -> DecoderOutput:
+        """Masks, IoU predictions and class logits for point prompts (model input pixels)."""
+        sparse, dense = self.sam.prompt_encoder(
+            points=(point_coords, point_labels), boxes=None, masks=None)
+        masks, iou_pred, iou_token = _predict_masks(
+            self.sam.mask_decoder, image_embeddings, self.sam.prompt_encoder.get_dense_pe(),
+            sparse, dense)
+        sl = slice(1, None) if multimask else slice(0, 1)
+        logits = self.class_head(iou_token) if self.class_head is not None else None
+        return DecoderOutput(masks[:, sl], iou_pred[:, sl], logits)
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize an RGB uint8 HxWx3 image by its longest side, normalise and pad it."""
+        resized = self._transform.apply_image(image)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        return self.sam.preprocess(x.float()), (resized.shape[0], resized.shape[1])
+
+
+def build_saom(config: ModelConfig, class_names: Optional[Sequence[str]] = None) -> Saom:
+    """A freshly initialised model; class-agnostic models are named ``("object",)``."""
+    if class_names is None:
+        if config.num_classes > 0:
+            raise ValueError(f"a model with {config.num_classes} classes needs class_names")
+        class_names = AGNOSTIC_CLASSES
+    if config.num_classes > 0 and len(class_names) != config.num_classes:
+        raise ValueError(f"config has {config.num_classes} classes but {len(class_names)} "
+                         "class names were given")
+    return Saom(_build_sam(config), config, class_names)
+
+
+def _shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """Parameter shapes of the Sam built from ``config``, without allocating weights."""
+    with torch.device("meta"):
+        sam = _build_sam(config)
+    return {k: v.shape for k, v in sam.state_dict().items()}
+
+
+def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> list[str]:
+    """Keys missing, unexpected or of the wrong shape (first few of each)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
+    out = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            out.append(f"{what}: {', '.join(keys[:5])}{more}")
+    return out
+
+
+def _detect_type(path: Path, state: Mapping[str, torch.Tensor]) -> str:
+    """The preset whose shapes match an official state dict."""
+    for name in PRESETS:
+        if not _mismatch(state, _shapes(PRESETS[name])):
+            return name
+    problems = _mismatch(state, _shapes(PRESETS["vit_b"]))
+    raise CheckpointError(f"{path}: SAM state dict matches no known architecture "
+                          f"({', '.join(PRESETS)}); against vit_b: {'; '.join(problems)}")
+
+
+def _load_official(path: Path, state: dict[str, torch.Tensor], model_type: Optional[str]) -> Saom:
+    """An official Sam.state_dict() file as a class-agnostic model."""
+    name = model_type or _detect_type(path, state)
+    config = ModelConfig.preset(name)
+    problems = _mismatch(state, _shapes(config))
+    if problems:
+        raise CheckpointError(f"{path}: architecture mismatch with {name}: {'; '.join(problems)}")
+    model = build_saom(config)
+    model.sam.load_state_dict(state)
+    return model
+
+
+def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
+    """A SAOM checkpoint dict (format 1)."""
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported SAOM format version "
+                              f"{ckpt.get('format_version')!r} (expected {FORMAT_VERSION})")
+    try:
+        config = ModelConfig(**ckpt["config"])
+        class_names = tuple(ckpt["class_names"])
+        state = ckpt["state_dict"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: malformed SAOM checkpoint ({err})") from None
+    head = state.get("class_head.weight")
+    n_head = 0 if head is None else head.shape[0]
+    if (config.num_classes > 0 and len(class_names) != config.num_classes) or \
+            n_head != config.num_classes:
+        raise CheckpointError(
+            f"{path}: class-count mismatch: config says {config.num_classes} classes, "
+            f"{len(class_names)} class names, class head has {n_head} outputs")
+    model = build_saom(config, class_names if config.num_classes > 0 else None)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    problems = _mismatch(state, expected)
+    if problems:
+        raise CheckpointError(f"{path}: architecture mismatch: {'; '.join(problems)}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
+               device: str | torch.device = "cpu") -> Saom:
+    """Load a SAOM checkpoint or an official sam_vit_*.pth file (then class-agnostic), in eval mode.
+
+    ``model_type`` (a preset name) only applies to official files; None detects it from shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for foreign files
+        raise CheckpointError(f"{path} is not a checkpoint (torch.load failed: "
+                              f"{type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (holds a {type(ckpt).__name__})")
+    if ckpt.get("format") == FORMAT:
+        model = _load_saom(path, ckpt)
+    elif ckpt and all(isinstance(k, str) and k.startswith(_SAM_PREFIXES) for k in ckpt):
+        model = _load_official(path, ckpt, model_type)
+    else:
+        raise CheckpointError(f"{path} is not a checkpoint: neither a SAOM checkpoint "
+                              "(format 'saom') nor a SAM state dict")
+    return model.to(device).eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: Saom,
+                    metadata: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a SAOM checkpoint atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    ckpt = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": {**dataclasses.asdict(model.config), "encoder_global_attn_indexes":
+                   list(model.config.encoder_global_attn_indexes)},
+        "class_names": list(model.class_names),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""Offline training for SAOM: Ai2Thor collection, Real-to-Sim fine-tuning, evaluation, export."""

@@ -1,0 +1,116 @@
+"""Nearest-neighbour assignment: one everything-mode grid point per ground-truth mask.
+
+Frames (one convention, so any image size works):
+- *image frame*: pixels of the original image, (x, y), the frame of the masks and of the
+  everything-mode grid (segment_anything scales its [0, 1] grid by the image's w, h);
+- *model frame*: pixels of the padded square model input (longest side resized to ``img_size``,
+  padded right/bottom); the image embedding grid tiles this square.
+Features are compared in the model frame; the chosen location is mapped back to the image frame
+and snapped there to the grid that everything mode prompts at inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import build_point_grid
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+@dataclass
+class Assignment:
+    """Prompts for the masks that survived assignment (``keep`` indexes the input masks)."""
+
+    keep: np.ndarray  # int64[K]
+    points: np.ndarray  # float32[K, 2], (x, y) in the image frame
+    grid_index: np.ndarray  # int64[K], index into grid_points(); -1 for random prompts
+
+
+def resized_hw(image_hw: tuple[int, int], img_size: int) -> tuple[int, int]:
+    """Size of the image inside the model input (segment_anything's ResizeLongestSide)."""
+    return ResizeLongestSide.get_preprocess_shape(image_hw[0], image_hw[1], img_size)
+
+
+def grid_points(points_per_side: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """The everything-mode prompt grid in the image frame, float32[P, 2] (x, y)."""
+    h, w = image_hw
+    return (build_point_grid(points_per_side) * np.array([w, h])).astype(np.float32)
+
+
+def to_model_frame(points: np.ndarray, image_hw: tuple[int, int], img_size: int) -> np.ndarray:
+    """Image-frame (x, y) points -> model-frame points, exactly as the predictor maps prompts."""
+    return ResizeLongestSide(img_size).apply_coords(np.asarray(points, np.float64), image_hw)
+
+
+def mask_coverage(masks: torch.Tensor, image_hw: tuple[int, int], img_size: int,
+                  out_size: int) -> torch.Tensor:
+    """Fraction of each cell of an ``out_size``^2 tiling of the model frame that a mask covers.
+
+    masks: bool/float [N, H, W] in the image frame -> float32 [N, out_size, out_size]. The content
+    occupies the top-left ceil(resized * out_size / img_size) cells (within one cell of exact).
+    """
+    rh, rw = resized_hw(image_hw, img_size)
+    oh, ow = -(-rh * out_size // img_size), -(-rw * out_size // img_size)
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, out_size, out_size), dtype=torch.float32)
+    # antialias makes downsampling an area-like average, so coverage is a fraction of the cell
+    cov = F.interpolate(masks[:, None].float(), size=(oh, ow), mode="bilinear",
+                        align_corners=False, antialias=True)[:, 0]
+    return F.pad(cov, (0, out_size - ow, 0, out_size - oh)).clamp_(0.0, 1.0)
+
+
+def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
+                   points_per_side: int, min_coverage: float = 0.5) -> Assignment:
+    """The SAOM assignment for every mask of one image.
+
+    features: [C, h, w] image embedding (tiles the model frame); masks: bool [N, H, W].
+    Per mask: cells covered >= ``min_coverage`` are inside (a mask with none vanished when
+    downsampled and is dropped); target = L2-normalised 0.5 * max + 0.5 * mean of the features
+    inside; the inside cell most cosine-similar to the target is chosen. The arg-max is taken over
+    the mask's own cells, not the whole image as in the reference code, so that an identical
+    object elsewhere (two equal mugs) cannot win and the prompt lies on the object it trains.
+    Its centre is mapped to the image frame and snapped to the nearest grid point lying on the
+    mask (the nearest grid point overall when no grid point lies on the mask).
+    """
+    c, gh, gw = features.shape
+    image_hw = (int(masks.shape[-2]), int(masks.shape[-1]))
+    inside = mask_coverage(masks, image_hw, img_size, gh) >= min_coverage  # [N, gh, gw]
+    keep = torch.nonzero(inside.flatten(1).any(1)).flatten()
+    grid = grid_points(points_per_side, image_hw)
+    if keep.numel() == 0:
+        return Assignment(np.zeros(0, np.int64), np.zeros((0, 2), np.float32),
+                          np.zeros(0, np.int64))
+    feats = F.normalize(features.float().flatten(1), dim=0)  # [C, gh*gw], unit per location
+    inside = inside[keep].flatten(1)  # [K, gh*gw]
+    neg_inf = torch.finfo(feats.dtype).min
+    fmax = torch.where(inside[:, None], feats[None], neg_inf).amax(-1)  # [K, C]
+    fmean = (feats[None] * inside[:, None]).sum(-1) / inside.sum(-1, keepdim=True)
+    target = F.normalize(0.5 * fmax + 0.5 * fmean, dim=1)
+    sim = torch.where(inside, target @ feats, neg_inf)  # [K, gh*gw]
+    cell = sim.argmax(1).cpu().numpy()
+    # cell centre in the model frame -> image frame (inverse of ResizeLongestSide.apply_coords)
+    rh, rw = resized_hw(image_hw, img_size)
+    xy_model = np.stack([(cell % gw + 0.5) * img_size / gw, (cell // gw + 0.5) * img_size / gh], 1)
+    xy = xy_model * np.array([image_hw[1] / rw, image_hw[0] / rh])
+    grid_ix = np.clip(np.floor(grid).astype(np.int64), 0, [image_hw[1] - 1, image_hw[0] - 1])
+    dist = ((xy[:, None, :] - grid[None]) ** 2).sum(-1)  # [K, P]
+    keep_np = keep.cpu().numpy()
+    on_mask = masks[keep].cpu().numpy()[:, grid_ix[:, 1], grid_ix[:, 0]]  # [K, P]
+    dist = np.where(on_mask.any(1, keepdims=True) & ~on_mask, np.inf, dist)
+    chosen = dist.argmin(1)
+    return Assignment(keep_np, grid[chosen], chosen.astype(np.int64))
+
+
+def assign_random(masks: torch.Tensor, rng: np.random.Generator) -> Assignment:
+    """Ablation: one uniformly random pixel inside each non-empty mask (pixel centre)."""
+    keep, points = [], []
+    for i, m in enumerate(masks.cpu().numpy()):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            j = rng.integers(len(xs))
+            keep.append(i)
+            points.append((xs[j] + 0.5, ys[j] + 0.5))
+    return Assignment(np.asarray(keep, np.int64), np.asarray(points, np.float32).reshape(-1, 2),
+                      np.full(len(keep), -1, np.int64))
