@@ -2,6 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The demo and tests talk DDS on this machine only (no multicast on the network).
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 .PHONY: setup test test-fast demo bench clean
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.amg import build_point_grid
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from saom_ros.everything import make_point_grid
 
 
 @dataclass
@@ -36,7 +37,7 @@ def resized_hw(image_hw: tuple[int, int], img_size: int) -> tuple[int, int]:
 def grid_points(points_per_side: int, image_hw: tuple[int, int]) -> np.ndarray:
     """The everything-mode prompt grid in the image frame, float32[P, 2] (x, y)."""
     h, w = image_hw
-    return (build_point_grid(points_per_side) * np.array([w, h])).astype(np.float32)
+    return (make_point_grid(points_per_side) * np.array([w, h])).astype(np.float32)
 
 
 def to_model_frame(points: np.ndarray, image_hw: tuple[int, int], img_size: int) -> np.ndarray:

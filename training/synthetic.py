@@ -12,6 +12,7 @@ class-agnostic: every part is category 1, ``"object"``, the convention for class
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
+from saom_ros.training.datasets import coco_categories, mask_to_annotation, write_coco, write_image
 
 # The synthetic world's vocabulary: SAOM classes with recognisable shapes; ids are 1-based positions.
 SYNTH_CLASSES: tuple[str, ...] = (
@@ -336,3 +338,78 @@ def generate_scene(rng: np.random.Generator, size: int = 256, num_objects: tuple
             continue
         objects.append(SceneObject(name, visible, [p for p in visible_parts if p.sum() >= MIN_PART_AREA]))
     return Scene(image, objects)
+
+
+# ----------------------------------------------------------------------------- datasets
+ANNOTATIONS = "annotations.json"
+PART_ANNOTATIONS = "annotations_parts.json"
+
+
+def write_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size: int = 256,
+                  num_objects: tuple[int, int] = (3, 6)) -> Path:
+    """Render ``num_images`` scenes into ``out_dir`` (images/, annotations*.json); returns out_dir.
+
+    Scene ``i`` depends only on (seed, i), so datasets of different lengths share their first
+    scenes and an interrupted run resumes: existing images are kept, and a folder whose
+    annotations already describe the same parameters is left as it is.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    if size < 64:
+        raise ValueError(f"size must be at least 64 pixels, got {size}")
+    if not 1 <= num_objects[0] <= num_objects[1]:
+        raise ValueError(f"num_objects must be 1 <= min <= max, got {num_objects}")
+    out = Path(out_dir)
+    info = {"description": "saom_ros synthetic indoor scenes", "generator": "saom-train synth",
+            "seed": seed, "num_images": num_images, "size": size,
+            "num_objects": list(num_objects)}
+    if _complete(out, info):
+        return out
+    images, objects, parts = [], [], []
+    for i in range(num_images):
+        scene = generate_scene(np.random.default_rng([seed, i]), size, num_objects)
+        file_name = f"images/scene_{i:05d}.png"
+        if not (out / file_name).is_file():
+            write_image(out / file_name, scene.image)
+        images.append({"id": i + 1, "file_name": file_name, "height": size, "width": size})
+        for obj in scene.objects:
+            obj_id = len(objects) + 1
+            objects.append(mask_to_annotation(obj.mask, obj_id, i + 1,
+                                              SYNTH_CLASSES.index(obj.class_name) + 1))
+            parts += [mask_to_annotation(p, len(parts) + 1, i + 1, 1, object_id=obj_id)
+                      for p in obj.parts]
+    # Parts last: a folder with both files is complete.
+    write_coco(out / ANNOTATIONS, images, objects, coco_categories(SYNTH_CLASSES), info)
+    write_coco(out / PART_ANNOTATIONS, images, parts, coco_categories(AGNOSTIC_CLASSES),
+               {**info, "description": info["description"] + " (class-agnostic parts)"})
+    return out
+
+
+def _complete(out: Path, info: dict) -> bool:
+    """Whether ``out`` already holds this exact dataset."""
+    try:
+        return all(json.loads((out / name).read_text()).get("info", {}).get(k) == v
+                   for name in (ANNOTATIONS, PART_ANNOTATIONS) for k, v in info.items()
+                   if k != "description")
+    except (OSError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``saom-train synth``."""
+    parser.add_argument("out", type=Path, help="output folder (images/, annotations.json, "
+                        "annotations_parts.json)")
+    parser.add_argument("-n", "--num-images", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0, help="scene i depends on (seed, i) only")
+    parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
+    parser.add_argument("--min-objects", type=int, default=3)
+    parser.add_argument("--max-objects", type=int, default=6)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``saom-train synth``: write a synthetic dataset; returns the exit status."""
+    out = write_dataset(args.out, args.num_images, args.seed, args.size,
+                        (args.min_objects, args.max_objects))
+    print(f"wrote {args.num_images} synthetic scenes ({', '.join(SYNTH_CLASSES)}) to {out}")
+    return 0

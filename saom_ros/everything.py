@@ -1,0 +1,242 @@
+"""Everything mode: SamAutomaticMaskGenerator's semantics (no crops), fast, with class labels.
+
+The whole point grid goes through the decoder in ``points_per_batch`` chunks; filtering, box NMS
+and label images stay on the device; only masks that survive NMS are upsampled to the original
+resolution, and no RLE is made.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import (
+    batched_mask_to_box, build_point_grid, calculate_stability_score, remove_small_regions)
+from torch.nn import functional as F
+from torchvision.ops import nms
+
+from saom_ros.model import Saom
+
+
+def make_point_grid(points_per_side: int) -> np.ndarray:
+    """The everything-mode grid in [0,1]^2 (segment_anything's build_point_grid), (n*n, 2) x,y."""
+    return build_point_grid(points_per_side)
+
+
+@dataclasses.dataclass
+class EverythingSettings:
+    """Everything-mode settings; defaults are SamAutomaticMaskGenerator's."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 256
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+    max_instances: int = 0  # 0 = all
+    mask_threshold: float = 0.0
+    max_image_pixels: int = 16_777_216
+    amp_dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16, float16 or float32 (off)
+    compile: bool = False  # torch.compile the image encoder (CUDA)
+
+
+@dataclasses.dataclass
+class Instances:
+    """Everything-mode result at the original resolution, sorted by descending predicted IoU."""
+
+    masks: np.ndarray  # bool [N, H, W]
+    boxes: np.ndarray  # float32 [N, 4] x0, y0, x1, y1 (inclusive pixel extents)
+    predicted_iou: np.ndarray  # float32 [N]
+    stability_score: np.ndarray  # float32 [N]
+    class_ids: np.ndarray  # int32 [N], 1..C
+    class_scores: np.ndarray  # float32 [N]
+    instance_image: np.ndarray  # uint16 [H, W], 0 = none, i + 1 = masks[i]
+    semantic_image: np.ndarray  # uint16 [H, W], 0 = unlabelled
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+
+def validate_image(image: object, max_pixels: int) -> np.ndarray:
+    """The image if it is an RGB uint8 HxWx3 array within ``max_pixels``; ValueError otherwise."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an RGB image as a numpy uint8 array HxWx3, got {type(image)}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape HxWx3, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an image of dtype uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ValueError(f"expected at most {max_pixels} pixels (max_image_pixels), got "
+                         f"{image.shape[0]}x{image.shape[1]}")
+    return image
+
+
+class _Candidates:
+    """Masks that passed the per-batch filters, kept as low-res logits on the device."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "iou", "cls")}
+
+    def add(self, logits: torch.Tensor, iou: torch.Tensor, cls: torch.Tensor) -> None:
+        for k, v in (("logits", logits), ("iou", iou), ("cls", cls)):
+            self.parts[k].append(v)
+
+    def cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(torch.cat(self.parts[k]) for k in ("logits", "iou", "cls"))  # type: ignore
+
+
+class EverythingEngine:
+    """Turns one RGB image into whole-object, class-labelled instances."""
+
+    def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.settings = settings or EverythingSettings()
+        self._encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = getattr(torch, self.settings.amp_dtype)
+        if self.device.type != "cuda" or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.settings.compile:
+            return self.model.embed(x)
+        if self._encoder is None:
+            self._encoder = torch.compile(self.model.embed)
+        return self._encoder(x)
+
+    def _points(self, orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> torch.Tensor:
+        """Grid points in model input pixels, as SamAutomaticMaskGenerator computes them."""
+        grid = make_point_grid(self.settings.points_per_side)
+        scale = np.array([input_hw[1] / orig_hw[1], input_hw[0] / orig_hw[0]])
+        pts = grid * np.array(orig_hw[::-1]) * scale
+        return torch.as_tensor(pts, dtype=torch.float32, device=self.device)
+
+    def _low_res_valid(self, input_hw: tuple[int, int], low_res: int) -> tuple[int, int]:
+        """Rows and columns of the low-res logits that cover the image (not the padding)."""
+        f = low_res / self.model.config.img_size
+        return int(np.ceil(input_hw[0] * f)), int(np.ceil(input_hw[1] * f))
+
+    def _decode_all(self, emb: torch.Tensor, points: torch.Tensor, valid: tuple[int, int]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode the grid in batches; keep masks passing the IoU and stability filters."""
+        s = self.settings
+        cand = _Candidates()
+        for chunk in points.split(s.points_per_batch):
+            labels = torch.ones(chunk.shape[0], 1, dtype=torch.int, device=self.device)
+            with self._autocast():
+                out = self.model.decode(emb, chunk[:, None, :], labels, multimask=True)
+            logits = out.low_res_logits.flatten(0, 1).float()
+            iou = out.iou_pred.flatten(0, 1).float()
+            cls = self._class_probs(out.class_logits, iou, chunk.shape[0])
+            keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else None
+            if keep is not None:
+                logits, iou, cls = logits[keep], iou[keep], cls[keep]
+            if s.stability_score_thresh > 0:
+                stab = calculate_stability_score(logits[:, :valid[0], :valid[1]],
+                                                 s.mask_threshold, s.stability_score_offset)
+                keep = stab >= s.stability_score_thresh
+                logits, iou, cls = logits[keep], iou[keep], cls[keep]
+            cand.add(logits, iou, cls)
+        return cand.cat()
+
+    def _class_probs(self, class_logits: Optional[torch.Tensor], iou: torch.Tensor,
+                     n_points: int) -> torch.Tensor:
+        """Per-mask class probabilities; one column (the IoU) for a class-agnostic model."""
+        if class_logits is None:
+            return iou[:, None]
+        probs = class_logits.float().softmax(-1)
+        return probs.repeat_interleave(iou.shape[0] // n_points, dim=0)
+
+    def _low_res_boxes(self, logits: torch.Tensor, valid: tuple[int, int],
+                       input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Boxes of the low-res masks, in original pixels (for NMS only)."""
+        lo = batched_mask_to_box(logits[:, :valid[0], :valid[1]] > self.settings.mask_threshold)
+        cell = self.model.config.img_size / logits.shape[-1]
+        sx, sy = orig_hw[1] / input_hw[1], orig_hw[0] / input_hw[0]
+        scale = torch.tensor([sx, sy, sx, sy], device=logits.device) * cell
+        # A low-res pixel i covers input pixels [cell*i, cell*(i+1)).
+        boxes = (lo.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=logits.device)) * scale
+        return boxes - torch.tensor([0.0, 0.0, 1.0, 1.0], device=logits.device)
+
+    def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
+                  orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Full-resolution logits, exactly as Sam.postprocess_masks makes them."""
+        return self.model.sam.postprocess_masks(logits[:, None], input_hw, orig_hw)[:, 0]
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> Instances:
+        s = self.settings
+        validate_image(image, s.max_image_pixels)
+        orig_hw = (int(image.shape[0]), int(image.shape[1]))
+        x, input_hw = self.model.preprocess(image)
+        with self._autocast():
+            emb = self._embed(x)
+        low_res = 4 * emb.shape[-1]
+        valid = self._low_res_valid(input_hw, low_res)
+        logits, iou, cls = self._decode_all(emb, self._points(orig_hw, input_hw), valid)
+        boxes = self._low_res_boxes(logits, valid, input_hw, orig_hw)
+        keep = nms(boxes, iou, s.box_nms_thresh)
+        logits, iou, cls = logits[keep], iou[keep], cls[keep]
+        full = self._upsample(logits, input_hw, orig_hw)
+        stability = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
+        masks = full > s.mask_threshold
+        if s.min_mask_region_area > 0:
+            masks, order = self._remove_small_regions(masks, iou)
+            iou, cls, stability = iou[order], cls[order], stability[order]
+        if s.max_instances > 0:
+            masks, iou, cls, stability = (t[:s.max_instances] for t in (masks, iou, cls, stability))
+        return self._instances(masks, iou, stability, cls)
+
+    def _remove_small_regions(self, masks: torch.Tensor, iou: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SamAutomaticMaskGenerator.postprocess_small_regions on the surviving masks.
+
+        Returns the new masks and the indices (into the inputs) they came from, by descending IoU.
+        """
+        area = self.settings.min_mask_region_area
+        new, unchanged = [], []
+        for m in masks.cpu().numpy():
+            m, holes = remove_small_regions(m, area, mode="holes")
+            m, islands = remove_small_regions(m, area, mode="islands")
+            new.append(torch.as_tensor(m))
+            unchanged.append(float(not (holes or islands)))
+        out = torch.stack(new).to(masks.device) if new else masks
+        scores = torch.tensor(unchanged, device=masks.device)
+        keep = nms(batched_mask_to_box(out).float(), scores, self.settings.box_nms_thresh)
+        keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
+        return out[keep], keep
+
+    def _instances(self, masks: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor,
+                   cls: torch.Tensor) -> Instances:
+        """Pack results; each pixel of the label images goes to the first (best) mask covering it."""
+        agnostic = self.model.class_head is None
+        class_scores, class_idx = (iou, torch.zeros_like(iou, dtype=torch.long)) if agnostic \
+            else cls.max(dim=1)
+        class_ids = class_idx + 1
+        h, w = masks.shape[-2:]
+        if masks.shape[0]:
+            covered = masks.any(dim=0)
+            first = masks.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximum
+            inst = torch.where(covered, first + 1, 0)
+            sem = torch.where(covered, class_ids[first], 0)
+        else:
+            inst = sem = torch.zeros(h, w, dtype=torch.long, device=masks.device)
+        return Instances(
+            masks=masks.cpu().numpy(),
+            boxes=batched_mask_to_box(masks).float().cpu().numpy().reshape(-1, 4),
+            predicted_iou=iou.float().cpu().numpy(),
+            stability_score=stability.float().cpu().numpy(),
+            class_ids=class_ids.to(torch.int32).cpu().numpy(),
+            class_scores=class_scores.float().cpu().numpy(),
+            instance_image=inst.to(torch.int32).cpu().numpy().astype(np.uint16),
+            semantic_image=sem.to(torch.int32).cpu().numpy().astype(np.uint16),
+        )

@@ -1,0 +1,106 @@
+"""Everything-mode results -> standard ROS messages (vision_msgs, sensor_msgs); no torch, no node.
+
+Conventions (see docs/architecture.md): instance image value 0 = no instance, i + 1 = instance i;
+semantic image value 0 = unlabelled; class ids 1..C, sent as decimal strings in detections.
+Bounding boxes follow ROS image coordinates, where pixel (u, v) has its centre at (u, v): a box
+covering pixel columns x0..x1 has centre (x0 + x1) / 2 and width x1 - x0 + 1.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
+                             VisionClass)
+
+from saom_ros.classes import id_to_name
+from saom_ros.image_codec import array_to_image
+
+if TYPE_CHECKING:  # everything.py imports torch; this module must not.
+    from saom_ros.everything import Instances
+
+
+def instance_boxes(instance_image: np.ndarray, num_ids: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids 1..num_ids that own pixels, and their pixel-inclusive boxes ``int[K, 4]`` (x0, y0, x1, y1).
+
+    One pass over the image (a scatter into per-id row and column occupancy), so the cost does not
+    grow with the number of instances.
+    """
+    h, w = instance_image.shape
+    labels = instance_image.astype(np.intp, copy=False)
+    rows = np.zeros((num_ids + 1, h), dtype=bool)
+    cols = np.zeros((num_ids + 1, w), dtype=bool)
+    rows[labels, np.arange(h)[:, None]] = True
+    cols[labels, np.arange(w)[None, :]] = True
+    rows, cols = rows[1:], cols[1:]
+    ids = np.flatnonzero(rows.any(axis=1))
+    rows, cols = rows[ids], cols[ids]
+    boxes = np.stack([cols.argmax(axis=1), rows.argmax(axis=1),
+                      w - 1 - cols[:, ::-1].argmax(axis=1), h - 1 - rows[:, ::-1].argmax(axis=1)],
+                     axis=1)
+    return ids + 1, boxes
+
+
+def detections(instances: Instances, header: Header) -> Detection2DArray:
+    """One Detection2D per instance that owns pixels in the instance image, in score order.
+
+    ``id`` is the instance's value in the instance image and ``bbox`` the box of exactly those
+    pixels, so a consumer can cut each object's mask out of the instance image.
+    """
+    ids, boxes = instance_boxes(instances.instance_image, len(instances))
+    msg = Detection2DArray(header=header)
+    for inst_id, (x0, y0, x1, y1) in zip(ids.tolist(), boxes.tolist()):
+        det = Detection2D(header=header, id=str(inst_id))
+        det.bbox.center.position.x = (x0 + x1) / 2.0
+        det.bbox.center.position.y = (y0 + y1) / 2.0
+        det.bbox.size_x = float(x1 - x0 + 1)
+        det.bbox.size_y = float(y1 - y0 + 1)
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = str(int(instances.class_ids[inst_id - 1]))
+        hyp.hypothesis.score = float(instances.class_scores[inst_id - 1])
+        det.results.append(hyp)
+        msg.detections.append(det)
+    return msg
+
+
+def label_image(labels: np.ndarray, header: Header) -> Image:
+    """A mono16 label image (instance or semantic) carrying ``header``."""
+    return array_to_image(labels.astype(np.uint16, copy=False), "mono16", header)
+
+
+def label_info(class_names: Sequence[str], header: Header, threshold: float) -> LabelInfo:
+    """Every class id with its name, 0 = "unlabelled" included."""
+    return LabelInfo(header=header, threshold=float(threshold),
+                     class_map=[VisionClass(class_id=i, class_name=name)
+                                for i, name in id_to_name(class_names).items()])
+
+
+_FONT, _SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+
+
+def palette(count: int) -> np.ndarray:
+    """``uint8[count + 1, 3]`` distinct RGB colours, entry 0 black; the same ids get the same colours."""
+    hues = (np.arange(count + 1) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hues, np.full_like(hues, 200), np.full_like(hues, 255)], axis=1)
+    colours = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+    colours[0] = 0
+    return colours
+
+
+def overlay(rgb: np.ndarray, instances: Instances, class_names: Sequence[str]) -> np.ndarray:
+    """The image with each instance tinted in its own colour and its class name centred on its box."""
+    labels = instances.instance_image
+    tinted = palette(len(instances))[labels]
+    out = np.where((labels > 0)[..., None], rgb // 2 + tinted // 2, rgb).astype(np.uint8)
+    names = id_to_name(class_names)
+    ids, boxes = instance_boxes(labels, len(instances))
+    for inst_id, (x0, y0, x1, y1) in zip(ids.tolist(), boxes.tolist()):
+        text = names.get(int(instances.class_ids[inst_id - 1]), "?")
+        (tw, th), _ = cv2.getTextSize(text, _FONT, _SCALE, 1)
+        org = ((x0 + x1 - tw) // 2, (y0 + y1 + th) // 2)
+        cv2.putText(out, text, org, _FONT, _SCALE, (0, 0, 0), 3, cv2.LINE_AA)  # outline: readable
+        cv2.putText(out, text, org, _FONT, _SCALE, (255, 255, 255), 1, cv2.LINE_AA)  # on any colour
+    return out

@@ -1,0 +1,130 @@
+"""Nearest-neighbour assignment on constructed features, in one frame for any image size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saom_ros.everything import EverythingEngine, EverythingSettings
+from saom_ros.training.assignment import (
+    assign_nearest, assign_random, grid_points, mask_coverage, resized_hw, to_model_frame)
+
+IMG_SIZE = 256   # model input; 16x16 embedding cells of 16 model pixels
+GRID = 16
+C = 8
+
+
+def _features(cells_on: list[tuple[int, int]], special: tuple[int, int],
+              decoy: tuple[int, int] | None = None) -> torch.Tensor:
+    """Background e3; object cells e1; one object cell e1 + 0.2 e2, which is the location most
+    similar to 0.5 max + 0.5 mean of the object (worked out in the test); a decoy cell outside
+    the object gets exactly the target direction, so it would win an image-wide arg-max."""
+    f = torch.zeros(C, GRID, GRID)
+    f[2] = 1.0
+    for i, j in cells_on:
+        f[:, i, j] = 0.0
+        f[0, i, j] = 1.0
+    f[:, special[0], special[1]] = 0.0
+    f[0, special[0], special[1]] = 1.0
+    f[1, special[0], special[1]] = 0.2
+    if decoy is not None:
+        n = len(cells_on)
+        f[:, decoy[0], decoy[1]] = 0.0
+        f[0, decoy[0], decoy[1]] = 1.0
+        f[1, decoy[0], decoy[1]] = 0.1 + 0.1 / n
+    return f
+
+
+def _cells_of(mask: np.ndarray) -> list[tuple[int, int]]:
+    cov = mask_coverage(torch.from_numpy(mask)[None], mask.shape, IMG_SIZE, GRID)[0]
+    return [tuple(map(int, ij)) for ij in torch.nonzero(cov >= 0.5)]
+
+
+@pytest.mark.parametrize("hw", [(96, 128), (128, 96), (200, 200)])
+def test_chosen_point_is_grid_point_nearest_the_max_similarity_location(hw):
+    h, w = hw
+    mask = np.zeros(hw, bool)
+    mask[h // 4: h // 4 + h // 2, w // 3: w // 3 + w // 2] = True
+    cells = _cells_of(mask)
+    special = cells[len(cells) // 2 + 1]
+    decoy = (GRID - 1, GRID - 1) if (GRID - 1, GRID - 1) not in cells else (0, 0)
+    feats = _features(cells, special, decoy)
+    pps = 8
+    a = assign_nearest(feats, torch.from_numpy(mask)[None], IMG_SIZE, pps)
+    assert a.keep.tolist() == [0]
+    # the special cell's centre, mapped from the model frame to the image frame by hand
+    rh, rw = resized_hw(hw, IMG_SIZE)
+    cell_px = IMG_SIZE / GRID
+    centre = np.array([(special[1] + 0.5) * cell_px * w / rw, (special[0] + 0.5) * cell_px * h / rh])
+    grid = np.array([[(i + 0.5) / pps * w, (j + 0.5) / pps * h]
+                     for j in range(pps) for i in range(pps)])
+    nearest = np.argmin(((grid - centre) ** 2).sum(1))
+    assert a.grid_index[0] == nearest
+    np.testing.assert_allclose(a.points[0], grid[nearest], atol=1e-4)
+    x, y = a.points[0]
+    assert mask[int(y), int(x)], "the chosen grid point lies on the object"
+
+
+def test_identical_object_elsewhere_does_not_take_the_prompt():
+    hw = (96, 128)
+    mask = np.zeros(hw, bool)
+    mask[10:60, 10:60] = True
+    cells = _cells_of(mask)
+    feats = _features(cells, cells[0], decoy=(10, 14))  # the decoy is more similar than any cell
+    a = assign_nearest(feats, torch.from_numpy(mask)[None], IMG_SIZE, 16)
+    x, y = a.points[0]
+    assert mask[int(y), int(x)]
+
+
+def test_grid_is_the_everything_mode_grid_in_the_image_frame():
+    """The points everything mode prompts, mapped to the model frame, are our grid's points."""
+    hw = (96, 128)
+    from saom_ros.model import ModelConfig, build_saom
+    engine = EverythingEngine(build_saom(ModelConfig.preset("tiny")),
+                              EverythingSettings(points_per_side=8), torch.device("cpu"))
+    ours = to_model_frame(grid_points(8, hw), hw, IMG_SIZE)
+    theirs = engine._points(hw, resized_hw(hw, IMG_SIZE)).reshape(-1, 2).cpu().numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_prompt_in_model_frame_lies_on_the_mask_in_the_model_frame():
+    """Frames agree for a non-square image: the model-frame prompt hits the resized mask."""
+    hw = (90, 160)
+    mask = np.zeros(hw, bool)
+    mask[50:80, 100:150] = True
+    cells = _cells_of(mask)
+    a = assign_nearest(_features(cells, cells[-1]), torch.from_numpy(mask)[None], IMG_SIZE, 16)
+    xm, ym = to_model_frame(a.points, hw, IMG_SIZE)[0]
+    model_mask = mask_coverage(torch.from_numpy(mask)[None], hw, IMG_SIZE, IMG_SIZE)[0] >= 0.5
+    assert model_mask[int(ym), int(xm)]
+
+
+def test_masks_that_vanish_on_the_embedding_grid_are_dropped():
+    hw = (128, 128)
+    masks = np.zeros((3, *hw), bool)
+    masks[0, 10:50, 10:50] = True
+    masks[1, 70, 70] = True  # one pixel: a sliver of one cell
+    masks[2, 60:120, 60:120] = True
+    feats = torch.randn(C, GRID, GRID, generator=torch.Generator().manual_seed(0))
+    a = assign_nearest(feats, torch.from_numpy(masks), IMG_SIZE, 16)
+    assert a.keep.tolist() == [0, 2]
+    for k, (x, y) in zip(a.keep, a.points):
+        assert masks[k, int(y), int(x)]
+
+
+def test_no_masks():
+    a = assign_nearest(torch.randn(C, GRID, GRID), torch.zeros(0, 64, 64, dtype=torch.bool),
+                       IMG_SIZE, 8)
+    assert len(a.keep) == 0 and a.points.shape == (0, 2)
+
+
+def test_random_prompts_lie_inside_their_masks_and_are_reproducible():
+    masks = np.zeros((3, 50, 70), bool)
+    masks[0, 5:9, 5:60] = True
+    masks[2, 30:48, 40:42] = True
+    a = assign_random(torch.from_numpy(masks), np.random.default_rng(3))
+    b = assign_random(torch.from_numpy(masks), np.random.default_rng(3))
+    assert a.keep.tolist() == [0, 2]
+    np.testing.assert_array_equal(a.points, b.points)
+    for k, (x, y) in zip(a.keep, a.points):
+        assert masks[k, int(y), int(x)]

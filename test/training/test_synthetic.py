@@ -1,0 +1,129 @@
+"""The synthetic scene generator: whole objects of distinct parts, occlusion, COCO output."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saom_ros.classes import SAOM_CLASSES
+from saom_ros.training.datasets import CocoInstances, decode_segmentation
+from saom_ros.training.synthetic import (
+    ANNOTATIONS, PART_ANNOTATIONS, SYNTH_CLASSES, TEMPLATES, add_arguments, generate_scene, run,
+    write_dataset)
+
+
+def scenes(n: int, seed: int = 0):
+    return [generate_scene(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+def test_classes_are_saom_classes_with_a_template_each():
+    assert set(SYNTH_CLASSES) <= set(SAOM_CLASSES)
+    assert set(TEMPLATES) == set(SYNTH_CLASSES)
+
+
+def test_scene_is_deterministic_in_its_seed():
+    a, b = (generate_scene(np.random.default_rng([3, 7])) for _ in range(2))
+    c = generate_scene(np.random.default_rng([3, 8]))
+    assert a.image.shape == (256, 256, 3) and a.image.dtype == np.uint8
+    assert np.array_equal(a.image, b.image)
+    assert [o.class_name for o in a.objects] == [o.class_name for o in b.objects]
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_objects_are_disjoint_and_made_of_several_parts():
+    n_objects = 0
+    for scene in scenes(20):
+        covered = np.zeros(scene.image.shape[:2], int)
+        for obj in scene.objects:
+            n_objects += 1
+            covered += obj.mask
+            assert obj.class_name in SYNTH_CLASSES
+            for part in obj.parts:
+                assert not (part & ~obj.mask).any()  # parts lie inside their object
+            # disjoint parts (each pixel has one owner)
+            assert (np.sum(obj.parts, axis=0) <= 1).all()
+        assert covered.max() <= 1  # occlusion resolved: one object per pixel
+    assert n_objects >= 40
+    several = [len(o.parts) >= 2 for s in scenes(20) for o in s.objects]
+    assert np.mean(several) > 0.8
+
+
+def test_parts_of_an_object_look_different():
+    """What makes a part-trained model split objects: neighbouring parts differ in colour."""
+    gaps = []
+    for scene in scenes(15):
+        for obj in scene.objects:
+            means = [scene.image[p].reshape(-1, 3).mean(0) for p in obj.parts]
+            if len(means) >= 2:
+                gaps.append(max(np.abs(m1 - m2).max() for i, m1 in enumerate(means)
+                                for m2 in means[i + 1:]))
+    assert np.median(gaps) > 40
+
+
+def test_scenes_have_occlusion_and_lighting_variation():
+    sc = scenes(30)
+    # Occlusion: some objects lose pixels to others (their parts do not fill their bounding box
+    # the way the template draws them is not observable; a touching neighbour is).
+    touching = 0
+    for s in sc:
+        for i, a in enumerate(s.objects):
+            grown = np.zeros_like(a.mask)
+            grown[1:] |= a.mask[:-1]
+            grown[:-1] |= a.mask[1:]
+            grown[:, 1:] |= a.mask[:, :-1]
+            grown[:, :-1] |= a.mask[:, 1:]
+            touching += any((grown & b.mask).any() for j, b in enumerate(s.objects) if j != i)
+    assert touching >= 10
+    brightness = [s.image.mean() for s in sc]
+    assert np.std(brightness) > 8
+
+
+def test_write_dataset_is_coco_with_classes_and_agnostic_parts(tmp_path: Path):
+    out = write_dataset(tmp_path / "ds", num_images=6, seed=1)
+    objects = CocoInstances(out / ANNOTATIONS)
+    parts = CocoInstances(out / PART_ANNOTATIONS)
+    assert objects.class_names == SYNTH_CLASSES
+    assert parts.class_names == ("object",)
+    assert len(objects) == len(parts) == 6
+    data = json.loads((out / PART_ANNOTATIONS).read_text())
+    whole = {a["id"]: a for a in json.loads((out / ANNOTATIONS).read_text())["annotations"]}
+    for ann in data["annotations"]:
+        obj = whole[ann["object_id"]]
+        assert obj["image_id"] == ann["image_id"]
+        pm = decode_segmentation(ann["segmentation"], 256, 256)
+        om = decode_segmentation(obj["segmentation"], 256, 256)
+        assert not (pm & ~om).any()
+    # Annotations match what the generator drew for that scene.
+    scene = generate_scene(np.random.default_rng([1, 2]))
+    sample = objects[2]
+    assert np.array_equal(sample.image, scene.image)
+    assert [SYNTH_CLASSES[c - 1] for c in sample.class_ids] == [o.class_name for o in scene.objects]
+    assert np.array_equal(sample.masks, np.stack([o.mask for o in scene.objects]))
+    assert sum(len(o.parts) for o in scene.objects) == len(parts[2])
+
+
+def test_write_dataset_resumes_and_rejects_bad_arguments(tmp_path: Path):
+    out = write_dataset(tmp_path / "ds", num_images=3, seed=2)
+    stamp = (out / ANNOTATIONS).stat().st_mtime_ns
+    write_dataset(out, num_images=3, seed=2)
+    assert (out / ANNOTATIONS).stat().st_mtime_ns == stamp  # complete: left as it is
+    (out / PART_ANNOTATIONS).unlink()  # interrupted before the last file
+    write_dataset(out, num_images=3, seed=2)
+    assert len(CocoInstances(out / PART_ANNOTATIONS)) == 3
+    with pytest.raises(ValueError, match="num_images"):
+        write_dataset(tmp_path / "bad", num_images=0)
+    with pytest.raises(ValueError, match="num_objects"):
+        write_dataset(tmp_path / "bad", num_images=1, num_objects=(4, 2))
+
+
+def test_cli_arguments_and_run(tmp_path: Path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "cli"), "-n", "2", "--seed", "4", "--size", "128"])
+    assert run(args) == 0
+    assert "2 synthetic scenes" in capsys.readouterr().out
+    ds = CocoInstances(tmp_path / "cli" / ANNOTATIONS)
+    assert ds[0].image.shape == (128, 128, 3)
