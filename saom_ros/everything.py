@@ -19,6 +19,9 @@ from torchvision.ops import nms
 
 from saom_ros.model import Saom
 
+# Masks whose low-res stability score is this close to the threshold are checked at full size.
+STABILITY_MARGIN = 0.05
+
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
     """The everything-mode grid in [0,1]^2 (segment_anything's build_point_grid), (n*n, 2) x,y."""
@@ -125,7 +128,8 @@ class EverythingEngine:
         f = low_res / self.model.config.img_size
         return int(np.ceil(input_hw[0] * f)), int(np.ceil(input_hw[1] * f))
 
-    def _decode_all(self, emb: torch.Tensor, points: torch.Tensor, valid: tuple[int, int]
+    def _decode_all(self, emb: torch.Tensor, points: torch.Tensor, valid: tuple[int, int],
+                    input_hw: tuple[int, int], orig_hw: tuple[int, int]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode the grid in batches; keep masks passing the IoU and stability filters."""
         s = self.settings
@@ -141,12 +145,29 @@ class EverythingEngine:
             if keep is not None:
                 logits, iou, cls = logits[keep], iou[keep], cls[keep]
             if s.stability_score_thresh > 0:
-                stab = calculate_stability_score(logits[:, :valid[0], :valid[1]],
-                                                 s.mask_threshold, s.stability_score_offset)
-                keep = stab >= s.stability_score_thresh
+                keep = self._stable(logits, valid, input_hw, orig_hw)
                 logits, iou, cls = logits[keep], iou[keep], cls[keep]
             cand.add(logits, iou, cls)
         return cand.cat()
+
+    def _stable(self, logits: torch.Tensor, valid: tuple[int, int], input_hw: tuple[int, int],
+                orig_hw: tuple[int, int]) -> torch.Tensor:
+        """The stability filter: on the low-res logits, except near the threshold.
+
+        Low-res stability differs from the full-resolution one by a few hundredths at most, so
+        masks within STABILITY_MARGIN of the threshold are decided at full resolution, as
+        SamAutomaticMaskGenerator decides all of them.
+        """
+        s = self.settings
+        stab = calculate_stability_score(logits[:, :valid[0], :valid[1]], s.mask_threshold,
+                                         s.stability_score_offset)
+        keep = stab >= s.stability_score_thresh + STABILITY_MARGIN
+        near = ~keep & (stab > s.stability_score_thresh - STABILITY_MARGIN)
+        if near.any():
+            full = self._upsample(logits[near], input_hw, orig_hw)
+            exact = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
+            keep[near] = exact >= s.stability_score_thresh
+        return keep
 
     def _class_probs(self, class_logits: Optional[torch.Tensor], iou: torch.Tensor,
                      n_points: int) -> torch.Tensor:
@@ -182,7 +203,8 @@ class EverythingEngine:
             emb = self._embed(x)
         low_res = 4 * emb.shape[-1]
         valid = self._low_res_valid(input_hw, low_res)
-        logits, iou, cls = self._decode_all(emb, self._points(orig_hw, input_hw), valid)
+        logits, iou, cls = self._decode_all(emb, self._points(orig_hw, input_hw), valid,
+                                            input_hw, orig_hw)
         boxes = self._low_res_boxes(logits, valid, input_hw, orig_hw)
         keep = nms(boxes, iou, s.box_nms_thresh)
         logits, iou, cls = logits[keep], iou[keep], cls[keep]

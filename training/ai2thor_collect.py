@@ -48,8 +48,8 @@ from saom_ros.training.datasets import (ROOM_TYPES, SPLITS, atomic_write_json, c
 log = logging.getLogger(__name__)
 
 PLATFORMS = ("CloudRendering", "Linux64")
-# Image ids are scene_number * FRAME_ID_SPAN + frame; annotation ids image_id * INSTANCE_ID_SPAN + k:
-# unique across scenes and runs, and the same in a resumed run.
+# Image ids are scene_number * FRAME_ID_SPAN + frame, annotation ids image_id * INSTANCE_ID_SPAN
+# + k: unique across scenes and runs, and the same in a resumed run.
 FRAME_ID_SPAN = 100_000
 INSTANCE_ID_SPAN = 1_000
 # Fields that decide what the frames contain; a resumed run must use the same values.
@@ -141,10 +141,12 @@ def controller_kwargs(config: CollectConfig, worker: int = 0) -> dict[str, Any]:
     import ai2thor.platform
     import ai2thor.wsgi_server
 
+    # WSGI in every mode: ai2thor's default FifoServer blocks forever on a build that crashes
+    # before it opens its pipe, while the WSGI server notices the process has exited.
     kwargs: dict[str, Any] = dict(
         width=config.width, height=config.height, renderInstanceSegmentation=True,
         fieldOfView=config.field_of_view, gridSize=config.grid_size,
-        server_timeout=config.simulator_timeout,
+        server_class=ai2thor.wsgi_server.WsgiServer, server_timeout=config.simulator_timeout,
         server_start_timeout=config.simulator_start_timeout)
     running = config.simulator_host is not None or config.simulator_port is not None
     chosen = [name for name, on in (("--simulator-host/--simulator-port", running),
@@ -164,8 +166,7 @@ def controller_kwargs(config: CollectConfig, worker: int = 0) -> dict[str, Any]:
                              "running one")
         # The Controller's WSGI server listens; the simulator connects to it.
         return kwargs | dict(start_unity=False, host=config.simulator_host or "127.0.0.1",
-                             port=config.simulator_port + worker,
-                             server_class=ai2thor.wsgi_server.WsgiServer)
+                             port=config.simulator_port + worker)
     if config.local_executable_path:
         path = Path(config.local_executable_path)
         if not path.is_file():
@@ -188,18 +189,37 @@ def _describe(kwargs: dict[str, Any]) -> str:
     return f"Ai2Thor's {kwargs['platform'].name()} build"
 
 
+def _has_x_display(config: CollectConfig) -> bool:
+    import ai2thor.platform
+
+    if config.x_display or os.environ.get("DISPLAY"):
+        return True
+    # What ai2thor itself falls back to: X servers it finds on this machine.
+    return bool(ai2thor.platform.Linux64._valid_x_displays(config.width, config.height))
+
+
 def open_controller(config: CollectConfig, worker: int, first_scene: str):
     """A started Controller in ``first_scene`` rendering at the configured size."""
+    import ai2thor.platform
     from ai2thor.controller import Controller
 
     kwargs = controller_kwargs(config, worker)
+    needs_x = ("local_executable_path" in kwargs
+               or kwargs.get("platform") is ai2thor.platform.Linux64)
+    if needs_x and not _has_x_display(config):
+        raise CollectError(f"{_describe(kwargs)} renders on an X server and none was found: give "
+                           "--x-display, set DISPLAY, start one (sudo ai2thor-xorg start) or use "
+                           "--platform CloudRendering")
     try:
         controller = Controller(scene=first_scene, **kwargs)
     except TimeoutError:
         raise CollectError(f"no answer from {_describe(kwargs)} within "
                            f"{config.simulator_start_timeout:g} s") from None
     except Exception as err:  # ai2thor raises bare Exceptions for missing builds and platforms
-        raise CollectError(f"could not start {_describe(kwargs)}: {err}") from err
+        hint = ("; Ai2Thor downloads its build into ~/.ai2thor/releases on first use, so offline "
+                "use --local-executable-path or a running simulator" if "platform" in kwargs
+                else "")
+        raise CollectError(f"could not start {_describe(kwargs)}: {err}{hint}") from err
     return controller
 
 
@@ -339,6 +359,12 @@ def _load_part(path: Path) -> dict:
                            "that scene again") from None
 
 
+def _frames_left(config: CollectConfig, scene: str) -> int:
+    path = part_path(config.output, scene)
+    done = set(_load_part(path)["frames_done"]) if path.exists() else set()
+    return sum(i not in done for i in range(config.frames_per_scene))
+
+
 def collect_scene(controller, config: CollectConfig, scene: str,
                   on_frame: Callable[[], None] = lambda: None) -> dict:
     """Collect the frames of ``scene`` that its part file lacks; returns the finished part."""
@@ -418,16 +444,17 @@ def write_annotations(config: CollectConfig, parts: dict[str, dict]) -> Path:
                categories=coco_categories(config.classes),
                info={"description": "Ai2Thor iTHOR instance segmentation (saom-train collect)",
                      "version": "1", "splits": splits,
-                     "collector": config.content_settings()})
+                     "collector": config.content_settings()
+                     | {"frames_per_scene": config.frames_per_scene}})
     return path
 
 
 def _run_shard(config: CollectConfig, worker: int, scenes: Sequence[str],
                on_scene: Callable[[str], None]) -> None:
     """Collect ``scenes`` with one simulator, calling ``on_scene`` after each finished scene."""
-    todo_frames = config.frames_per_scene * len(scenes)
-    with tqdm(total=todo_frames, desc=f"worker {worker}", position=worker, unit="frame",
-              disable=not config.progress or None, leave=False) as bar:
+    with tqdm(total=sum(_frames_left(config, s) for s in scenes), desc=f"worker {worker}",
+              position=worker, unit="frame", disable=not config.progress or None,
+              leave=False) as bar:
         controller = open_controller(config, worker, scenes[0])
         try:
             for scene in scenes:
@@ -474,7 +501,7 @@ def _run_workers(config: CollectConfig, shards: list[list[str]],
             else:
                 running -= 1
                 if kind == "error":
-                    errors.append(f"worker {worker} (port offset {worker}): {payload}")
+                    errors.append(f"worker {worker}: {payload}")
     finally:
         for process in processes:
             process.join(timeout=10)
@@ -491,8 +518,7 @@ def collect(config: CollectConfig) -> Path:
     controller_kwargs(config)  # settings errors before any work
     config.output.mkdir(parents=True, exist_ok=True)
     parts = _existing_parts(config)
-    todo = [s for s in scenes
-            if len(parts.get(s, {}).get("frames_done", ())) < config.frames_per_scene]
+    todo = [s for s in scenes if _frames_left(config, s)]
 
     def on_scene(scene: str) -> None:
         parts[scene] = _load_part(part_path(config.output, scene))
@@ -547,13 +573,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--split", choices=SPLITS, default=d.split,
                       help="scenes 1-20 of each room type are train, 21-25 val, 26-30 test "
                            "(default: all)")
-    what.add_argument("--frames-per-scene", type=int, default=d.frames_per_scene)
-    what.add_argument("--width", type=int, default=d.width)
-    what.add_argument("--height", type=int, default=d.height)
+    what.add_argument("--frames-per-scene", type=int, default=d.frames_per_scene,
+                      help="frames per scene (default %(default)s)")
+    what.add_argument("--width", type=int, default=d.width, help="pixels (default %(default)s)")
+    what.add_argument("--height", type=int, default=d.height, help="pixels (default %(default)s)")
     what.add_argument("--field-of-view", type=float, default=d.field_of_view,
-                      help="vertical, degrees")
+                      help="vertical, degrees (default %(default)s)")
     what.add_argument("--grid-size", type=float, default=d.grid_size,
-                      help="spacing of reachable positions, metres")
+                      help="spacing of reachable positions, metres (default %(default)s)")
     what.add_argument("--horizon-range", type=_range, default=d.horizon_range,
                       help="camera pitch MIN,MAX in degrees, positive looks down (default "
                            f"{d.horizon_range[0]:g},{d.horizon_range[1]:g})")
@@ -564,22 +591,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classes.add_argument("--class-file", type=Path,
                          help="YAML class list (classes: [...]) instead of --classes")
     what.add_argument("--min-area", type=int, default=d.min_area,
-                      help="smallest instance kept, pixels")
+                      help="smallest instance kept, pixels (default %(default)s)")
     what.add_argument("--min-instances", type=int, default=d.min_instances,
-                      help="draw another pose when a view shows fewer kept instances")
-    what.add_argument("--max-pose-attempts", type=int, default=d.max_pose_attempts)
+                      help="draw another pose when a view shows fewer kept instances "
+                           "(default %(default)s)")
+    what.add_argument("--max-pose-attempts", type=int, default=d.max_pose_attempts,
+                      help="pose draws per frame before it is skipped (default %(default)s)")
     what.add_argument("--randomize-materials", action="store_true",
                       help="new materials (of the scene's split) for every frame")
     what.add_argument("--randomize-lighting", action="store_true",
                       help="new lighting for every frame")
     what.add_argument("--randomize-spawn", action="store_true",
                       help="move objects once per scene (InitialRandomSpawn, seeded)")
-    what.add_argument("--seed", type=int, default=d.seed)
+    what.add_argument("--seed", type=int, default=d.seed,
+                      help="seeds poses and spawns (default %(default)s)")
     run_group = parser.add_argument_group("how to run")
     run_group.add_argument("--workers", type=int, default=d.workers,
-                           help="parallel simulators, each on its own shard of the scenes")
+                           help="parallel simulators, each on its own shard of the scenes "
+                                "(default %(default)s)")
     run_group.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                           help="frames between progress saves")
+                           help="frames between progress saves (default %(default)s)")
     run_group.add_argument("--no-progress", dest="progress", action="store_false")
     sim = parser.add_argument_group(
         "simulator (exactly one of: a running simulator, a local build, a platform)")
@@ -593,9 +624,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "use; CloudRendering renders offscreen with Vulkan)")
     sim.add_argument("--x-display", help="X display for a build the collector starts, e.g. :0")
     sim.add_argument("--simulator-timeout", type=float, default=d.simulator_timeout,
-                     help="seconds one simulator action may take")
+                     help="seconds one simulator action may take (default %(default)s)")
     sim.add_argument("--simulator-start-timeout", type=float, default=d.simulator_start_timeout,
-                     help="seconds to wait for the simulator to come up or connect")
+                     help="seconds to wait for the simulator to come up or connect "
+                          "(default %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> CollectConfig:
@@ -619,14 +651,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m saom_ros.training.ai2thor_collect``)."""
-    parser = argparse.ArgumentParser(prog="saom-train collect", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

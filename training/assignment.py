@@ -75,7 +75,7 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     Its centre is mapped to the image frame and snapped to the nearest grid point lying on the
     mask (the nearest grid point overall when no grid point lies on the mask).
     """
-    c, gh, gw = features.shape
+    gh, gw = features.shape[1:]
     image_hw = (int(masks.shape[-2]), int(masks.shape[-1]))
     inside = mask_coverage(masks, image_hw, img_size, gh) >= min_coverage  # [N, gh, gw]
     keep = torch.nonzero(inside.flatten(1).any(1)).flatten()
@@ -86,8 +86,9 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     feats = F.normalize(features.float().flatten(1), dim=0)  # [C, gh*gw], unit per location
     inside = inside[keep].flatten(1)  # [K, gh*gw]
     neg_inf = torch.finfo(feats.dtype).min
-    fmax = torch.where(inside[:, None], feats[None], neg_inf).amax(-1)  # [K, C]
-    fmean = (feats[None] * inside[:, None]).sum(-1) / inside.sum(-1, keepdim=True)
+    # per mask, not one [K, C, h*w] tensor: vit_b with 64 masks would need 268 MB for it
+    fmax = torch.stack([feats[:, m].amax(1) for m in inside])  # [K, C]
+    fmean = (inside.float() @ feats.T) / inside.sum(-1, keepdim=True)
     target = F.normalize(0.5 * fmax + 0.5 * fmean, dim=1)
     sim = torch.where(inside, target @ feats, neg_inf)  # [K, gh*gw]
     cell = sim.argmax(1).cpu().numpy()
@@ -98,7 +99,8 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     grid_ix = np.clip(np.floor(grid).astype(np.int64), 0, [image_hw[1] - 1, image_hw[0] - 1])
     dist = ((xy[:, None, :] - grid[None]) ** 2).sum(-1)  # [K, P]
     keep_np = keep.cpu().numpy()
-    on_mask = masks[keep].cpu().numpy()[:, grid_ix[:, 1], grid_ix[:, 0]]  # [K, P]
+    gx, gy = (torch.as_tensor(grid_ix[:, i], device=masks.device) for i in (0, 1))
+    on_mask = masks[keep][:, gy, gx].cpu().numpy()  # [K, P]: grid point lies on the mask
     dist = np.where(on_mask.any(1, keepdims=True) & ~on_mask, np.inf, dist)
     chosen = dist.argmin(1)
     return Assignment(keep_np, grid[chosen], chosen.astype(np.int64))

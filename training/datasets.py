@@ -5,9 +5,10 @@ their image, unknown categories) and raise :class:`DatasetError` naming the file
 so a bad dataset fails before training starts instead of hours into it. They return the same
 torch-free :class:`Sample`.
 
-The COCO writing helpers (:func:`mask_to_annotation`, :func:`write_coco`, :func:`atomic_write_bytes`)
-and the iTHOR scene split (:func:`ithor_split`, :func:`ithor_scenes`) are shared by the Ai2Thor
-collector and the synthetic generator, so every dataset we write has one format.
+The COCO writing helpers (:func:`mask_to_annotation`, :func:`write_coco`,
+:func:`atomic_write_bytes`) and the iTHOR scene split (:func:`ithor_split`, :func:`ithor_scenes`)
+are shared by the Ai2Thor collector and the synthetic generator, so every dataset we write has one
+format.
 """
 from __future__ import annotations
 
@@ -234,6 +235,13 @@ class CocoInstances:
                 isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
             raise DatasetError(f"{src} is not a COCO instance file (needs lists 'images', "
                                "'annotations' and 'categories')")
+        try:
+            self._index(data, class_names, src)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DatasetError(f"{src} has a malformed entry ({type(err).__name__}: {err})") \
+                from None
+
+    def _index(self, data: dict, class_names: Sequence[str] | None, src: str) -> None:
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.class_names, name_to_id = _class_mapping(
             [c["name"] for c in categories], class_names, src)
@@ -306,6 +314,16 @@ class SaomMetadataDataset:
         key = self._SPLIT_KEYS[split]
         if not isinstance(data, dict) or "entity classes" not in data or key not in data:
             raise DatasetError(f"{src} lacks 'entity classes' or {key!r}")
+        try:
+            self._index(data, key, class_names, index_base, src)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            if isinstance(err, DatasetError):
+                raise
+            raise DatasetError(f"{src} has a malformed entry ({type(err).__name__}: {err})") \
+                from None
+
+    def _index(self, data: dict, key: str, class_names: Sequence[str] | None, index_base: int,
+               src: str) -> None:
         entity_classes = data["entity classes"]
         if isinstance(entity_classes, dict):
             index_to_name = {int(v): k for k, v in entity_classes.items()}

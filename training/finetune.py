@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -88,6 +89,26 @@ def _merge(base: dict, update: dict, where: str) -> dict:
         else:
             out[key] = value
     return out
+
+
+_CHOICES = {("assignment", "prompt_mode"): ("nearest", "random"),
+            ("loss", "mask_selection"): ("best_gt_iou", "max_pred_iou"),
+            ("train", "cache_dtype"): ("float16", "bfloat16", "float32")}
+_POSITIVE_INTS = (("train", "batch_size"), ("train", "grad_accum"), ("train", "log_every"),
+                  ("train", "checkpoint_every"), ("assignment", "points_per_side"),
+                  ("data", "max_prompts_per_image"))
+
+
+def validate_config(cfg: dict) -> None:
+    """ValueError naming the key for values that would only fail deep inside a run."""
+    for (section, key), choices in _CHOICES.items():
+        if cfg[section][key] not in choices:
+            raise ValueError(f"{section}.{key} must be one of {', '.join(choices)}, "
+                             f"not {cfg[section][key]!r}")
+    for section, key in _POSITIVE_INTS:
+        value = cfg[section][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{section}.{key} must be a positive integer, not {value!r}")
 
 
 def parse_override(text: str) -> dict:
@@ -271,8 +292,9 @@ class TrainStep(nn.Module):
             embeddings = [embeddings[i:i + 1] for i in range(len(items))]
         else:
             embeddings = [it.embedding for it in items]
-        total = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # keeps DDP's
-        # graph whole when a rank's images all lost their masks
+        # zero that touches every trainable parameter: backward (and DDP's all-reduce) still
+        # works when all of a rank's images lost their masks in the assignment
+        total = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         stats: dict[str, float] = {"prompts": 0.0}
         for item, emb in zip(items, embeddings):
             losses = self.image_loss(item, emb)
@@ -292,7 +314,8 @@ def _class_names(dataset, cfg: dict) -> tuple[str, ...]:
 
 
 def init_model(cfg: dict, class_names: Sequence[str]) -> Saom:
-    """Start from ``model.init`` (official SAM or SAOM file) or a random ``model.model_type``.
+    """Start from ``model.init`` (official SAM or SAOM file, architecture detected) or a random
+    ``model.model_type``.
 
     A class head is kept only when the checkpoint's class list equals ``class_names``.
     """
@@ -302,7 +325,7 @@ def init_model(cfg: dict, class_names: Sequence[str]) -> Saom:
     names = None if agnostic else tuple(class_names)
     if mc["init"] is None:
         return build_saom(ModelConfig.preset(mc["model_type"], num_classes), names)
-    loaded = load_model(mc["init"], model_type=mc["model_type"])
+    loaded = load_model(mc["init"])  # the architecture comes from the file
     if loaded.config.num_classes == num_classes and (agnostic or loaded.class_names == names):
         return loaded.train()
     model = build_saom(dataclasses.replace(loaded.config, num_classes=num_classes), names)
@@ -379,9 +402,12 @@ class Trainer:
     def __init__(self, cfg: dict, progress: bool = True) -> None:
         self.cfg = cfg
         tc = cfg["train"]
+        validate_config(cfg)
         if cfg["data"]["train"] is None:
             raise ValueError("data.train is not set: give a COCO or SAOM-layout dataset")
         self.device = _resolve_device(tc["device"], int(os.environ.get("LOCAL_RANK", 0)))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # nccl uses the current device
         self.dist = init_distributed(self.device.type)
         self.run_dir = Path(tc["run_dir"])
         self.progress = progress and self.dist.main
@@ -510,11 +536,15 @@ class Trainer:
         key = self.cache.key(image) if self.cache is not None else None
         emb = self.cache.get(key) if self.cache is not None else None
         if emb is None:
-            with torch.autocast("cuda", enabled=self.amp):
+            with self.autocast():
                 emb = self.model.embed(self.model.preprocess(image)[0]).to(self.cache_dtype)
             if self.cache is not None:
                 self.cache.put(key, emb)
         return emb.to(self.device).float()
+
+    def autocast(self):
+        """float16 autocast on CUDA when train.amp is on; nothing otherwise."""
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
     # -- logging
     def _open_logs(self) -> None:
@@ -567,9 +597,9 @@ class Trainer:
             epoch, batch = next(batches)
             items = self.prepare(epoch, batch)
             sync = (micro + 1) % self.accum == 0
-            ctx = self.ddp.no_sync() if (self.dist.world > 1 and not sync) else _null()
+            ctx = self.ddp.no_sync() if (self.dist.world > 1 and not sync) else nullcontext()
             with ctx:
-                with torch.autocast("cuda", enabled=self.amp):
+                with self.autocast():
                     loss, stats = self.ddp(items)
                 self.scaler.scale(loss / self.accum).backward()
             for k, v in stats.items():
@@ -619,14 +649,6 @@ class _Indexed(torch.utils.data.Dataset):
         return i, self.dataset[i]
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 # ----------------------------------------------------------------------------- entry points
 def load_train_state(path: str | os.PathLike) -> dict:
     """A training checkpoint written by Trainer.save (weights_only); ValueError if it is not one."""
@@ -646,7 +668,11 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
     last = trainer.checkpoint_dir / "last.pt"
     if resume and last.is_file():
         trainer.load(last)
-    return trainer.fit(stop_after)
+    try:
+        return trainer.fit(stop_after)
+    finally:
+        if trainer.dist.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def model_from_state(state: dict) -> Saom:

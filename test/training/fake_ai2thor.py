@@ -38,7 +38,8 @@ ROOM_OBJECTS = {
     1: ["Fridge", "CounterTop", "Microwave", "Mug", "Pan", "Bowl", "Toaster", "StoveBurner"],
     201: ["Sofa", "ArmChair", "CoffeeTable", "TVStand", "Television", "Vase", "Book", "FloorLamp"],
     301: ["Bed", "Dresser", "Desk", "Laptop", "AlarmClock", "Pillow", "Book", "Shelf"],
-    401: ["Toilet", "Sink", "Mirror", "SoapBottle", "Towel", "ToiletPaper", "GarbageCan", "Plunger"],
+    401: ["Toilet", "Sink", "Mirror", "SoapBottle", "Towel", "ToiletPaper", "GarbageCan",
+          "Plunger"],
 }
 FLOOR_ID, WALL_ID = "Floor|+00.00|+00.00|+00.00", "Wall|+00.00|+01.50|+06.00"
 
@@ -222,7 +223,8 @@ class FakeSimulator:
             "agent": {"name": "agent", "position": dict(self.position),
                       "rotation": {"x": 0.0, "y": self.yaw, "z": 0.0},
                       "cameraHorizon": self.horizon, "isStanding": True},
-            "objects": [{"objectId": b.object_id, "objectType": b.object_type, "name": b.object_type,
+            "objects": [{"objectId": b.object_id, "objectType": b.object_type,
+                         "name": b.object_type,
                          "position": {"x": b.x, "y": (b.y0 + b.y1) / 2, "z": b.z},
                          "visible": True} for b in self.boxes],
             "colors": [{"name": k, "color": list(v)} for k, v in colors.items()]

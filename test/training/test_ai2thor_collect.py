@@ -114,6 +114,7 @@ def test_dataset_holds_what_the_simulator_drew(reference):
     assert len({i["id"] for i in images}) == 8
     assert coco.dataset["info"]["splits"] == {"train": list(SCENES)}
     class_ids = {n: i + 1 for i, n in enumerate(SAOM_CLASSES)}
+    dropped = {"other type": 0, "too small": 0}
     for image in images:
         assert image["split"] == "train" and (image["width"], image["height"]) == (320, 240)
         # Redraw the recorded pose and compare pixels and masks with the stored ones.
@@ -128,6 +129,8 @@ def test_dataset_holds_what_the_simulator_drew(reference):
             mask = np.all(ids == colors[b.object_id], axis=-1)
             if b.object_type in class_ids and mask.sum() >= 100:
                 expected[b.object_id] = (class_ids[b.object_type], mask)
+            elif mask.any():
+                dropped["too small" if b.object_type in class_ids else "other type"] += 1
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
         assert len(anns) >= 1  # min_instances
         assert {a["object_id"] for a in anns} == set(expected)
@@ -141,6 +144,7 @@ def test_dataset_holds_what_the_simulator_drew(reference):
             ys, xs = np.nonzero(mask)
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
                                    ys.max() - ys.min() + 1]
+    assert min(dropped.values()) > 0  # both filters were exercised
     sent = actions(log)
     resize = [a for a in sent if a["action"] == "ChangeResolution"]
     assert [(a["x"], a["y"]) for a in resize] == [(320, 240)]  # once: it outlives Reset
@@ -209,12 +213,27 @@ def test_workers_shard_scenes_over_simulators(reference, simulators, tmp_path):
     assert dataset_files(out) == dataset_files(reference[0])
 
 
+def test_a_failing_worker_does_not_lose_the_others_work(simulators, tmp_path):
+    port = free_ports(2)
+    simulators.start(port)
+    simulators.start(port + 1, "--die-after", "8")  # worker 1 crashes inside its scene
+    out = tmp_path / "out"
+    with pytest.raises(CollectError) as error:
+        collect(config(out, port, workers=2, simulator_timeout=2))
+    message = str(error.value)
+    assert "run the same command again to resume" in message
+    assert "worker 1: " in message and "FloorPlan201" in message and "worker 0" not in message
+    coco = COCO(str(out / "annotations.json"))
+    assert {i["scene"] for i in coco.dataset["images"]} == {"FloorPlan1"}
+    assert len(coco.getImgIds()) == 4
+
+
 def test_command_line(simulators, tmp_path):
     port = free_ports(1)
     proc, log = simulators.start(port)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "saom_ros.training.ai2thor_collect", "--simulator-host",
+        [sys.executable, "-m", "saom_ros.training.cli", "collect", "--simulator-host",
          "127.0.0.1", "--simulator-port", str(port), "--scenes", "FloorPlan1,FloorPlan201",
          "--frames-per-scene", "4", "--width", "320", "--height", "240", "--output", str(out),
          "--randomize-materials", "--randomize-lighting", "--classes", "Mug,Sofa,Vase,Pan",
@@ -231,6 +250,31 @@ def test_command_line(simulators, tmp_path):
                                        for a in materials)
     assert sum(a["action"] == "RandomizeLighting" for a in sent) == 8
     assert not any(a["action"] == "InitialRandomSpawn" for a in sent)
+
+
+def test_frames_without_enough_instances_are_skipped(simulators, tmp_path):
+    port = free_ports(1)
+    proc, log = simulators.start(port)
+    out = tmp_path / "out"
+    collect(config(out, port, scenes=("FloorPlan301",), frames_per_scene=2, min_instances=100,
+                   max_pose_attempts=3))
+    assert proc.wait(timeout=30) == 0
+    assert COCO(str(out / "annotations.json")).getImgIds() == []
+    part = json.loads((out / "parts" / "FloorPlan301.json").read_text())
+    assert part["frames_done"] == part["skipped_frames"] == [0, 1]
+    assert sum(a["action"] == "TeleportFull" for a in actions(log)) == 2 * 3
+    assert not (out / "images").exists()
+
+
+def test_command_line_rejects_contradictory_settings(tmp_path, capsys):
+    from saom_ros.training.cli import main
+
+    assert main(["collect", "--output", str(tmp_path), "--scenes", "FloorPlan1"]) == 2
+    assert "exactly one of --simulator-host/--simulator-port" in capsys.readouterr().err
+    assert main(["collect", "--output", str(tmp_path), "--split", "val", "--scenes",
+                 "FloorPlan1", "--simulator-port", "1"]) == 2
+    assert "either scenes or a split" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_no_simulator_is_a_clear_error(tmp_path):
@@ -250,6 +294,7 @@ def test_controller_arguments_per_simulator_mode(tmp_path):
                             "server_class": ai2thor.wsgi_server.WsgiServer, "width": 320,
                             "height": 240, "renderInstanceSegmentation": True}.items()
     cloud = controller_kwargs(CollectConfig(**base, platform="CloudRendering"))
+    assert cloud["server_class"] is ai2thor.wsgi_server.WsgiServer  # notices a crashed build
     assert cloud["platform"] is ai2thor.platform.CloudRendering and "x_display" not in cloud
     x11 = controller_kwargs(CollectConfig(**base, platform="Linux64", x_display=":1"))
     assert x11["platform"] is ai2thor.platform.Linux64 and x11["x_display"] == ":1"
@@ -268,6 +313,22 @@ def test_controller_arguments_per_simulator_mode(tmp_path):
         controller_kwargs(CollectConfig(**base))
     with pytest.raises(ValueError, match="exactly one"):
         controller_kwargs(CollectConfig(**base, simulator_port=9000, platform="CloudRendering"))
+
+
+def test_launched_build_failures_are_clear_errors(tmp_path, monkeypatch):
+    # A real executable started by the real Controller; it dies at once, as a broken build does.
+    build = tmp_path / "thor-Linux64"
+    build.write_text("#!/bin/sh\nexit 3\n")
+    os.chmod(build, 0o755)
+    cfg = CollectConfig(output=tmp_path / "out", scenes=("FloorPlan1",), progress=False,
+                        local_executable_path=str(build), simulator_start_timeout=30)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # ai2thor logs the build's output to ~/.ai2thor
+    monkeypatch.setattr("ai2thor.platform.Linux64._valid_x_displays", lambda w, h: [])
+    with pytest.raises(CollectError, match="renders on an X server and none was found"):
+        collect(cfg)
+    with pytest.raises(CollectError, match=f"could not start the local build {build}: .*exited 3"):
+        collect(dataclasses.replace(cfg, x_display=":99"))
 
 
 def test_scene_selection(tmp_path):

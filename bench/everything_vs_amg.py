@@ -1,0 +1,191 @@
+"""Benchmark: EverythingEngine vs segment_anything's SamAutomaticMaskGenerator.
+
+Same model, image and settings (no crops), one process; prints the median of several runs and,
+last, ``speedup=<engine vs AMG, x> parity_iou=<min matched IoU>``.
+
+Without real SAM weights, small models are given a few quick decoder training steps on synthetic
+shapes (``fit_shapes``) so that their masks are objects rather than noise; larger models use
+random weights (timing only) unless --checkpoint is given.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from saom_ros.classes import SAOM_CLASSES
+from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
+from saom_ros.model import ModelConfig, Saom, build_saom, load_model
+
+
+def synthetic_scene(h: int, w: int, seed: int, n_shapes: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image of coloured rectangles and ellipses on a flat background, and its id map."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = rng.integers(20, 60, 3)
+    ids = np.zeros((h, w), np.int64)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(1, n_shapes + 1):
+        ch, cw = rng.integers(h // 10, h // 4), rng.integers(w // 10, w // 4)
+        y0, x0 = rng.integers(0, h - ch), rng.integers(0, w - cw)
+        if rng.random() < 0.5:
+            m = (yy >= y0) & (yy < y0 + ch) & (xx >= x0) & (xx < x0 + cw)
+        else:
+            m = ((yy - y0 - ch / 2) / (ch / 2)) ** 2 + ((xx - x0 - cw / 2) / (cw / 2)) ** 2 < 1
+        img[m] = rng.integers(70, 256, 3)
+        ids[m] = k
+    return img, ids
+
+
+def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask BCE + dice, [P, M]."""
+    t = target[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean((-1, -2))
+    p = logits.sigmoid()
+    dice = 1 - (2 * (p * t).sum((-1, -2)) + 1) / (p.sum((-1, -2)) + t.sum((-1, -2)) + 1)
+    return bce + dice
+
+
+def fit_shapes(model: Saom, steps: int, n_images: int = 4, n_prompts: int = 16,
+               seed: int = 0) -> Saom:
+    """Deterministic decoder training on synthetic shapes (encoder frozen); returns eval model.
+
+    Prompts are everything-grid points; loss on the best of the 3 masks, and the IoU head learns
+    the masks' true IoU so that the predicted-IoU filter means something.
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.img_size
+    scenes = [synthetic_scene(size, size, seed + i) for i in range(n_images)]
+    with torch.no_grad():
+        embs = [model.embed(model.preprocess(im)[0]) for im, _ in scenes]
+    grid = torch.as_tensor(make_point_grid(32) * size, dtype=torch.float32)
+    params = [p for n, p in model.named_parameters() if not n.startswith("sam.image_encoder")]
+    opt = torch.optim.Adam(params, lr=4e-3)
+    model.train()
+    for step in range(steps):
+        ids = torch.as_tensor(scenes[step % n_images][1])
+        pts = grid[torch.randperm(len(grid), generator=g)[:n_prompts]]
+        tgt = ids[pts[:, 1].long(), pts[:, 0].long()]
+        low = F.avg_pool2d((ids[None] == tgt[:, None, None]).float()[:, None], 4)[:, 0]
+        out = model.decode(embs[step % n_images], pts[:, None],
+                           torch.ones(n_prompts, 1, dtype=torch.int))
+        with torch.no_grad():
+            b, tb = out.low_res_logits > 0, low[:, None] > 0.5
+            true_iou = (b & tb).sum((-1, -2)) / (b | tb).sum((-1, -2)).clamp(min=1)
+        loss = (_mask_loss(out.low_res_logits, low).min(1).values.mean()
+                + F.mse_loss(out.iou_pred, true_iou.float()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _median_s(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> tuple[float, object]:
+    """Median wall time of ``runs`` calls after one warm-up call, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(runs):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def matched_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Min over the masks of the smaller set of the best IoU with a mask of the other set."""
+    if len(a) > len(b):
+        a, b = b, a
+    if len(a) == 0:
+        return 1.0 if len(b) == 0 else 0.0
+    fa, fb = (torch.as_tensor(m).flatten(1).float() for m in (a, b))
+    inter = fa @ fb.T
+    iou = inter / (fa.sum(1)[:, None] + fb.sum(1)[None] - inter).clamp(min=1)
+    return float(iou.max(1).values.min())
+
+
+def _amg(model: Saom, s: EverythingSettings, points_per_batch: int):
+    from segment_anything import SamAutomaticMaskGenerator
+    return SamAutomaticMaskGenerator(
+        model.sam, points_per_side=s.points_per_side, points_per_batch=points_per_batch,
+        pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
+        stability_score_offset=s.stability_score_offset, box_nms_thresh=s.box_nms_thresh,
+        min_mask_region_area=s.min_mask_region_area, output_mode="binary_mask")
+
+
+def _model(args: argparse.Namespace) -> Saom:
+    if args.checkpoint:
+        return load_model(args.checkpoint, device="cpu")
+    torch.manual_seed(0)
+    model = build_saom(ModelConfig.preset(args.model, num_classes=len(SAOM_CLASSES)), SAOM_CLASSES)
+    if args.fit_steps > 0:
+        t = time.perf_counter()
+        fit_shapes(model, args.fit_steps)
+        print(f"fit_shapes: {args.fit_steps} steps in {time.perf_counter() - t:.1f} s")
+    return model.eval()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--checkpoint", help="SAOM or sam_vit_*.pth file instead of a built model")
+    p.add_argument("--fit-steps", type=int, default=None,
+                   help="quick decoder training steps (default: 300 for tiny, else 0)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--points-per-batch", type=int, default=None,
+                   help="engine batch (default 256 on CPU, 1024 on CUDA); AMG uses 64")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-thresh", type=float, default=0.95)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp-dtype", default="bfloat16")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-amg", action="store_true", help="time the engine only")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny model, 256 px, loose thresholds, 3 runs (< 60 s on 2 CPU cores)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.height, args.width, args.runs = "tiny", 256, 256, 3
+        args.pred_iou_thresh, args.stability_thresh = 0.3, 0.7
+    if args.fit_steps is None:
+        args.fit_steps = 300 if args.model == "tiny" and not args.checkpoint else 0
+    device = torch.device(args.device)
+    model = _model(args).to(device)
+    settings = EverythingSettings(
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 256),
+        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
+        amp_dtype=args.amp_dtype, compile=args.compile)
+    image = synthetic_scene(args.height, args.width, seed=7)[0]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    engine = EverythingEngine(model, settings, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_eng, inst = _median_s(lambda: engine(image), args.runs, sync)
+    print(f"device={device} model={args.model} image={args.height}x{args.width} "
+          f"grid={args.points_per_side}^2 batch={settings.points_per_batch} "
+          f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh}")
+    print(f"engine: median {t_eng * 1e3:.1f} ms over {args.runs} runs, {len(inst)} masks")
+    if device.type == "cuda":
+        print(f"engine peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    if args.no_amg:
+        print(f"speedup=nan parity_iou=nan")
+        return
+    amg = _amg(model, settings, 64)
+    t_amg, records = _median_s(lambda: amg.generate(image), args.runs, sync)
+    ref = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,) + image.shape[:2], bool)
+    print(f"SamAutomaticMaskGenerator: median {t_amg * 1e3:.1f} ms, {len(ref)} masks")
+    print(f"speedup={t_amg / t_eng:.2f} parity_iou={matched_iou(inst.masks, ref):.4f}")
+
+
+if __name__ == "__main__":
+    main()

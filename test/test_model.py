@@ -1,0 +1,154 @@
+"""Tests for saom_ros.model: building, decoding, saving and loading checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
+from saom_ros.model import (
+    CheckpointError, ModelConfig, Saom, build_saom, load_model, save_checkpoint)
+
+
+def _decode(model: Saom, seed: int = 0):
+    torch.manual_seed(seed)
+    image = np.random.default_rng(seed).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    with torch.no_grad():
+        x, _ = model.preprocess(image)
+        pts = torch.rand(5, 1, 2) * model.config.img_size
+        return model.decode(model.embed(x), pts, torch.ones(5, 1, dtype=torch.int))
+
+
+def test_presets_match_segment_anything_sizes() -> None:
+    from segment_anything.build_sam import build_sam_vit_b  # noqa: F401 (sizes documented there)
+    b = ModelConfig.preset("vit_b")
+    assert (b.encoder_embed_dim, b.encoder_depth, b.encoder_num_heads) == (768, 12, 12)
+    assert ModelConfig.preset("vit_h").encoder_global_attn_indexes == (7, 15, 23, 31)
+    assert ModelConfig.preset("tiny", num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match="vit_h"):
+        ModelConfig.preset("vit_x")
+
+
+def test_preprocess_resizes_longest_side_and_pads(tiny_model: Saom) -> None:
+    x, hw = tiny_model.preprocess(np.zeros((100, 200, 3), np.uint8))
+    assert x.shape == (1, 3, 256, 256) and hw == (128, 256)
+    # padding is zero after normalisation; the image area is normalised black (negative)
+    assert torch.all(x[..., 128:, :] == 0) and torch.all(x[..., :128, :] < 0)
+
+
+def test_decode_shapes_and_class_logits_per_prompt(tiny_model: Saom) -> None:
+    out = _decode(tiny_model)
+    assert out.low_res_logits.shape == (5, 3, 64, 64)
+    assert out.iou_pred.shape == (5, 3)
+    assert out.class_logits.shape == (5, len(SAOM_CLASSES))
+    single = tiny_model.decode(torch.zeros(1, 64, 16, 16), torch.zeros(2, 1, 2),
+                               torch.ones(2, 1, dtype=torch.int), multimask=False)
+    assert single.low_res_logits.shape == (2, 1, 64, 64)
+
+
+def test_decode_matches_segment_anything_decoder(tiny_model: Saom) -> None:
+    sam = tiny_model.sam
+    with torch.no_grad():
+        emb = torch.randn(1, 64, 16, 16)
+        pts, labels = torch.rand(4, 1, 2) * 256, torch.ones(4, 1, dtype=torch.int)
+        sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+        ref_masks, ref_iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse,
+                                              dense, multimask_output=True)
+        out = tiny_model.decode(emb, pts, labels)
+    torch.testing.assert_close(out.low_res_logits, ref_masks)
+    torch.testing.assert_close(out.iou_pred, ref_iou)
+
+
+def test_decode_is_trainable(tiny_model: Saom) -> None:
+    x = torch.zeros(1, 64, 16, 16)
+    out = tiny_model.decode(x, torch.rand(3, 1, 2) * 256, torch.ones(3, 1, dtype=torch.int))
+    (out.class_logits.sum() + out.low_res_logits.mean()).backward()
+    assert tiny_model.class_head.weight.grad is not None
+    assert tiny_model.sam.mask_decoder.iou_token.weight.grad is not None
+
+
+def test_build_rejects_wrong_class_count() -> None:
+    with pytest.raises(ValueError, match="3 classes"):
+        build_saom(ModelConfig.preset("tiny", num_classes=3), ("a", "b"))
+    agnostic = build_saom(ModelConfig.preset("tiny"))
+    assert agnostic.class_head is None and agnostic.class_names == AGNOSTIC_CLASSES
+
+
+def test_save_load_round_trip_gives_equal_outputs(tiny_model: Saom, tiny_checkpoint: Path) -> None:
+    loaded = load_model(tiny_checkpoint)
+    assert loaded.config == tiny_model.config and loaded.class_names == SAOM_CLASSES
+    assert not loaded.training
+    a, b = _decode(tiny_model), _decode(loaded)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    assert ckpt["format"] == "saom" and ckpt["format_version"] == 1
+    assert ckpt["metadata"] == {"source": "test fixture"}
+    assert not list(tiny_checkpoint.parent.glob("*.tmp"))  # atomic write left no temp file
+
+
+def test_official_state_dict_loads_class_agnostic(tiny_model: Saom, tmp_path: Path) -> None:
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(tiny_model.sam.state_dict(), path)
+    for model_type in (None, "tiny"):
+        model = load_model(path, model_type=model_type)
+        assert model.class_head is None and model.class_names == ("object",)
+        assert model.config == ModelConfig.preset("tiny")
+        torch.testing.assert_close(_decode(model).low_res_logits, _decode(tiny_model).low_res_logits)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
+def test_not_a_checkpoint(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)  # a torch file, but neither format
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="is not a checkpoint") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_official_architecture_mismatch_names_keys(tiny_model: Saom, tmp_path: Path) -> None:
+    state = tiny_model.sam.state_dict()
+    state["mask_decoder.extra.weight"] = torch.zeros(1)
+    del state["mask_decoder.iou_token.weight"]
+    path = tmp_path / "sam_vit_odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="mask_decoder.iou_token.weight") as err:
+        load_model(path, model_type="tiny")
+    assert "mask_decoder.extra.weight" in str(err.value)
+    with pytest.raises(CheckpointError, match="matches no known architecture"):
+        load_model(path)
+
+
+def test_saom_architecture_mismatch_names_keys(tiny_checkpoint: Path) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["config"]["encoder_depth"] = 3  # the state dict has 2 blocks
+    torch.save(ckpt, tiny_checkpoint)
+    with pytest.raises(CheckpointError, match=r"architecture mismatch.*image_encoder\.blocks\.2"):
+        load_model(tiny_checkpoint)
+
+
+def test_class_count_mismatch(tiny_checkpoint: Path) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["class_names"] = ckpt["class_names"][:10]
+    torch.save(ckpt, tiny_checkpoint)
+    with pytest.raises(CheckpointError, match="class-count mismatch.*55.*10"):
+        load_model(tiny_checkpoint)
+
+
+def test_unsupported_format_version(tiny_checkpoint: Path) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["format_version"] = 99
+    torch.save(ckpt, tiny_checkpoint)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_model(tiny_checkpoint)

@@ -1,0 +1,470 @@
+"""segment_node: parameters, the latest-frame buffer, the launch file, and end to end over real DDS.
+
+The DDS tests run the node as a separate process (``saom-segment --ros-args --params-file
+config/saom.yaml ...``, as the launch file does) with a tiny checkpoint written here; this process
+publishes the camera images and checks what comes back.
+"""
+from __future__ import annotations
+
+import ast
+import threading
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+import yaml
+from rcl_interfaces.srv import SetParameters
+from rclpy.context import Context
+from rclpy.exceptions import ParameterException
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import LabelInfo
+
+from ros_domain import unique_domain_id
+from ros_helpers import (FAST_ENGINE, PARAMS_FILE, ROOT, Listener, NodeProcess, camera_image,
+                         ros_args, run_node)
+from saom_ros.classes import SAOM_CLASSES
+from saom_ros.everything import EverythingSettings
+from saom_ros.image_codec import array_to_image, image_to_array
+from saom_ros.model import ModelConfig, build_saom, save_checkpoint
+from saom_ros.segment_node import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, LatestFrame, SegmentNode,
+                                   StartupError, parameter_table)
+
+START_TIMEOUT = 120  # seconds for the node process to import torch and subscribe (2 busy cores)
+ANSWER_TIMEOUT = 90
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAOM checkpoint (55 classes) shared by the node processes of this module."""
+    import torch
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_saom.pt"
+    save_checkpoint(path, build_saom(ModelConfig.preset("tiny", num_classes=len(SAOM_CLASSES)),
+                                     SAOM_CLASSES).eval())
+    return path
+
+
+# --- parameters, in process (a private context and domain: no cross-talk with the DDS tests) ---
+
+@pytest.fixture
+def context():
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=100 + unique_domain_id())
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def make_node(context, checkpoint, **params) -> SegmentNode:
+    overrides = [Parameter(k, value=v) for k, v in {"checkpoint": str(checkpoint), **params}.items()]
+    return SegmentNode(context=context, parameter_overrides=overrides)
+
+
+def test_declared_defaults_come_from_engine_settings_and_match_the_params_file():
+    engine = EverythingSettings()
+    table = {name: default for name, default, _ in parameter_table()}
+    for name, field in ENGINE_PARAMETERS.items():
+        assert table[name] == getattr(engine, field), name
+    documented = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    assert set(documented) == set(table)  # every parameter documented, nothing extra
+    for name, value in documented.items():
+        if name != "checkpoint":  # documented as "" = the packaged default
+            assert value == table[name], name
+    assert table["checkpoint"] == str(DEFAULT_CHECKPOINT)
+    assert DEFAULT_CHECKPOINT.parent.name == "data" and DEFAULT_CHECKPOINT.name == "saom_small.pt"
+
+
+def test_every_parameter_has_a_description():
+    assert all(desc.description for _, _, desc in parameter_table())
+
+
+def test_thresholds_change_while_running_and_bad_values_are_rejected(context, checkpoint):
+    node = make_node(context, checkpoint)
+    try:
+        result = node.set_parameters([Parameter("pred_iou_thresh", value=1.5)])[0]
+        assert not result.successful and "pred_iou_thresh" in result.reason
+        assert node._engine.settings.pred_iou_thresh == EverythingSettings().pred_iou_thresh
+        results = node.set_parameters([Parameter("pred_iou_thresh", value=0.5),
+                                       Parameter("min_mask_area", value=25),
+                                       Parameter("points_per_side", value=8)])
+        assert all(r.successful for r in results)
+        settings = node._engine.settings
+        assert (settings.pred_iou_thresh, settings.min_mask_region_area,
+                settings.points_per_side) == (0.5, 25, 8)
+        assert not node.set_parameters([Parameter("points_per_side", value=0)])[0].successful
+        assert not node.set_parameters([Parameter("max_instances", value=-1)])[0].successful
+        wrong_type = node.set_parameters([Parameter("box_nms_thresh", value="high")])[0]
+        assert not wrong_type.successful
+        read_only = node.set_parameters([Parameter("device", value="cpu")])[0]
+        assert not read_only.successful and "read-only" in read_only.reason
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
+    ("model_type", "vit_q", "must be one of auto, vit_h"),
+    ("input_reliability", "sometimes", "must be one of reliable, best_effort"),
+    ("pred_iou_thresh", 2.0, "out of range"),
+])
+def test_bad_start_up_values_are_rejected_with_a_reason(context, checkpoint, name, value, words):
+    with pytest.raises(ParameterException, match=words):
+        make_node(context, checkpoint, **{name: value})
+
+
+def test_cuda_that_does_not_exist_is_an_error_that_says_so(context, checkpoint):
+    import torch
+    if torch.cuda.is_available():  # ask for one more device than there is
+        device, words = f"cuda:{torch.cuda.device_count()}", "CUDA device(s) exist"
+    else:
+        device, words = "cuda", "CUDA is not available"
+    with pytest.raises(StartupError, match=words):
+        make_node(context, checkpoint, device=device)
+
+
+def test_missing_checkpoint_and_bad_class_file_stop_start_up(context, checkpoint, tmp_path):
+    missing = tmp_path / "nowhere" / "model.pt"
+    with pytest.raises(StartupError, match=f"checkpoint file {missing} does not exist"):
+        make_node(context, missing)
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes: [Mug, Sofa]\n")
+    with pytest.raises(StartupError, match="names 2 classes but .* has 55"):
+        make_node(context, checkpoint, classes=str(classes))
+
+
+def test_class_file_overrides_the_names(context, checkpoint, tmp_path):
+    classes = tmp_path / "classes.yaml"
+    names = [f"thing{i}" for i in range(len(SAOM_CLASSES))]
+    classes.write_text(yaml.safe_dump({"classes": names}))
+    node = make_node(context, checkpoint, classes=str(classes))
+    try:
+        assert node.class_names == tuple(names)
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+# --- the latest-frame buffer -------------------------------------------------------------------
+
+def test_latest_frame_keeps_the_newest_and_counts_drops():
+    slot = LatestFrame()
+    for i in range(5):
+        slot.put(i)  # never waits, nobody is taking
+    assert slot.take() == 4 and slot.dropped == 4
+    slot.put(5)
+    assert slot.take() == 5 and slot.dropped == 4
+
+
+def test_latest_frame_take_waits_for_a_frame_and_close_releases_it():
+    slot, got = LatestFrame(), []
+    worker = threading.Thread(target=lambda: got.extend([slot.take(), slot.take()]))
+    worker.start()
+    slot.put("frame")
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot.close()
+    worker.join(timeout=10)
+    assert got == ["frame", None] and not worker.is_alive()
+
+
+# --- the launch file (launch/launch_ros cannot be installed here: read it, and run its mapping
+# against stand-ins that record what it asks launch_ros for) -------------------------------------
+
+LAUNCH_FILE = ROOT / "launch" / "segment.launch.py"
+
+
+def test_launch_file_declares_the_documented_arguments():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+    assert {"image", "checkpoint", "device", "params_file", "namespace", "use_compressed",
+            "saom_ros", "segment_node"} <= names
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {"Node", "DeclareLaunchArgument", "LaunchConfiguration", "FindPackageShare"} <= imports
+
+
+def _stand_in_launch(monkeypatch, values: dict[str, str]):
+    """Minimal launch / launch_ros modules; returns the module namespace of the launch file."""
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    modules = {
+        "launch": {"LaunchDescription": Recorded},
+        "launch.actions": {"DeclareLaunchArgument": Recorded, "OpaqueFunction": Recorded},
+        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
+                                 "PathJoinSubstitution": Recorded},
+        "launch_ros.actions": {"Node": Recorded},
+        "launch_ros.substitutions": {"FindPackageShare": Recorded},
+    }
+    for name, attrs in modules.items():
+        monkeypatch.setitem(__import__("sys").modules, name, types.SimpleNamespace(**attrs))
+    monkeypatch.setitem(__import__("sys").modules, "launch_ros", types.SimpleNamespace())
+    namespace: dict = {}
+    exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
+    description = namespace["generate_launch_description"]()
+    (entries,) = description.args
+    declared = {e.kwargs["name"] if "name" in e.kwargs else e.args[0]: e.kwargs["default_value"]
+                for e in entries if "default_value" in e.kwargs}
+    (opaque,) = [e for e in entries if "function" in e.kwargs]
+    context = {name: values.get(name, default if isinstance(default, str) else "<share>/saom.yaml")
+               for name, default in declared.items()}
+    (node,) = opaque.kwargs["function"](context)
+    return declared, node.kwargs
+
+
+def _as_ros_args(node_kwargs) -> list[str]:
+    """What launch_ros passes to the executable for these Node arguments."""
+    params_file, overrides = node_kwargs["parameters"]
+    args = ["--ros-args", "--params-file", params_file]
+    for key, value in overrides.items():
+        args += ["-p", f"{key}:={str(value).lower() if isinstance(value, bool) else value}"]
+    for src, dst in node_kwargs["remappings"]:
+        args += ["-r", f"{src}:={dst}"]
+    return args
+
+
+def test_launch_maps_its_arguments_onto_the_same_node_as_the_command_line(monkeypatch):
+    declared, node = _stand_in_launch(monkeypatch, {
+        "image": "/camera/color/image_raw", "checkpoint": "/models/sam_vit_b_01ec64.pth",
+        "params_file": str(PARAMS_FILE), "use_compressed": "true"})
+    assert set(declared) == {"image", "checkpoint", "device", "params_file", "namespace",
+                             "use_compressed"}
+    assert (node["package"], node["executable"], node["name"]) == ("saom_ros", "segment_node",
+                                                                   "segment_node")
+    assert node["namespace"] == ""
+    expected = ros_args({"checkpoint": "/models/sam_vit_b_01ec64.pth", "use_compressed": True},
+                        {"image": "/camera/color/image_raw",
+                         "image/compressed": "/camera/color/image_raw/compressed"})
+    assert _as_ros_args(node) == expected
+
+
+def test_launch_leaves_unset_arguments_to_the_params_file(monkeypatch):
+    _, node = _stand_in_launch(monkeypatch, {})
+    params_file, overrides = node["parameters"]
+    assert params_file == "<share>/saom.yaml" and overrides == {}
+
+
+# --- end to end over DDS ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init(domain_id=unique_domain_id())
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def node_process(ros, checkpoint, tmp_path_factory):
+    proc = NodeProcess(tmp_path_factory.mktemp("node"), {"checkpoint": checkpoint, **FAST_ENGINE},
+                       {"image": "/cam/image"})
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def listener(ros, node_process):
+    lis = Listener("/cam/image")
+    assert lis.wait_for_subscriber(START_TIMEOUT, node_process), node_process.output
+    yield lis
+    lis.close()
+
+
+def header(seq: int, frame_id: str = "cam_optical") -> Header:
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = 1000 + seq, 123_000 + seq
+    return h
+
+
+def request(listener: Listener, msg, process: NodeProcess, timeout: float = ANSWER_TIMEOUT):
+    """Publish ``msg`` (again every few seconds, in case discovery was still settling) until
+    detections, instances and semantic images with its stamp came back; returns them."""
+    stamp, deadline = msg.header.stamp, time.monotonic() + timeout
+
+    def answered():
+        return all(listener.by_stamp(t, stamp) for t in ("detections", "instances", "semantic"))
+
+    while time.monotonic() < deadline:
+        listener.pub.publish(msg)
+        if listener.spin_until(answered, 5.0, process):
+            return [listener.by_stamp(t, stamp)[0] for t in ("detections", "instances", "semantic")]
+        assert process.alive(), process.output
+    raise AssertionError(f"no answer for stamp {stamp}; node output:\n{process.output}")
+
+
+def test_outputs_carry_the_input_header_and_match_the_instance_image(listener, node_process):
+    for seq in range(2):
+        msg = array_to_image(camera_image(seq), "rgb8", header(seq))
+        detections, instances, semantic = request(listener, msg, node_process)
+        for out in (detections, instances, semantic):
+            assert out.header == msg.header
+        assert instances.encoding == semantic.encoding == "mono16"
+        labels, classes = image_to_array(instances), image_to_array(semantic)
+        assert labels.shape == classes.shape == (48, 64)
+        assert detections.detections, "the fast settings keep every mask; expected instances"
+        assert {int(d.id) for d in detections.detections} == set(np.unique(labels)) - {0}
+        for det in detections.detections:
+            assert det.header == msg.header
+            ys, xs = np.nonzero(labels == int(det.id))
+            assert det.bbox.center.position.x == (xs.min() + xs.max()) / 2
+            assert det.bbox.center.position.y == (ys.min() + ys.max()) / 2
+            assert (det.bbox.size_x, det.bbox.size_y) == (xs.max() - xs.min() + 1,
+                                                           ys.max() - ys.min() + 1)
+            class_id = int(det.results[0].hypothesis.class_id)
+            assert det.results[0].hypothesis.class_id == str(class_id)
+            assert 0 <= det.results[0].hypothesis.score <= 1
+            assert (classes[labels == int(det.id)] == class_id).all()
+        assert (classes[labels == 0] == 0).all()  # unlabelled pixels are 0
+
+
+def test_label_info_is_latched_and_lists_every_detected_class(listener, node_process):
+    request(listener, array_to_image(camera_image(7), "rgb8", header(7)), node_process)
+    late: list[LabelInfo] = []  # a subscriber that joins after the node published
+    listener.node.create_subscription(LabelInfo, "/segment_node/label_info", late.append, QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    assert listener.spin_until(lambda: late, 30, node_process)
+    class_map = {c.class_id: c.class_name for c in late[0].class_map}
+    assert class_map == {0: "unlabelled", **{i + 1: n for i, n in enumerate(SAOM_CLASSES)}}
+    for det_array in listener.messages("detections"):
+        for det in det_array.detections:
+            assert int(det.results[0].hypothesis.class_id) in class_map
+
+
+def test_diagnostics_report_latency_rate_drops_and_device(listener, node_process):
+    request(listener, array_to_image(camera_image(8), "rgb8", header(8)), node_process)
+    assert listener.spin_until(lambda: int(listener.diagnostics_values().get(
+        "frames_processed", 0)) >= 1, 15, node_process)
+    values = listener.diagnostics_values()
+    assert values["device"] == "cpu"
+    assert float(values["latency_ms"]) > 0 or values["latency_ms"] == "nan"
+    assert {"processing_rate_hz", "frames_dropped", "frames_received", "frames_malformed",
+            "inference_ms", "frame_age_ms"} <= set(values)
+
+
+def _malformed() -> list[Image]:
+    good = array_to_image(camera_image(0), "rgb8", header(20))
+    wrong_step = array_to_image(camera_image(0), "rgb8", header(21))
+    wrong_step.step = 10
+    unsupported = array_to_image(camera_image(0), "rgb8", header(22))
+    unsupported.encoding = "yuv422_yuy2"
+    truncated = array_to_image(camera_image(0), "rgb8", header(23))
+    truncated.data = bytes(good.data)[:1000]
+    empty = Image(header=header(24), height=0, width=0, encoding="rgb8", step=0)
+    return [wrong_step, unsupported, truncated, empty]
+
+
+def test_malformed_images_warn_and_the_next_valid_image_is_answered(listener, node_process):
+    bad = _malformed()
+    for msg in bad:
+        listener.pub.publish(msg)
+        listener.spin_until(lambda: False, 1.0)  # let the worker take each one separately
+    valid = array_to_image(camera_image(9), "rgb8", header(25))
+    request(listener, valid, node_process)
+    assert node_process.alive()
+    assert "skipped image" in node_process.output
+    for msg in bad:  # none of them produced output
+        assert not listener.by_stamp("detections", msg.header.stamp)
+    assert listener.spin_until(lambda: int(listener.diagnostics_values().get(
+        "frames_malformed", 0)) >= 1, 15, node_process)
+
+
+def test_thresholds_set_over_the_parameter_service_apply_to_the_next_frame(listener, node_process):
+    client = listener.node.create_client(SetParameters, "/segment_node/set_parameters")
+    assert client.wait_for_service(timeout_sec=30)
+
+    def set_param(name, value):
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        assert listener.spin_until(future.done, 30, node_process)
+        return future.result().results[0]
+
+    rejected = set_param("box_nms_thresh", 1.5)
+    assert not rejected.successful and "box_nms_thresh" in rejected.reason
+    assert set_param("max_instances", 2).successful
+    try:
+        detections, _, _ = request(listener, array_to_image(camera_image(10), "rgb8", header(30)),
+                                   node_process)
+        assert 1 <= len(detections.detections) <= 2
+    finally:
+        assert set_param("max_instances", 0).successful
+
+
+def test_missing_checkpoint_makes_the_process_exit_nonzero_naming_the_file(tmp_path):
+    missing = tmp_path / "no_such_model.pt"
+    result = run_node({"checkpoint": missing})
+    assert result.returncode != 0
+    assert str(missing) in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_compressed_input_jpeg_png_and_corrupt(ros, checkpoint, tmp_path):
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, "use_compressed": True, **FAST_ENGINE},
+                       {"image/compressed": "/cam/image/compressed", "__ns": "/comp"})
+    lis = Listener("/cam/image/compressed", compressed=True, node="/comp/segment_node")
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        rgb = camera_image(3)
+        for seq, (ext, fmt) in enumerate([(".png", "png"), (".jpg", "rgb8; jpeg compressed bgr8")]):
+            ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            msg = CompressedImage(header=header(40 + seq), format=fmt, data=buf.tobytes())
+            detections, instances, _ = request(lis, msg, proc)
+            assert instances.header == msg.header and (instances.height, instances.width) == (48, 64)
+            if seq == 0:
+                corrupt = CompressedImage(header=header(50), format="jpeg",
+                                          data=b"\xff\xd8\xff\xe0" + bytes(200))
+                lis.pub.publish(corrupt)
+                lis.spin_until(lambda: False, 1.0)
+        assert "skipped image" in proc.output and proc.alive()
+        assert not lis.by_stamp("detections", header(50).stamp)
+    finally:
+        lis.close()
+        proc.stop()
+
+
+@pytest.mark.slow
+def test_frame_age_stays_bounded_when_images_come_faster_than_the_model(ros, checkpoint, tmp_path):
+    """30 Hz into a model that needs far longer than 33 ms a frame: old frames are dropped, so the
+    age of answered frames (receive time - stamp) does not grow the way a queue would make it."""
+    slow = {**FAST_ENGINE, "points_per_side": 8}
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, **slow},
+                       {"image": "/cam/fast", "__ns": "/fast"})
+    lis = Listener("/cam/fast", node="/fast/segment_node")
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        img = camera_image(5, height=240, width=320)
+        published, start = 0, time.monotonic()
+        while time.monotonic() - start < 30:
+            h = Header(frame_id="cam", stamp=lis.node.get_clock().now().to_msg())
+            lis.pub.publish(array_to_image(img, "rgb8", h))
+            published += 1
+            lis.spin_until(lambda: False, 1 / 30)
+        lis.spin_until(lambda: False, 3)
+        answers = lis.received["detections"]
+        ages = [t - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9) for t, m in answers]
+        assert len(ages) >= 6, f"only {len(ages)} answers; node output:\n{proc.output}"
+        assert len(ages) < published / 3  # the model really was slower than the camera
+        third = len(ages) // 3
+        early, late = np.median(ages[:third]), np.median(ages[-third:])
+        print(f"published {published}, answered {len(ages)}, median age early {early:.2f} s, "
+              f"late {late:.2f} s")
+        # A queue would add ~(30 Hz * model time) frames of backlog per second: after 30 s the
+        # late ages would be many times the early ones. Dropping keeps them alike.
+        assert late < 2 * early + 1.0, (early, late, ages)
+        assert int(lis.diagnostics_values().get("frames_dropped", 0)) > 0
+    finally:
+        lis.close()
+        proc.stop()

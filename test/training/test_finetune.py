@@ -1,0 +1,245 @@
+"""Fine-tuning: it learns, resumes exactly, caches embeddings without changing the result, and
+DDP over 2 gloo processes matches one process with the same global batch."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saom_ros.model import ModelConfig, Saom, build_saom, load_model
+from saom_ros.training import finetune
+from saom_ros.training.datasets import (
+    coco_categories, mask_to_annotation, write_coco, write_image)
+
+CLASSES = ("Mug", "Vase", "Laptop")
+COLOURS = {1: (210, 60, 50), 2: (50, 200, 70), 3: (60, 80, 220)}
+
+
+def make_dataset(root: Path, n: int = 4, hw: tuple[int, int] = (96, 128), seed: int = 0) -> Path:
+    """A small COCO dataset of coloured rectangles and ellipses (class = colour), written with
+    the datasets helpers; images are not square so that frame handling matters."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    images, anns = [], []
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        img = np.full((h, w, 3), 90, np.uint8)
+        img[..., 2] = (xx * 120 // w).astype(np.uint8)  # a gradient, not a flat background
+        drawn = np.zeros((h, w), bool)
+        for k in range(3):
+            cls = 1 + (i + k) % 3
+            cy, cx = rng.integers(18, h - 18), rng.integers(18, w - 18)
+            ry, rx = rng.integers(8, 18), rng.integers(8, 24)
+            m = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if k % 2 else \
+                ((abs(yy - cy) <= ry) & (abs(xx - cx) <= rx))
+            m &= ~drawn  # earlier objects stay in front
+            if m.sum() < 30:
+                continue
+            drawn |= m
+            img[m] = COLOURS[cls]
+            anns.append(mask_to_annotation(m, len(anns) + 1, i + 1, cls))
+        name = f"images/{i:03d}.png"
+        write_image(root / name, img)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+    write_coco(root / "annotations.json", images, anns, coco_categories(CLASSES))
+    return root / "annotations.json"
+
+
+def tiny_config(data: Path, run_dir: Path, *overrides: str) -> dict:
+    return finetune.load_config(None, [
+        "model.model_type=tiny", f"data.train={data}", f"train.run_dir={run_dir}",
+        "data.num_workers=0", "assignment.points_per_side=8", "train.log_every=1",
+        "train.checkpoint_every=100", "train.amp=false", "train.device=cpu", "optim.lr=1e-3",
+        *overrides])
+
+
+def trainable_state(model: Saom) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("sam.image_encoder")}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n=6)
+
+
+def _final_model(run_dir: Path) -> Saom:
+    return finetune.model_from_state(finetune.load_train_state(run_dir / "checkpoints/last.pt"))
+
+
+def _assert_same(a: Saom, b: Saom, atol: float = 0.0) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if atol == 0.0:
+            assert torch.equal(sa[k], sb[k]), k
+        else:
+            torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=0, msg=k)
+
+
+def test_training_lowers_the_loss_and_keeps_the_encoder_frozen(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path / "run", "train.max_steps=40", "train.batch_size=2")
+    torch.manual_seed(0)
+    start = build_saom(ModelConfig.preset("tiny", len(CLASSES)), CLASSES)
+    finetune.train(cfg, progress=False)
+    end = _final_model(tmp_path / "run")
+    with open(tmp_path / "run/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 41))
+    first = np.mean([float(r["loss"]) for r in rows[:3]])
+    last = np.mean([float(r["loss"]) for r in rows[-3:]])
+    assert last < 0.8 * first, (first, last)
+    assert float(rows[0]["prompts"]) > 0
+    for k, v in start.state_dict().items():  # same seed -> same initial weights
+        if k.startswith("sam.image_encoder"):
+            assert torch.equal(v, end.state_dict()[k]), k
+    assert any(not torch.equal(v, trainable_state(end)[k]) for k, v in
+               trainable_state(start).items())
+    assert (tmp_path / "run/tensorboard").is_dir()
+    assert list((tmp_path / "run/embedding_cache").rglob("*.pt"))
+
+
+def test_resumed_run_equals_unbroken_run(dataset, tmp_path):
+    straight = tiny_config(dataset, tmp_path / "a", "train.max_steps=6", "optim.warmup_steps=2")
+    finetune.train(straight, progress=False)
+    broken = tiny_config(dataset, tmp_path / "b", "train.max_steps=6", "optim.warmup_steps=2")
+    first = finetune.train(broken, stop_after=3, progress=False)
+    assert first.name == "step_00000003.pt"
+    finetune.train(broken, resume=True, progress=False)
+    _assert_same(_final_model(tmp_path / "a"), _final_model(tmp_path / "b"))
+    a_state = finetune.load_train_state(tmp_path / "a/checkpoints/last.pt")
+    b_state = finetune.load_train_state(tmp_path / "b/checkpoints/last.pt")
+    assert a_state["step"] == b_state["step"] == 6
+    assert a_state["scheduler"] == b_state["scheduler"]
+    with open(tmp_path / "b/metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_config(dataset, tmp_path):
+    finetune.train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1"), progress=False)
+    other = tiny_config(dataset, tmp_path / "r", "train.max_steps=1", "optim.lr=5e-4")
+    with pytest.raises(ValueError, match="optim.lr"):
+        finetune.train(other, resume=True, progress=False)
+
+
+def test_embedding_cache_changes_nothing_but_skips_the_encoder(dataset, tmp_path, monkeypatch):
+    calls = []
+    embed = Saom.embed
+
+    def counting_embed(self, images):
+        calls.append(images.shape[0])
+        return embed(self, images)
+
+    monkeypatch.setattr(Saom, "embed", counting_embed)
+    common = ("train.max_steps=2", "train.batch_size=2", f"train.embedding_cache={tmp_path / 'c'}")
+    finetune.train(tiny_config(dataset, tmp_path / "nocache", *common[:2],
+                               "train.embedding_cache=false"), progress=False)
+    uncached_calls = len(calls)
+    finetune.train(tiny_config(dataset, tmp_path / "fill", *common), progress=False)
+    calls.clear()
+    finetune.train(tiny_config(dataset, tmp_path / "hit", *common), progress=False)
+    assert uncached_calls == 4 and calls == []  # 2 steps x 2 images; then all from disk
+    _assert_same(_final_model(tmp_path / "nocache"), _final_model(tmp_path / "fill"))
+    _assert_same(_final_model(tmp_path / "nocache"), _final_model(tmp_path / "hit"))
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path):
+    finetune.train(tiny_config(dataset, tmp_path / "b2", "train.max_steps=2",
+                               "train.batch_size=2"), progress=False)
+    finetune.train(tiny_config(dataset, tmp_path / "acc", "train.max_steps=2",
+                               "train.grad_accum=2"), progress=False)
+    _assert_same(_final_model(tmp_path / "b2"), _final_model(tmp_path / "acc"), atol=1e-6)
+
+
+def test_unfrozen_class_agnostic_random_prompts(dataset, tmp_path):
+    """The part-biased-baseline recipe: encoder trains, no class head, random prompts."""
+    cfg = tiny_config(dataset, tmp_path / "u", "train.max_steps=2", "model.freeze_encoder=false",
+                      "model.class_agnostic=true", "assignment.prompt_mode=random")
+    torch.manual_seed(0)
+    start = build_saom(ModelConfig.preset("tiny"))
+    finetune.train(cfg, progress=False)
+    end = _final_model(tmp_path / "u")
+    assert end.class_head is None and end.class_names == ("object",)
+    key = "sam.image_encoder.patch_embed.proj.weight"
+    assert not torch.equal(start.state_dict()[key], end.state_dict()[key])
+    assert not (tmp_path / "u/embedding_cache").exists()
+    with open(tmp_path / "u/metrics.csv") as f:
+        assert all(float(r["ce"]) == 0.0 for r in csv.DictReader(f))
+
+
+def test_init_from_official_sam_file_adds_a_class_head(dataset, tmp_path):
+    torch.manual_seed(1)
+    sam = build_saom(ModelConfig.preset("tiny")).sam
+    official = tmp_path / "sam_tiny.pth"
+    torch.save(sam.state_dict(), official)
+    cfg = tiny_config(dataset, tmp_path / "i", "train.max_steps=1", f"model.init={official}")
+    model = finetune.init_model(cfg, CLASSES)
+    assert model.class_names == CLASSES and model.class_head.out_features == 3
+    for k, v in sam.state_dict().items():
+        assert torch.equal(model.sam.state_dict()[k], v)
+
+
+def test_export_writes_what_the_node_loader_loads(dataset, tmp_path):
+    finetune.train(tiny_config(dataset, tmp_path / "e", "train.max_steps=2"), progress=False)
+    out = finetune.export(tmp_path / "e", tmp_path / "saom.pt")
+    loaded = load_model(out)
+    _assert_same(loaded, _final_model(tmp_path / "e"))
+    assert loaded.class_names == CLASSES
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
+        finetune.load_config(None, ["optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="data.train is not set"):
+        finetune.Trainer(finetune.load_config(None, ["model.model_type=tiny"]))
+    with pytest.raises(ValueError, match="does not exist"):
+        finetune.load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="assignment.prompt_mode must be one of nearest, random"):
+        finetune.Trainer(finetune.load_config(None, ["assignment.prompt_mode=centre"]))
+    with pytest.raises(ValueError, match="train.grad_accum must be a positive integer"):
+        finetune.Trainer(finetune.load_config(None, ["train.grad_accum=0"]))
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):
+    """torchrun, 2 CPU processes x 1 image == 1 process x 2 images (gradients are averaged)."""
+    args = ["--data", str(dataset), "--model-type", "tiny", "--max-steps", "3", "--device", "cpu",
+            "--no-progress", "--set", "data.num_workers=0", "--set", "assignment.points_per_side=8",
+            "--set", "train.amp=false", "--set", "optim.lr=1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "saom_ros.training.cli", "train", *args,
+                    "--run-dir", str(tmp_path / "ddp"), "--set", "train.batch_size=1"],
+                   check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "saom_ros.training.cli", "train", *args,
+                    "--run-dir", str(tmp_path / "one"), "--set", "train.batch_size=2"],
+                   check=True, env=env, timeout=300)
+    _assert_same(_final_model(tmp_path / "ddp"), _final_model(tmp_path / "one"), atol=1e-5)
+
+
+def test_open_dataset_reads_coco_and_saom_layouts(dataset, tmp_path):
+    coco = finetune.open_dataset(dataset)
+    assert coco.class_names == CLASSES and len(coco) == 6
+    sample = coco[0]
+    write_image(tmp_path / "img.png", sample.image)
+    for k, m in enumerate(sample.masks):
+        write_image(tmp_path / f"m{k}.png", np.repeat(m[..., None] * np.uint8(255), 3, 2))
+    entry = {"image_name": "img.png", "entity_indices": [int(c) - 1 for c in sample.class_ids],
+             "entity_masks": [f"m{k}.png" for k in range(len(sample.masks))]}
+    meta = {"entity classes": list(CLASSES), "train_data": [], "val_data": [],
+            "test_data": [entry]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    saom = finetune.open_dataset(tmp_path / "meta.json", "test")
+    assert len(saom) == 1 and saom.class_names == CLASSES
+    np.testing.assert_array_equal(saom[0].masks, sample.masks)
+    np.testing.assert_array_equal(saom[0].class_ids, sample.class_ids)
+    assert len(finetune.open_dataset(tmp_path / "meta.json", "train")) == 0
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        finetune.open_dataset(tmp_path / "bad.json")

@@ -1,0 +1,137 @@
+"""`saom-train`: collect, synth, train, evaluate and export from one command.
+
+Every subcommand that trains or evaluates takes the YAML config (defaults: config/train.yaml) plus
+``--set section.key=value`` overrides; the shortcut flags are the same overrides, named.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+# Delegated subcommands: module -> help. Imported only when used, so one missing module fails
+# only its own subcommand.
+_DELEGATED = {"collect": ("saom_ros.training.ai2thor_collect",
+                          "render an Ai2Thor dataset (COCO layout) with the simulator"),
+              "synth": ("saom_ros.training.synthetic",
+                        "write a procedural dataset (COCO layout) for tests and small models")}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="YAML file over config/train.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
+
+
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--data", help="training dataset (data.train)")
+    p.add_argument("--run-dir", help="output folder (train.run_dir)")
+    p.add_argument("--init", help="checkpoint to start from (model.init)")
+    p.add_argument("--model-type", help="architecture preset (model.model_type)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
+    p.add_argument("--device", help="auto, cpu or cuda (train.device)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <run_dir>/checkpoints/last.pt when it exists")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="checkpoint and stop after N more steps (for time-limited jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--data", required=True, help="evaluation dataset (COCO or SAOM layout)")
+    p.add_argument("--split", default="test", help="list of a SAOM-layout metadata file")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="SAOM or official sam_vit_*.pth checkpoint (repeat to compare)")
+    p.add_argument("--names", help="comma-separated names, one per checkpoint (default: stems)")
+    p.add_argument("--model-type", help="preset of official SAM files (default: detected)")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json/results.md")
+    p.add_argument("--protocol", default="prompted,everything",
+                   help="comma-separated: prompted (paper), everything")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="run folder (its last checkpoint) or a training "
+                   "checkpoint file")
+    p.add_argument("-o", "--out", type=Path, required=True, help="SAOM checkpoint to write")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saom-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in _DELEGATED.items():
+        # their own arguments are added lazily (in main), so a missing module breaks only them
+        sub.add_parser(name, help=help_text, add_help=False)
+    _train_parser(sub.add_parser("train", help="fine-tune SAM into SAOM"))
+    _evaluate_parser(sub.add_parser("evaluate", help="compare checkpoints (paper protocol, "
+                                    "everything mode, COCO AP)"))
+    _export_parser(sub.add_parser("export", help="write the SAOM checkpoint the node loads"))
+    return parser
+
+
+def _train_overrides(args: argparse.Namespace) -> list[dict]:
+    named = {("data", "train"): args.data, ("train", "run_dir"): args.run_dir,
+             ("model", "init"): args.init, ("model", "model_type"): args.model_type,
+             ("train", "max_steps"): args.max_steps, ("train", "device"): args.device}
+    return [{s: {k: v}} for (s, k), v in named.items() if v is not None]
+
+
+def _device(name: str) -> str:
+    import torch
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
+    if command in _DELEGATED:
+        import importlib
+        module = importlib.import_module(_DELEGATED[command][0])
+        sub = argparse.ArgumentParser(prog=f"saom-train {command}",
+                                      description=_DELEGATED[command][1])
+        module.add_arguments(sub)
+        return int(module.run(sub.parse_args(rest)) or 0)
+    from saom_ros.training import finetune
+    if command == "train":
+        cfg = finetune.load_config(args.config, [*args.overrides, *_train_overrides(args)])
+        last = finetune.train(cfg, resume=args.resume, stop_after=args.stop_after,
+                              progress=not args.no_progress)
+        print(f"checkpoint: {last}")
+        return 0
+    if command == "export":
+        out = finetune.export(args.source, args.out)
+        print(f"wrote {out}")
+        return 0
+    from saom_ros.training import evaluate
+    cfg = finetune.load_config(args.config, args.overrides)
+    names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])
+    dataset = finetune.open_dataset(args.data, args.split)
+    evaluate.evaluate_checkpoints(args.checkpoint, names, dataset, cfg, args.out,
+                                  device=_device(args.device), model_type=args.model_type,
+                                  protocols=[p for p in args.protocol.split(",") if p],
+                                  progress=not args.no_progress)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in _DELEGATED:
+        args, rest = argparse.Namespace(command=argv[0]), argv[1:]
+    else:
+        args, rest = parser.parse_args(argv), []
+    try:
+        return _run(args.command, args, rest)
+    except ImportError as err:
+        print(f"saom-train {args.command}: cannot import what it needs: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError included
+        print(f"saom-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
