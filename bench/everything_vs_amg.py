@@ -51,30 +51,45 @@ def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
+def _trunk_features(model: Saom, image: np.ndarray) -> torch.Tensor:
+    """Image-encoder features before its neck (the frozen part of the quick fit)."""
+    enc = model.sam.image_encoder
+    with torch.no_grad():
+        x = enc.patch_embed(model.preprocess(image)[0])
+        x = x + enc.pos_embed if enc.pos_embed is not None else x
+        for blk in enc.blocks:
+            x = blk(x)
+    return x.permute(0, 3, 1, 2)
+
+
 def fit_shapes(model: Saom, steps: int, n_images: int = 4, n_prompts: int = 16,
                seed: int = 0) -> Saom:
-    """Deterministic decoder training on synthetic shapes (encoder frozen); returns eval model.
+    """Deterministic quick training on synthetic shapes; returns the model in eval mode.
 
-    Prompts are everything-grid points; loss on the best of the 3 masks, and the IoU head learns
-    the masks' true IoU so that the predicted-IoU filter means something.
+    The encoder's transformer blocks stay frozen (their features are computed once); its neck,
+    the prompt encoder and the decoder learn. Prompts are everything-grid points, mostly on
+    shapes; the loss takes the best of the 3 masks, and the IoU head learns the masks' true IoU
+    so that the predicted-IoU filter means something.
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     size = model.config.img_size
     scenes = [synthetic_scene(size, size, seed + i) for i in range(n_images)]
-    with torch.no_grad():
-        embs = [model.embed(model.preprocess(im)[0]) for im, _ in scenes]
+    feats = [_trunk_features(model, im) for im, _ in scenes]
     grid = torch.as_tensor(make_point_grid(32) * size, dtype=torch.float32)
-    params = [p for n, p in model.named_parameters() if not n.startswith("sam.image_encoder")]
+    params = [p for n, p in model.named_parameters()
+              if not n.startswith("sam.image_encoder") or ".neck." in n]
     opt = torch.optim.Adam(params, lr=4e-3)
     model.train()
     for step in range(steps):
         ids = torch.as_tensor(scenes[step % n_images][1])
-        pts = grid[torch.randperm(len(grid), generator=g)[:n_prompts]]
+        on_grid = ids[grid[:, 1].long(), grid[:, 0].long()]
+        weight = torch.where(on_grid > 0, 1.0, 0.15)  # background is most of the grid
+        pts = grid[torch.multinomial(weight, n_prompts, generator=g)]
         tgt = ids[pts[:, 1].long(), pts[:, 0].long()]
         low = F.avg_pool2d((ids[None] == tgt[:, None, None]).float()[:, None], 4)[:, 0]
-        out = model.decode(embs[step % n_images], pts[:, None],
-                           torch.ones(n_prompts, 1, dtype=torch.int))
+        emb = model.sam.image_encoder.neck(feats[step % n_images])
+        out = model.decode(emb, pts[:, None], torch.ones(n_prompts, 1, dtype=torch.int))
         with torch.no_grad():
             b, tb = out.low_res_logits > 0, low[:, None] > 0.5
             true_iou = (b & tb).sum((-1, -2)) / (b | tb).sum((-1, -2)).clamp(min=1)

@@ -26,9 +26,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "saom_ros" / "data"
-# The everything-mode settings the shipped model was evaluated with (docs/results.md).
+# The node parameters the demo runs the shipped model with.
 EXPERIMENT = ROOT / "config" / "experiment.yaml"
 REAL_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
+REAL_SIZE = 320
 NODE = "saom_demo"
 
 
@@ -40,13 +41,9 @@ def ros_environment() -> dict[str, str]:
 
 
 def engine_parameters() -> dict[str, object]:
-    """Node parameters for everything mode, as evaluated in config/experiment.yaml."""
+    """segment_node parameters for the shipped model (config/experiment.yaml, ``demo``)."""
     import yaml
-    everything = yaml.safe_load(EXPERIMENT.read_text())["evaluate"]["everything"]
-    names = {"points_per_side": "points_per_side", "pred_iou_thresh": "pred_iou_thresh",
-             "stability_score_thresh": "stability_score_thresh", "box_nms_thresh": "box_nms_thresh",
-             "min_mask_region_area": "min_mask_area"}
-    return {node: everything[key] for key, node in names.items() if key in everything}
+    return dict(yaml.safe_load(EXPERIMENT.read_text())["demo"])
 
 
 def node_command(checkpoint: Path, params: dict[str, object]) -> list[str]:
@@ -151,15 +148,20 @@ def describe(detections, class_names: dict[int, str]) -> list[dict]:
     return out
 
 
-def real_images() -> list[tuple[str, np.ndarray]]:
-    """scikit-image's bundled sample photographs (no download), as RGB uint8."""
+def real_images(longest_side: int = REAL_SIZE) -> list[tuple[str, np.ndarray]]:
+    """scikit-image's bundled sample photographs (no download), RGB uint8, longest side
+    ``longest_side`` (the model sees 256 px anyway)."""
     from skimage import data
     images = []
     for name in REAL_IMAGES:
         image = getattr(data, name)()
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
-        images.append((name, np.ascontiguousarray(image[..., :3].astype(np.uint8))))
+        scale = longest_side / max(image.shape[:2])
+        image = cv2.resize(image[..., :3], (round(image.shape[1] * scale),
+                                            round(image.shape[0] * scale)),
+                           interpolation=cv2.INTER_AREA)
+        images.append((name, np.ascontiguousarray(image.astype(np.uint8))))
     return images
 
 

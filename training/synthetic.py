@@ -1,4 +1,4 @@
-"""Procedural indoor scenes of whole objects built from visually distinct parts (`saom-train synth`).
+"""Procedural indoor scenes of whole objects made of visually distinct parts (`saom-train synth`).
 
 Every object is drawn as 2-4 parts of clearly different colour and texture, so a model trained on
 parts (the stand-in for SAM's part bias) visibly splits it, while a model trained on whole objects
@@ -23,9 +23,10 @@ import numpy as np
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.training.datasets import coco_categories, mask_to_annotation, write_coco, write_image
 
-# The synthetic world's vocabulary: SAOM classes with recognisable shapes; ids are 1-based positions.
+# The synthetic world's vocabulary: SAOM classes with recognisable shapes; ids are positions + 1.
 SYNTH_CLASSES: tuple[str, ...] = (
-    "Fridge", "Sofa", "Bed", "Toilet", "Laptop", "Microwave", "Cabinet", "DiningTable", "Mug", "Vase",
+    "Fridge", "Sofa", "Bed", "Toilet", "Laptop", "Microwave", "Cabinet", "DiningTable", "Mug",
+    "Vase",
 )
 assert set(SYNTH_CLASSES) <= set(SAOM_CLASSES)
 
@@ -85,7 +86,8 @@ def poly(hw: tuple[int, int], points: Sequence[tuple[float, float]]) -> np.ndarr
     return m.astype(bool)
 
 
-def ring(hw: tuple[int, int], cx: float, cy: float, rx: float, ry: float, width: float) -> np.ndarray:
+def ring(hw: tuple[int, int], cx: float, cy: float, rx: float, ry: float,
+         width: float) -> np.ndarray:
     m = _canvas(hw)
     cv2.ellipse(m, (round(cx), round(cy)), (max(1, round(rx)), max(1, round(ry))), 0, 0, 360, 1,
                 thickness=max(2, round(width)))
@@ -128,10 +130,14 @@ def texture(rng: np.random.Generator, hw: tuple[int, int], color: RGB, kind: str
 
 # ----------------------------------------------------------------------------- object templates
 # Each template draws one object into the box (x, y, w, h) (top-left corner, size in pixels) and
-# returns its parts back to front. Parts get palette colours that differ strongly within an object.
+# returns its parts back to front as (mask, palette slot). Slots get colours that differ strongly
+# within an object.
+DrawFn = Callable[[np.random.Generator, tuple[int, int], float, float, float, float],
+                  list[tuple[np.ndarray, int]]]
+
 @dataclass(frozen=True)
 class Template:
-    draw: Callable[[np.random.Generator, tuple[int, int], float, float, float, float], list[tuple[np.ndarray, int]]]
+    draw: DrawFn
     palette: tuple[RGB, ...]          # one colour per palette slot used by ``draw``
     textures: tuple[str, ...]         # one texture per palette slot
     height: tuple[float, float]       # object height as a fraction of the image height
@@ -199,11 +205,10 @@ def _cabinet(rng, hw, x, y, w, h):
 
 def _table(rng, hw, x, y, w, h):
     legw = max(3, w * 0.06)
-    parts = [(rect(hw, x + w * 0.05, y + h * 0.12, x + w * 0.05 + legw, y + h), 1),
-             (rect(hw, x + w * 0.95 - legw, y + h * 0.12, x + w * 0.95, y + h), 1),
-             (rect(hw, x + w * 0.05, y + h * 0.12, x + w * 0.95, y + h * 0.28), 2),
-             (rect(hw, x, y, x + w, y + h * 0.14), 0)]
-    return parts
+    return [(rect(hw, x + w * 0.05, y + h * 0.12, x + w * 0.05 + legw, y + h), 1),
+            (rect(hw, x + w * 0.95 - legw, y + h * 0.12, x + w * 0.95, y + h), 1),
+            (rect(hw, x + w * 0.05, y + h * 0.12, x + w * 0.95, y + h * 0.28), 2),
+            (rect(hw, x, y, x + w, y + h * 0.14), 0)]
 
 
 def _mug(rng, hw, x, y, w, h):
@@ -222,7 +227,7 @@ def _vase(rng, hw, x, y, w, h):
 
 TEMPLATES: dict[str, Template] = {
     "Fridge": Template(_fridge, ((225, 228, 232), (150, 165, 185), (40, 40, 45)),
-                       ("solid", "speckle", "solid"), (0.45, 0.7), (0.45, 0.6), surface=False),
+                       ("solid", "speckle", "solid"), (0.45, 0.7), (0.45, 0.6)),
     "Sofa": Template(_sofa, ((170, 50, 50), (60, 90, 160), (200, 160, 60)),
                      ("grain", "checker", "solid"), (0.22, 0.34), (1.8, 2.4)),
     "Bed": Template(_bed, ((110, 70, 35), (235, 235, 225), (60, 140, 90), (210, 120, 170)),
@@ -234,7 +239,8 @@ TEMPLATES: dict[str, Template] = {
     "Microwave": Template(_microwave, ((200, 200, 205), (25, 25, 30), (230, 120, 40)),
                           ("speckle", "solid", "checker"), (0.12, 0.18), (1.5, 1.8), small=True),
     "Cabinet": Template(_cabinet, ((80, 55, 35), (190, 140, 80), (150, 110, 60), (230, 210, 60)),
-                        ("grain", "grain", "stripes", "solid"), (0.26, 0.4), (0.9, 1.3), surface=True),
+                        ("grain", "grain", "stripes", "solid"), (0.26, 0.4), (0.9, 1.3),
+                        surface=True),
     "DiningTable": Template(_table, ((150, 95, 50), (60, 40, 25), (220, 200, 150)),
                             ("grain", "solid", "stripes"), (0.2, 0.3), (1.5, 2.1), surface=True),
     "Mug": Template(_mug, ((220, 60, 60), (240, 200, 60), (70, 40, 20)),
@@ -255,7 +261,8 @@ def _background(rng: np.random.Generator, hw: tuple[int, int]) -> tuple[np.ndarr
                     str(rng.choice(["grain", "checker", "speckle"])))
     image = wall.copy()
     image[horizon:] = floor[horizon:]
-    image[max(0, horizon - 4):horizon] = 0.6 * np.asarray(_jitter(rng, (230, 230, 225), 15), np.float32)
+    skirting = np.asarray(_jitter(rng, (230, 230, 225), 15), np.float32)
+    image[max(0, horizon - 4):horizon] = 0.6 * skirting
     return image, horizon
 
 
@@ -280,7 +287,8 @@ def _draw_object(rng: np.random.Generator, hw: tuple[int, int], class_name: str,
 
 def _place(rng: np.random.Generator, hw: tuple[int, int], class_name: str, horizon: int,
            surfaces: list[tuple[float, float, float]]) -> tuple[float, float, float, float]:
-    """A box (x, y, w, h) for ``class_name``: on a furniture top if small and one exists, else the floor."""
+    """A box (x, y, w, h) for ``class_name``: on furniture if it is small and some exists, else on
+    the floor."""
     H, W = hw
     t = TEMPLATES[class_name]
     h = H * rng.uniform(*t.height)
@@ -314,7 +322,8 @@ def generate_scene(rng: np.random.Generator, size: int = 256, num_objects: tuple
         if TEMPLATES[name].surface:
             surfaces.append((y, x, x + w))
     drawn: list[tuple[str, list[Part]]] = [(n_, _draw_object(rng, hw, n_, b)) for n_, b in placed]
-    drawn += [(n_, _draw_object(rng, hw, n_, _place(rng, hw, n_, horizon, surfaces))) for n_ in small]
+    drawn += [(n_, _draw_object(rng, hw, n_, _place(rng, hw, n_, horizon, surfaces)))
+              for n_ in small]
 
     # Paint parts in order; a label image of part indices resolves occlusion.
     owner = np.full(hw, -1, np.int32)
@@ -336,7 +345,8 @@ def generate_scene(rng: np.random.Generator, size: int = 256, num_objects: tuple
         area = int(visible.sum())
         if area < MIN_OBJECT_AREA or area < MIN_VISIBLE_FRACTION * max(1, int(full.sum())):
             continue
-        objects.append(SceneObject(name, visible, [p for p in visible_parts if p.sum() >= MIN_PART_AREA]))
+        parts_kept = [p for p in visible_parts if p.sum() >= MIN_PART_AREA]
+        objects.append(SceneObject(name, visible, parts_kept))
     return Scene(image, objects)
 
 

@@ -65,8 +65,7 @@ def test_parts_of_an_object_look_different():
 
 def test_scenes_have_occlusion_and_lighting_variation():
     sc = scenes(30)
-    # Occlusion: some objects lose pixels to others (their parts do not fill their bounding box
-    # the way the template draws them is not observable; a touching neighbour is).
+    # Occlusion leaves objects whose visible masks touch another object's.
     touching = 0
     for s in sc:
         for i, a in enumerate(s.objects):
