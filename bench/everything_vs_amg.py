@@ -122,7 +122,8 @@ def matched_iou(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0 if len(b) == 0 else 0.0
     fa, fb = (torch.as_tensor(m).flatten(1).float() for m in (a, b))
     inter = fa @ fb.T
-    iou = inter / (fa.sum(1)[:, None] + fb.sum(1)[None] - inter).clamp(min=1)
+    union = fa.sum(1)[:, None] + fb.sum(1)[None] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), 1.0)  # two empty masks match
     return float(iou.max(1).values.min())
 
 
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.height, args.width, args.runs = "tiny", 256, 256, 3
-        args.pred_iou_thresh, args.stability_thresh = 0.3, 0.7
+        args.pred_iou_thresh, args.stability_thresh = 0.25, 0.5
     if args.fit_steps is None:
         args.fit_steps = 300 if args.model == "tiny" and not args.checkpoint else 0
     device = torch.device(args.device)

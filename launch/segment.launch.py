@@ -18,7 +18,7 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 ARGUMENTS = {
-    "image": ("image", "input image topic (image_transport base name; compressed: <image>/compressed)"),
+    "image": ("image", "input image topic (image_transport base; compressed: <image>/compressed)"),
     "checkpoint": ("", "model file; empty: the params file's (default: the packaged model)"),
     "device": ("", "auto, cpu, cuda or cuda:N; empty: the params file's"),
     "params_file": (PathJoinSubstitution([FindPackageShare("saom_ros"), "config", "saom.yaml"]),

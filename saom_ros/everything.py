@@ -19,8 +19,11 @@ from torchvision.ops import nms
 
 from saom_ros.model import Saom
 
-# Masks whose low-res stability score is this close to the threshold are checked at full size.
-STABILITY_MARGIN = 0.05
+# Masks whose low-res stability score is below the threshold by more than this are dropped
+# without computing it at full size (the two differ by a few hundredths).
+STABILITY_MARGIN = 0.1
+# Masks upsampled to full size at once.
+UPSAMPLE_CHUNK = 128
 
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
@@ -80,17 +83,19 @@ def validate_image(image: object, max_pixels: int) -> np.ndarray:
 
 
 class _Candidates:
-    """Masks that passed the per-batch filters, kept as low-res logits on the device."""
+    """Masks that passed the filters: low-res logits and per-mask values, on the device."""
+
+    KEYS = ("logits", "iou", "cls", "stability", "boxes")
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "iou", "cls")}
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
 
-    def add(self, logits: torch.Tensor, iou: torch.Tensor, cls: torch.Tensor) -> None:
-        for k, v in (("logits", logits), ("iou", iou), ("cls", cls)):
-            self.parts[k].append(v)
+    def add(self, **values: torch.Tensor) -> None:
+        for k in self.KEYS:
+            self.parts[k].append(values[k])
 
-    def cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(torch.cat(self.parts[k]) for k in ("logits", "iou", "cls"))  # type: ignore
+    def cat(self) -> dict[str, torch.Tensor]:
+        return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
 class EverythingEngine:
@@ -129,8 +134,7 @@ class EverythingEngine:
         return int(np.ceil(input_hw[0] * f)), int(np.ceil(input_hw[1] * f))
 
     def _decode_all(self, emb: torch.Tensor, points: torch.Tensor, valid: tuple[int, int],
-                    input_hw: tuple[int, int], orig_hw: tuple[int, int]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Decode the grid in batches; keep masks passing the IoU and stability filters."""
         s = self.settings
         cand = _Candidates()
@@ -142,32 +146,31 @@ class EverythingEngine:
             iou = out.iou_pred.flatten(0, 1).float()
             cls = self._class_probs(out.class_logits, iou, chunk.shape[0])
             keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else None
+            if s.stability_score_thresh > 0:
+                # Cheap pre-screen on the low-res logits; survivors are decided at full size.
+                stab = calculate_stability_score(logits[:, :valid[0], :valid[1]],
+                                                 s.mask_threshold, s.stability_score_offset)
+                screen = stab >= s.stability_score_thresh - STABILITY_MARGIN
+                keep = screen if keep is None else keep & screen
             if keep is not None:
                 logits, iou, cls = logits[keep], iou[keep], cls[keep]
-            if s.stability_score_thresh > 0:
-                keep = self._stable(logits, valid, input_hw, orig_hw)
-                logits, iou, cls = logits[keep], iou[keep], cls[keep]
-            cand.add(logits, iou, cls)
+            for lg, io, cl in zip(*(t.split(UPSAMPLE_CHUNK) for t in (logits, iou, cls))):
+                self._full_size_filter(cand, lg, io, cl, input_hw, orig_hw)
         return cand.cat()
 
-    def _stable(self, logits: torch.Tensor, valid: tuple[int, int], input_hw: tuple[int, int],
-                orig_hw: tuple[int, int]) -> torch.Tensor:
-        """The stability filter: on the low-res logits, except near the threshold.
-
-        Low-res stability differs from the full-resolution one by a few hundredths at most, so
-        masks within STABILITY_MARGIN of the threshold are decided at full resolution, as
-        SamAutomaticMaskGenerator decides all of them.
-        """
+    def _full_size_filter(self, cand: _Candidates, logits: torch.Tensor, iou: torch.Tensor,
+                          cls: torch.Tensor, input_hw: tuple[int, int],
+                          orig_hw: tuple[int, int]) -> None:
+        """Stability filter and boxes on full-resolution masks, as SamAutomaticMaskGenerator."""
         s = self.settings
-        stab = calculate_stability_score(logits[:, :valid[0], :valid[1]], s.mask_threshold,
-                                         s.stability_score_offset)
-        keep = stab >= s.stability_score_thresh + STABILITY_MARGIN
-        near = ~keep & (stab > s.stability_score_thresh - STABILITY_MARGIN)
-        if near.any():
-            full = self._upsample(logits[near], input_hw, orig_hw)
-            exact = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
-            keep[near] = exact >= s.stability_score_thresh
-        return keep
+        full = self._upsample(logits, input_hw, orig_hw)
+        stab = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
+        boxes = batched_mask_to_box(full > s.mask_threshold).float()
+        # The generator drops boxes near crop edges; with one crop (the image) there are none.
+        keep = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
+            torch.ones_like(iou, dtype=torch.bool)
+        cand.add(logits=logits[keep], iou=iou[keep], cls=cls[keep], stability=stab[keep],
+                 boxes=boxes[keep])
 
     def _class_probs(self, class_logits: Optional[torch.Tensor], iou: torch.Tensor,
                      n_points: int) -> torch.Tensor:
@@ -176,17 +179,6 @@ class EverythingEngine:
             return iou[:, None]
         probs = class_logits.float().softmax(-1)
         return probs.repeat_interleave(iou.shape[0] // n_points, dim=0)
-
-    def _low_res_boxes(self, logits: torch.Tensor, valid: tuple[int, int],
-                       input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> torch.Tensor:
-        """Boxes of the low-res masks, in original pixels (for NMS only)."""
-        lo = batched_mask_to_box(logits[:, :valid[0], :valid[1]] > self.settings.mask_threshold)
-        cell = self.model.config.img_size / logits.shape[-1]
-        sx, sy = orig_hw[1] / input_hw[1], orig_hw[0] / input_hw[0]
-        scale = torch.tensor([sx, sy, sx, sy], device=logits.device) * cell
-        # A low-res pixel i covers input pixels [cell*i, cell*(i+1)).
-        boxes = (lo.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=logits.device)) * scale
-        return boxes - torch.tensor([0.0, 0.0, 1.0, 1.0], device=logits.device)
 
     def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
                   orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -203,14 +195,10 @@ class EverythingEngine:
             emb = self._embed(x)
         low_res = 4 * emb.shape[-1]
         valid = self._low_res_valid(input_hw, low_res)
-        logits, iou, cls = self._decode_all(emb, self._points(orig_hw, input_hw), valid,
-                                            input_hw, orig_hw)
-        boxes = self._low_res_boxes(logits, valid, input_hw, orig_hw)
-        keep = nms(boxes, iou, s.box_nms_thresh)
-        logits, iou, cls = logits[keep], iou[keep], cls[keep]
-        full = self._upsample(logits, input_hw, orig_hw)
-        stability = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
-        masks = full > s.mask_threshold
+        c = self._decode_all(emb, self._points(orig_hw, input_hw), valid, input_hw, orig_hw)
+        keep = nms(c["boxes"], c["iou"], s.box_nms_thresh)
+        iou, cls, stability = c["iou"][keep], c["cls"][keep], c["stability"][keep]
+        masks = self._upsample(c["logits"][keep], input_hw, orig_hw) > s.mask_threshold
         if s.min_mask_region_area > 0:
             masks, order = self._remove_small_regions(masks, iou)
             iou, cls, stability = iou[order], cls[order], stability[order]

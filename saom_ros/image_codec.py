@@ -18,7 +18,7 @@ from std_msgs.msg import Header
 try:  # cv_bridge ships with ROS distributions, not with the wheels.
     from cv_bridge import CvBridge, CvBridgeError
 except ImportError:
-    CvBridge = None
+    CvBridge, CvBridgeError = None, ()  # () : an except clause that catches nothing
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[str, int]] = {
@@ -33,11 +33,15 @@ _TO_RGB: dict[str, int | None] = {
 }
 RGB_ENCODINGS: tuple[str, ...] = tuple(_TO_RGB)
 COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
-BACKEND = "cv_bridge" if CvBridge is not None else "numpy"
 
 
 class ImageDecodeError(ValueError):
     """A message that cannot be turned into an image; the text says what is wrong with it."""
+
+
+def backend() -> str:
+    """What converts raw images: "cv_bridge" where it is installed, else "numpy"."""
+    return "numpy" if CvBridge is None else "cv_bridge"
 
 
 def _check_layout(msg: Image) -> tuple[np.dtype, int]:
@@ -102,8 +106,8 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     data = np.frombuffer(msg.data, dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None or bgr.size == 0:
-        raise ImageDecodeError(f"could not decode {len(msg.data)} bytes of {msg.format or 'compressed'}"
-                               " data (corrupt or not jpeg/png)")
+        raise ImageDecodeError(f"could not decode {len(msg.data)} bytes of "
+                               f"{msg.format or 'compressed'} data (corrupt or not jpeg/png)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

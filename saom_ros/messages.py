@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # everything.py imports torch; this module must not.
 
 
 def instance_boxes(instance_image: np.ndarray, num_ids: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids 1..num_ids that own pixels, and their pixel-inclusive boxes ``int[K, 4]`` (x0, y0, x1, y1).
+    """Ids 1..num_ids owning pixels, and their pixel-inclusive boxes ``int[K, 4]`` (x0, y0, x1, y1).
 
     One pass over the image (a scatter into per-id row and column occupancy), so the cost does not
     grow with the number of instances.
@@ -83,7 +83,7 @@ _FONT, _SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.4
 
 
 def palette(count: int) -> np.ndarray:
-    """``uint8[count + 1, 3]`` distinct RGB colours, entry 0 black; the same ids get the same colours."""
+    """``uint8[count + 1, 3]`` distinct RGB colours, entry 0 black; an id always gets one colour."""
     hues = (np.arange(count + 1) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)
     hsv = np.stack([hues, np.full_like(hues, 200), np.full_like(hues, 255)], axis=1)
     colours = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
@@ -92,7 +92,7 @@ def palette(count: int) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, instances: Instances, class_names: Sequence[str]) -> np.ndarray:
-    """The image with each instance tinted in its own colour and its class name centred on its box."""
+    """The image with each instance tinted in its own colour, its class name centred on its box."""
     labels = instances.instance_image
     tinted = palette(len(instances))[labels]
     out = np.where((labels > 0)[..., None], rgb // 2 + tinted // 2, rgb).astype(np.uint8)

@@ -78,7 +78,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("model_type", "auto", d(
             f"architecture of an official SAM file: {', '.join(MODEL_TYPES)} (auto: from shapes)",
             True)),
-        ("device", "auto", d("auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)", True)),
+        ("device", "auto", d("auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)",
+                             True)),
         ("points_per_side", engine.points_per_side, d(
             "prompt grid is points_per_side^2 points", integer_range=[_int_range(1, 256)])),
         ("pred_iou_thresh", engine.pred_iou_thresh, d(
@@ -198,9 +199,9 @@ class SegmentNode(Node):
         self.device = resolve_device(p["device"])
         checkpoint = Path(p["checkpoint"] or DEFAULT_CHECKPOINT)
         if not checkpoint.is_file():
-            raise StartupError(f"checkpoint file {checkpoint} does not exist"
-                               + (" (the packaged default model is not installed; set the "
-                                  "checkpoint parameter)" if checkpoint == DEFAULT_CHECKPOINT else ""))
+            hint = (" (the packaged default model is not installed; set the checkpoint parameter)"
+                    if checkpoint == DEFAULT_CHECKPOINT else "")
+            raise StartupError(f"checkpoint file {checkpoint} does not exist{hint}")
         try:
             model = load_model(checkpoint, None if p["model_type"] == "auto" else p["model_type"],
                                self.device)
@@ -235,9 +236,9 @@ class SegmentNode(Node):
         self._stats_lock = threading.Lock()
         self._frames = LatestFrame()
         self._last_report = time.monotonic()
-        msg_type, topic, decode = ((CompressedImage, "image/compressed", image_codec.compressed_to_rgb)
-                                   if p["use_compressed"] else
-                                   (Image, "image", image_codec.image_to_rgb))
+        msg_type, topic, decode = (
+            (CompressedImage, "image/compressed", image_codec.compressed_to_rgb)
+            if p["use_compressed"] else (Image, "image", image_codec.image_to_rgb))
         self._decode: Callable[[Any], Any] = decode
         in_qos = QoSProfile(depth=p["input_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=RELIABILITY[p["input_reliability"]])
@@ -248,7 +249,7 @@ class SegmentNode(Node):
         self.get_logger().info(
             f"segmenting {self._sub.topic_name} ({msg_type.__name__}) with {checkpoint} "
             f"({len(self.class_names)} classes) on {self.device}; image conversion: "
-            f"{image_codec.BACKEND}")
+            f"{image_codec.backend()}")
 
     # --- parameters -------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -256,7 +257,8 @@ class SegmentNode(Node):
             reason = validate(param)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        changes = {ENGINE_PARAMETERS[p.name]: p.value for p in params if p.name in ENGINE_PARAMETERS}
+        changes = {ENGINE_PARAMETERS[p.name]: p.value
+                   for p in params if p.name in ENGINE_PARAMETERS}
         if self._engine is not None and changes:  # None while parameters are being declared
             try:
                 self._engine.settings = dataclasses.replace(self._engine.settings, **changes)
@@ -324,7 +326,8 @@ class SegmentNode(Node):
         elapsed, self._last_report = now - self._last_report, now
         level, text = DiagnosticStatus.OK, "ok"
         if stats.window_malformed:
-            level, text = DiagnosticStatus.WARN, f"{stats.window_malformed} malformed image(s) skipped"
+            level = DiagnosticStatus.WARN
+            text = f"{stats.window_malformed} malformed image(s) skipped"
         elif not stats.received:
             level, text = DiagnosticStatus.WARN, f"no images received on {self._sub.topic_name}"
 

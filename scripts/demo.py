@@ -23,12 +23,16 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "saom_ros" / "data"
-# The node parameters the demo runs the shipped model with.
+# Its ``demo`` section: the node parameters the demo runs the shipped model with.
 EXPERIMENT = ROOT / "config" / "experiment.yaml"
 REAL_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
+# Longest side of the real images as sent: the model sees 256 px anyway, and frames much larger
+# than ~300 KB did not reach the node's best-effort subscription here (see the node's
+# input_reliability parameter).
 REAL_SIZE = 320
 NODE = "saom_demo"
 
@@ -40,9 +44,8 @@ def ros_environment() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def engine_parameters() -> dict[str, object]:
+def node_parameters() -> dict[str, object]:
     """segment_node parameters for the shipped model (config/experiment.yaml, ``demo``)."""
-    import yaml
     return dict(yaml.safe_load(EXPERIMENT.read_text())["demo"])
 
 
@@ -76,7 +79,8 @@ class DemoClient:
         self.overlays: dict[tuple[int, int], object] = {}
         self.received_at: dict[tuple[int, int], float] = {}
         self.label_info: Optional[LabelInfo] = None
-        self.node.create_subscription(Detection2DArray, f"/{NODE}/detections", self._on_det, reliable)
+        self.node.create_subscription(Detection2DArray, f"/{NODE}/detections", self._on_det,
+                                      reliable)
         self.node.create_subscription(Image, f"/{NODE}/overlay", self._on_overlay, reliable)
         self.node.create_subscription(
             LabelInfo, f"/{NODE}/label_info", self._on_label_info,
@@ -126,7 +130,8 @@ class DemoClient:
                                timeout, alive):
             raise RuntimeError(f"no result for {frame_id} within {timeout:.0f} s")
         return {"latency_ms": round((self.received_at[key] - sent) * 1e3, 1),
-                "detections": self.detections.pop(key), "overlay": image_to_rgb(self.overlays.pop(key))}
+                "detections": self.detections.pop(key),
+                "overlay": image_to_rgb(self.overlays.pop(key))}
 
     def close(self) -> None:
         self.node.destroy_node()
@@ -184,7 +189,7 @@ def run(checkpoint: Path, frames_dir: Path, out_dir: Path, with_real: bool = Tru
         old.unlink()
     env = ros_environment()
     os.environ.update(env)  # this process joins the same private domain
-    params = engine_parameters()
+    params = node_parameters()
     log_path = out_dir / "segment_node.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(node_command(checkpoint, params), cwd=ROOT, env=env,
@@ -214,11 +219,11 @@ def run(checkpoint: Path, frames_dir: Path, out_dir: Path, with_real: bool = Tru
             result = client.segment(rgb, f"real_{name}", alive)
             overlay = out_dir / f"real_{name}.png"
             save_rgb(overlay, result["overlay"])
-            summary["real_images"].append({"image": f"skimage.data.{name}", "overlay": overlay.name,
-                                           "latency_ms": result["latency_ms"],
-                                           "detections": describe(result["detections"], class_names)})
-            print(f"demo: real image {name} {rgb.shape[1]}x{rgb.shape[0]}: "
-                  f"{len(summary['real_images'][-1]['detections'])} regions in "
+            dets = describe(result["detections"], class_names)
+            summary["real_images"].append({"image": f"skimage.data.{name}",
+                                           "overlay": overlay.name,
+                                           "latency_ms": result["latency_ms"], "detections": dets})
+            print(f"demo: real image {name} {rgb.shape[1]}x{rgb.shape[0]}: {len(dets)} regions in "
                   f"{result['latency_ms']:.0f} ms (smoke run, no quality claim)")
         latencies = [f["latency_ms"] for f in summary["frames"]]
         summary["median_latency_ms"] = float(np.median(latencies))

@@ -78,10 +78,11 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def run_node(params: dict[str, Any], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_node(params: dict[str, Any], command: Optional[list[str]] = None,
+             timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the node to completion (for start-up failures), output captured as text."""
-    return subprocess.run(node_command() + ros_args(params, {}), cwd=ROOT, env=ros_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run((command or node_command()) + ros_args(params, {}), cwd=ROOT,
+                          env=ros_env(), capture_output=True, text=True, timeout=timeout)
 
 
 class Listener:
@@ -94,7 +95,8 @@ class Listener:
         self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
                                               image_topic, 10)
         self.received: dict[str, list[tuple[float, Any]]] = {
-            "detections": [], "instances": [], "semantic": [], "label_info": [], "diagnostics": []}
+            "detections": [], "instances": [], "semantic": [], "overlay": [], "label_info": [],
+            "diagnostics": []}
 
         def keep(name: str) -> Callable[[Any], None]:
             return lambda msg: self.received[name].append((time.time(), msg))
@@ -103,6 +105,7 @@ class Listener:
         sub(Detection2DArray, f"{node}/detections", keep("detections"), qos)
         sub(Image, f"{node}/instances", keep("instances"), qos)
         sub(Image, f"{node}/semantic", keep("semantic"), qos)
+        sub(Image, f"{node}/overlay", keep("overlay"), qos)
         sub(DiagnosticArray, "/diagnostics", keep("diagnostics"), qos)
         sub(LabelInfo, f"{node}/label_info", keep("label_info"), QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE,

@@ -168,3 +168,31 @@ def test_array_to_image_rejects_mismatched_arrays(pixels, encoding):
     with pytest.raises(ValueError):
         array_to_image(pixels, encoding)
 
+
+
+def test_cv_bridge_does_the_conversion_where_it_is_installed(monkeypatch):
+    """cv_bridge cannot be installed here: a stand-in checks that it is used, after validation."""
+    from saom_ros import image_codec
+
+    calls = []
+
+    class CvBridgeError(TypeError):
+        pass
+
+    class CvBridge:
+        def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
+            calls.append((msg.encoding, desired_encoding))
+            if msg.encoding == "bgra8":
+                raise CvBridgeError("conversion failed in cv_bridge")
+            return np.zeros((msg.height, msg.width, 3), np.uint8)
+
+    monkeypatch.setattr(image_codec, "CvBridge", CvBridge)
+    monkeypatch.setattr(image_codec, "CvBridgeError", CvBridgeError)
+    assert image_codec.backend() == "cv_bridge"
+    assert image_to_rgb(hand_built(RGB, "bgr8")).shape == (5, 7, 3)
+    assert calls == [("bgr8", "rgb8")]
+    with pytest.raises(ImageDecodeError, match="conversion failed in cv_bridge"):
+        image_to_rgb(hand_built(CASES["bgra8"][0], "bgra8"))
+    with pytest.raises(ImageDecodeError, match="data holds"):  # validated before cv_bridge
+        image_to_rgb(_truncated())
+    assert len(calls) == 2

@@ -13,7 +13,7 @@ from saom_ros.image_codec import image_to_array
 
 
 def make_instances(masks: np.ndarray, class_ids, class_scores) -> Instances:
-    """Instances as the engine defines them: each pixel goes to the first (best) mask covering it."""
+    """Instances as the engine defines them: each pixel goes to the first (best) mask on it."""
     masks = np.asarray(masks, dtype=bool)
     n, h, w = masks.shape
     instance_image = np.zeros((h, w), np.uint16)
@@ -99,7 +99,8 @@ def test_no_instances_give_an_empty_array_with_the_header():
 def test_label_images_are_mono16_with_the_header(scene):
     inst = messages.label_image(scene.instance_image, HEADER)
     sem = messages.label_image(scene.semantic_image, HEADER)
-    assert inst.header == HEADER and inst.encoding == "mono16" and (inst.height, inst.width) == (40, 60)
+    assert inst.header == HEADER and inst.encoding == "mono16"
+    assert (inst.height, inst.width) == (40, 60)
     np.testing.assert_array_equal(image_to_array(inst), scene.instance_image)
     np.testing.assert_array_equal(image_to_array(sem), scene.semantic_image)
     assert image_to_array(sem)[0, 0] == 0  # unlabelled background
@@ -119,7 +120,8 @@ def test_label_info_lists_unlabelled_and_every_class():
 
 def test_detection_class_ids_exist_in_label_info(scene):
     known = {str(c.class_id) for c in messages.label_info(SAOM_CLASSES, HEADER, 0.5).class_map}
-    assert {d.results[0].hypothesis.class_id for d in messages.detections(scene, HEADER).detections} <= known
+    detections = messages.detections(scene, HEADER).detections
+    assert {d.results[0].hypothesis.class_id for d in detections} <= known
 
 
 def test_overlay_tints_instances_and_names_them():

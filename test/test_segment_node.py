@@ -7,6 +7,7 @@ publishes the camera images and checks what comes back.
 from __future__ import annotations
 
 import ast
+import sys
 import threading
 import time
 import types
@@ -62,7 +63,8 @@ def context():
 
 
 def make_node(context, checkpoint, **params) -> SegmentNode:
-    overrides = [Parameter(k, value=v) for k, v in {"checkpoint": str(checkpoint), **params}.items()]
+    values = {"checkpoint": str(checkpoint), **params}
+    overrides = [Parameter(k, value=v) for k, v in values.items()]
     return SegmentNode(context=context, parameter_overrides=overrides)
 
 
@@ -101,6 +103,7 @@ def test_thresholds_change_while_running_and_bad_values_are_rejected(context, ch
         assert not node.set_parameters([Parameter("max_instances", value=-1)])[0].successful
         wrong_type = node.set_parameters([Parameter("box_nms_thresh", value="high")])[0]
         assert not wrong_type.successful
+        assert node._engine.settings == settings  # nothing rejected reached the engine
         read_only = node.set_parameters([Parameter("device", value="cpu")])[0]
         assert not read_only.successful and "read-only" in read_only.reason
     finally:
@@ -164,7 +167,12 @@ def test_latest_frame_keeps_the_newest_and_counts_drops():
 
 def test_latest_frame_take_waits_for_a_frame_and_close_releases_it():
     slot, got = LatestFrame(), []
-    worker = threading.Thread(target=lambda: got.extend([slot.take(), slot.take()]))
+
+    def consume():
+        got.append(slot.take())
+        got.append(slot.take())  # waits until close()
+
+    worker = threading.Thread(target=consume)
     worker.start()
     slot.put("frame")
     deadline = time.monotonic() + 10
@@ -212,8 +220,8 @@ def _stand_in_launch(monkeypatch, values: dict[str, str]):
         "launch_ros.substitutions": {"FindPackageShare": Recorded},
     }
     for name, attrs in modules.items():
-        monkeypatch.setitem(__import__("sys").modules, name, types.SimpleNamespace(**attrs))
-    monkeypatch.setitem(__import__("sys").modules, "launch_ros", types.SimpleNamespace())
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    monkeypatch.setitem(sys.modules, "launch_ros", types.SimpleNamespace())
     namespace: dict = {}
     exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
     description = namespace["generate_launch_description"]()
@@ -270,7 +278,8 @@ def ros():
 
 @pytest.fixture(scope="module")
 def node_process(ros, checkpoint, tmp_path_factory):
-    proc = NodeProcess(tmp_path_factory.mktemp("node"), {"checkpoint": checkpoint, **FAST_ENGINE},
+    proc = NodeProcess(tmp_path_factory.mktemp("node"),
+                       {"checkpoint": checkpoint, "publish_overlay": True, **FAST_ENGINE},
                        {"image": "/cam/image"})
     yield proc
     proc.stop()
@@ -331,11 +340,27 @@ def test_outputs_carry_the_input_header_and_match_the_instance_image(listener, n
         assert (classes[labels == 0] == 0).all()  # unlabelled pixels are 0
 
 
+def test_overlay_is_rgb8_with_the_input_header(listener, node_process):
+    msg = array_to_image(camera_image(6), "rgb8", header(6))
+    request(listener, msg, node_process)
+    assert listener.spin_until(lambda: listener.by_stamp("overlay", msg.header.stamp), 15,
+                               node_process)
+    overlay = listener.by_stamp("overlay", msg.header.stamp)[0]
+    assert overlay.encoding == "rgb8" and (overlay.height, overlay.width) == (48, 64)
+    instances = image_to_array(listener.by_stamp("instances", msg.header.stamp)[0])
+    pixels = image_to_array(overlay)
+    source = camera_image(6)
+    same = (pixels == source).all(axis=2)
+    assert same[instances == 0].mean() > 0.5  # background kept, but for the drawn class names
+    assert not same[instances > 0].all()  # instances tinted
+
+
 def test_label_info_is_latched_and_lists_every_detected_class(listener, node_process):
     request(listener, array_to_image(camera_image(7), "rgb8", header(7)), node_process)
     late: list[LabelInfo] = []  # a subscriber that joins after the node published
-    listener.node.create_subscription(LabelInfo, "/segment_node/label_info", late.append, QoSProfile(
-        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    listener.node.create_subscription(LabelInfo, "/segment_node/label_info", late.append, latched)
     assert listener.spin_until(lambda: late, 30, node_process)
     class_map = {c.class_id: c.class_name for c in late[0].class_map}
     assert class_map == {0: "unlabelled", **{i + 1: n for i, n in enumerate(SAOM_CLASSES)}}
@@ -404,9 +429,13 @@ def test_thresholds_set_over_the_parameter_service_apply_to_the_next_frame(liste
         assert set_param("max_instances", 0).successful
 
 
-def test_missing_checkpoint_makes_the_process_exit_nonzero_naming_the_file(tmp_path):
+@pytest.mark.parametrize("command", [
+    None,  # saom-segment
+    [sys.executable, str(ROOT / "scripts" / "lib" / "segment_node")],  # what ros2 run starts
+], ids=["saom-segment", "lib-saom_ros-segment_node"])
+def test_missing_checkpoint_makes_the_process_exit_nonzero_naming_the_file(tmp_path, command):
     missing = tmp_path / "no_such_model.pt"
-    result = run_node({"checkpoint": missing})
+    result = run_node({"checkpoint": missing}, command)
     assert result.returncode != 0
     assert str(missing) in result.stdout + result.stderr
 
@@ -423,7 +452,8 @@ def test_compressed_input_jpeg_png_and_corrupt(ros, checkpoint, tmp_path):
             ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             msg = CompressedImage(header=header(40 + seq), format=fmt, data=buf.tobytes())
             detections, instances, _ = request(lis, msg, proc)
-            assert instances.header == msg.header and (instances.height, instances.width) == (48, 64)
+            assert instances.header == msg.header
+            assert (instances.height, instances.width) == (48, 64)
             if seq == 0:
                 corrupt = CompressedImage(header=header(50), format="jpeg",
                                           data=b"\xff\xd8\xff\xe0" + bytes(200))
