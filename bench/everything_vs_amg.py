@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--stability-thresh", type=float, default=0.95)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp-dtype", default="bfloat16")
+    p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-amg", action="store_true", help="time the engine only")
     p.add_argument("--quick", action="store_true",
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 256),
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-        amp_dtype=args.amp_dtype, compile=args.compile)
+        cuda_dtype=args.cuda_dtype, compile=args.compile)
     image = synthetic_scene(args.height, args.width, seed=7)[0]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     engine = EverythingEngine(model, settings, device)

@@ -6,7 +6,7 @@ resolution, and no RLE is made.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 from typing import Callable, Optional
 
@@ -45,8 +45,8 @@ class EverythingSettings:
     max_instances: int = 0  # 0 = all
     mask_threshold: float = 0.0
     max_image_pixels: int = 16_777_216
-    amp_dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16, float16 or float32 (off)
-    compile: bool = False  # torch.compile the image encoder (CUDA)
+    cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
+    compile: bool = False  # torch.compile the image encoder
 
 
 @dataclasses.dataclass
@@ -104,15 +104,25 @@ class EverythingEngine:
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
                  device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.settings = settings or EverythingSettings()
+        self.model = self._on_device(model)
         self._encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = getattr(torch, self.settings.amp_dtype)
+    def _on_device(self, model: Saom) -> Saom:
+        """The model on the device; on CUDA a copy in ``cuda_dtype`` (prompt encoder in float32,
+        its Fourier features need the precision)."""
+        dtype = getattr(torch, self.settings.cuda_dtype)
         if self.device.type != "cuda" or dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype)
+            return model.to(self.device).eval()
+        fast = copy.deepcopy(model).to(self.device, dtype).eval()
+        fast.sam.prompt_encoder.float()
+        for name in ("pixel_mean", "pixel_std"):  # normalise in float32
+            fast.sam.register_buffer(name, getattr(model.sam, name).to(self.device), False)
+        return fast
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.model.sam.mask_decoder.iou_token.weight.dtype
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         if not self.settings.compile:
@@ -140,8 +150,7 @@ class EverythingEngine:
         cand = _Candidates()
         for chunk in points.split(s.points_per_batch):
             labels = torch.ones(chunk.shape[0], 1, dtype=torch.int, device=self.device)
-            with self._autocast():
-                out = self.model.decode(emb, chunk[:, None, :], labels, multimask=True)
+            out = self.model.decode(emb, chunk[:, None, :], labels, multimask=True)
             logits = out.low_res_logits.flatten(0, 1).float()
             iou = out.iou_pred.flatten(0, 1).float()
             cls = self._class_probs(out.class_logits, iou, chunk.shape[0])
@@ -191,8 +200,7 @@ class EverythingEngine:
         validate_image(image, s.max_image_pixels)
         orig_hw = (int(image.shape[0]), int(image.shape[1]))
         x, input_hw = self.model.preprocess(image)
-        with self._autocast():
-            emb = self._embed(x)
+        emb = self._embed(x.to(self._dtype))
         low_res = 4 * emb.shape[-1]
         valid = self._low_res_valid(input_hw, low_res)
         c = self._decode_all(emb, self._points(orig_hw, input_hw), valid, input_hw, orig_hw)

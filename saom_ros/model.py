@@ -107,13 +107,18 @@ def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_p
     b = sparse.shape[0]
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
-    src = image_embeddings.expand(b, -1, -1, -1) + dense
-    pos_src = image_pe.expand(b, -1, -1, -1)
+    if image_embeddings.shape[0] == 1 and dense.stride(0) == 0:
+        # One image, no mask prompts: the image side stays one copy until the first
+        # image-to-token attention makes it per prompt (the transformer broadcasts).
+        src, pos_src = image_embeddings + dense[:1], image_pe
+    else:
+        src = image_embeddings.expand(b, -1, -1, -1) + dense
+        pos_src = image_pe.expand(b, -1, -1, -1)
     _, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(-1, c, h, w).expand(b, -1, -1, -1))
     hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
                             for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
     _, c2, h2, w2 = upscaled.shape
@@ -146,6 +151,8 @@ class Saom(nn.Module):
         """Masks, IoU predictions and class logits for point prompts (model input pixels)."""
         sparse, dense = self.sam.prompt_encoder(
             points=(point_coords, point_labels), boxes=None, masks=None)
+        dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
+        sparse, dense = sparse.to(dtype), dense.to(dtype)
         masks, iou_pred, iou_token = _predict_masks(
             self.sam.mask_decoder, image_embeddings, self.sam.prompt_encoder.get_dense_pe(),
             sparse, dense)
