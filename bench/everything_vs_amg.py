@@ -3,9 +3,10 @@
 Same model, image and settings (no crops), one process; prints the median of several runs and,
 last, ``speedup=<engine vs AMG, x> parity_iou=<min matched IoU>``.
 
-Without real SAM weights, small models are given a few quick decoder training steps on synthetic
-shapes (``fit_shapes``) so that their masks are objects rather than noise; larger models use
-random weights (timing only) unless --checkpoint is given.
+Without real SAM weights, the tiny model gets a few hundred quick training steps on synthetic
+shapes (``fit_shapes``) so that its masks are shapes rather than noise; larger models use random
+weights (timing only) unless --checkpoint is given. The generator runs with its default
+points_per_batch (64).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from saom_ros.classes import SAOM_CLASSES
-from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
+from saom_ros.everything import EverythingEngine, EverythingSettings, make_point_grid
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 
 
@@ -101,7 +102,8 @@ def fit_shapes(model: Saom, steps: int, n_images: int = 4, n_prompts: int = 16,
     return model.eval()
 
 
-def _median_s(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> tuple[float, object]:
+def _median_s(fn: Callable[[], object], runs: int,
+              sync: Callable[[], None]) -> tuple[float, object]:
     """Median wall time of ``runs`` calls after one warm-up call, and the last result."""
     out = fn()
     times = []
@@ -127,13 +129,18 @@ def matched_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(iou.max(1).values.min())
 
 
-def _amg(model: Saom, s: EverythingSettings, points_per_batch: int):
+def amg_masks(model: Saom, s: EverythingSettings, image: np.ndarray,
+              points_per_batch: int = 64) -> np.ndarray:
+    """SamAutomaticMaskGenerator's masks [N, H, W] for ``image`` with the same settings."""
     from segment_anything import SamAutomaticMaskGenerator
-    return SamAutomaticMaskGenerator(
+    records = SamAutomaticMaskGenerator(
         model.sam, points_per_side=s.points_per_side, points_per_batch=points_per_batch,
         pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
         stability_score_offset=s.stability_score_offset, box_nms_thresh=s.box_nms_thresh,
-        min_mask_region_area=s.min_mask_region_area, output_mode="binary_mask")
+        min_mask_region_area=s.min_mask_region_area, output_mode="binary_mask").generate(image)
+    if not records:
+        return np.zeros((0,) + image.shape[:2], bool)
+    return np.stack([r["segmentation"] for r in records])
 
 
 def _model(args: argparse.Namespace) -> Saom:
@@ -194,11 +201,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if device.type == "cuda":
         print(f"engine peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     if args.no_amg:
-        print(f"speedup=nan parity_iou=nan")
+        print("speedup=nan parity_iou=nan")
         return
-    amg = _amg(model, settings, 64)
-    t_amg, records = _median_s(lambda: amg.generate(image), args.runs, sync)
-    ref = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,) + image.shape[:2], bool)
+    t_amg, ref = _median_s(lambda: amg_masks(model, settings, image), args.runs, sync)
     print(f"SamAutomaticMaskGenerator: median {t_amg * 1e3:.1f} ms, {len(ref)} masks")
     print(f"speedup={t_amg / t_eng:.2f} parity_iou={matched_iou(inst.masks, ref):.4f}")
 

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import (
     batched_mask_to_box, build_point_grid, calculate_stability_score, remove_small_regions)
-from torch.nn import functional as F
 from torchvision.ops import nms
 
 from saom_ros.model import Saom
 
 # Masks whose low-res stability score is below the threshold by more than this are dropped
-# without computing it at full size (the two differ by a few hundredths).
-STABILITY_MARGIN = 0.1
+# without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
+# (small masks, threshold 0.5; 0.015 above 0.9) in our measurements.
+STABILITY_MARGIN = 0.2
 # Masks upsampled to full size at once.
 UPSAMPLE_CHUNK = 128
 
@@ -235,7 +235,7 @@ class EverythingEngine:
 
     def _instances(self, masks: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor,
                    cls: torch.Tensor) -> Instances:
-        """Pack results; each pixel of the label images goes to the first (best) mask covering it."""
+        """Pack results; a label-image pixel goes to the first (best) mask covering it."""
         agnostic = self.model.class_head is None
         class_scores, class_idx = (iou, torch.zeros_like(iou, dtype=torch.long)) if agnostic \
             else cls.max(dim=1)

@@ -118,7 +118,7 @@ def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_p
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(-1, c, h, w).expand(b, -1, -1, -1))
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
     hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
                             for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
     _, c2, h2, w2 = upscaled.shape
@@ -154,8 +154,8 @@ class Saom(nn.Module):
         dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
         sparse, dense = sparse.to(dtype), dense.to(dtype)
         masks, iou_pred, iou_token = _predict_masks(
-            self.sam.mask_decoder, image_embeddings, self.sam.prompt_encoder.get_dense_pe(),
-            sparse, dense)
+            self.sam.mask_decoder, image_embeddings,
+            self.sam.prompt_encoder.get_dense_pe().to(dtype), sparse, dense)
         sl = slice(1, None) if multimask else slice(0, 1)
         logits = self.class_head(iou_token) if self.class_head is not None else None
         return DecoderOutput(masks[:, sl], iou_pred[:, sl], logits)

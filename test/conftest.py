@@ -18,7 +18,8 @@ FIT_STEPS = 300
 def tiny_model() -> Saom:
     """A seeded tiny SAOM (55 classes), untrained, in eval mode on the CPU."""
     torch.manual_seed(0)
-    return build_saom(ModelConfig.preset("tiny", num_classes=len(SAOM_CLASSES)), SAOM_CLASSES).eval()
+    config = ModelConfig.preset("tiny", num_classes=len(SAOM_CLASSES))
+    return build_saom(config, SAOM_CLASSES).eval()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-from segment_anything import SamAutomaticMaskGenerator
 
 from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
 from saom_ros.model import ModelConfig, Saom, build_saom
@@ -62,7 +60,8 @@ def test_instances_at_original_resolution_non_square(shapes_model: Saom) -> None
     assert inst.instance_image.shape == (150, 230) and inst.instance_image.dtype == np.uint16
     assert inst.semantic_image.dtype == np.uint16
     assert np.all(np.diff(inst.predicted_iou) <= 0)  # sorted by descending score
-    assert inst.class_ids.dtype == np.int32 and np.all((inst.class_ids >= 1) & (inst.class_ids <= 55))
+    assert inst.class_ids.dtype == np.int32
+    assert np.all((inst.class_ids >= 1) & (inst.class_ids <= 55))
     assert np.all((inst.class_scores > 0) & (inst.class_scores <= 1))
     for mask, box in zip(inst.masks, inst.boxes):  # inclusive pixel extents of each mask
         ys, xs = np.nonzero(mask)
@@ -93,25 +92,13 @@ def test_settings_replaced_between_calls(shapes_model: Saom) -> None:
     assert len(none) == 0 and not none.instance_image.any() and none.masks.shape == (0, 128, 160)
 
 
-def _amg_masks(model: Saom, settings: EverythingSettings, image: np.ndarray) -> np.ndarray:
-    amg = SamAutomaticMaskGenerator(
-        model.sam, points_per_side=settings.points_per_side, points_per_batch=64,
-        pred_iou_thresh=settings.pred_iou_thresh,
-        stability_score_thresh=settings.stability_score_thresh,
-        stability_score_offset=settings.stability_score_offset,
-        box_nms_thresh=settings.box_nms_thresh,
-        min_mask_region_area=settings.min_mask_region_area, output_mode="binary_mask")
-    records = amg.generate(image)
-    return np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,) + image.shape[:2], bool)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [{}, {"min_mask_region_area": 30}])
 def test_parity_with_sam_automatic_mask_generator(shapes_model: Saom, extra: dict) -> None:
     settings = EverythingSettings(**PARITY, **extra)
     image = _scene(192, 256, seed=7)
     ours = EverythingEngine(shapes_model, settings)(image)
-    ref = _amg_masks(shapes_model, settings, image)
+    ref = BENCH.amg_masks(shapes_model, settings, image)
     assert len(ref) >= 15 and abs(len(ours) - len(ref)) <= 2
     # Every mask of the smaller set has a partner of IoU >= 0.98 in the other.
     assert BENCH.matched_iou(ours.masks, ref) >= 0.98

@@ -96,7 +96,8 @@ def test_official_state_dict_loads_class_agnostic(tiny_model: Saom, tmp_path: Pa
         model = load_model(path, model_type=model_type)
         assert model.class_head is None and model.class_names == ("object",)
         assert model.config == ModelConfig.preset("tiny")
-        torch.testing.assert_close(_decode(model).low_res_logits, _decode(tiny_model).low_res_logits)
+        torch.testing.assert_close(_decode(model).low_res_logits,
+                                   _decode(tiny_model).low_res_logits)
 
 
 def test_missing_file(tmp_path: Path) -> None:
