@@ -9,7 +9,7 @@ setup(
     version="0.1.0",
     packages=[package_name, f"{package_name}.training"],
     package_dir={f"{package_name}.training": "training"},
-    package_data={package_name: ["data/*.pt", "data/*.yaml"]},
+    package_data={package_name: ["data/*.pt", "data/demo_frames/*.png"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),

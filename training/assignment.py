@@ -86,11 +86,13 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     feats = F.normalize(features.float().flatten(1), dim=0)  # [C, gh*gw], unit per location
     inside = inside[keep].flatten(1)  # [K, gh*gw]
     neg_inf = torch.finfo(feats.dtype).min
-    # per mask, not one [K, C, h*w] tensor: vit_b with 64 masks would need 268 MB for it
-    fmax = torch.stack([feats[:, m].amax(1) for m in inside])  # [K, C]
-    fmean = (inside.float() @ feats.T) / inside.sum(-1, keepdim=True)
-    target = F.normalize(0.5 * fmax + 0.5 * fmean, dim=1)
-    sim = torch.where(inside, target @ feats, neg_inf)  # [K, gh*gw]
+    # float32 even when training runs under fp16 autocast: neg_inf does not fit in a half
+    with torch.autocast(features.device.type, enabled=False):
+        # per mask, not one [K, C, h*w] tensor: vit_b with 64 masks would need 268 MB for it
+        fmax = torch.stack([feats[:, m].amax(1) for m in inside])  # [K, C]
+        fmean = (inside.float() @ feats.T) / inside.sum(-1, keepdim=True)
+        target = F.normalize(0.5 * fmax + 0.5 * fmean, dim=1)
+        sim = torch.where(inside, target @ feats, neg_inf)  # [K, gh*gw]
     cell = sim.argmax(1).cpu().numpy()
     # cell centre in the model frame -> image frame (inverse of ResizeLongestSide.apply_coords)
     rh, rw = resized_hw(image_hw, img_size)
