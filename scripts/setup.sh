@@ -29,7 +29,7 @@ key=$(stamp_of requirements.txt)
 if ! is_current requirements "$key"; then
   step "installing Python packages from requirements.txt (torch is ~5.5 GB; a few minutes)"
   "$PY" -m pip install --disable-pip-version-check -q --upgrade pip || fail "pip upgrade"
-  "$PY" -m pip install --disable-pip-version-check -r requirements.txt \
+  "$PY" -m pip install --disable-pip-version-check -q -r requirements.txt \
     || fail "pip install -r requirements.txt (see the pip output above)"
   rm -f "$STAMPS/vision_msgs"   # new message wheels: rebuild vision_msgs against them
   mark_done requirements "$key"
