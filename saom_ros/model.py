@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
@@ -19,6 +18,7 @@ from segment_anything.modeling import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from saom_ros.atomic import atomic_open
 from saom_ros.classes import AGNOSTIC_CLASSES
 
 FORMAT = "saom"
@@ -286,12 +286,5 @@ def save_checkpoint(path: str | os.PathLike, model: Saom,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(ckpt, f)

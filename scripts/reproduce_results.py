@@ -30,6 +30,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from saom_ros.atomic import atomic_write_text
 from saom_ros.training import evaluate, finetune
 from saom_ros.training.synthetic import (
     ANNOTATIONS, PART_ANNOTATIONS, SYNTH_CLASSES, write_dataset)
@@ -81,7 +82,7 @@ def train_stage(name: str, spec: dict, exp: dict, work: Path, train_dir: Path,
     finetune.train(cfg, resume=True, progress=sys.stderr.isatty())
     finetune.export(run_dir, model_path)
     # Wall time of this (possibly resumed) session; the report reads it back.
-    finetune.atomic_write_text(timing, json.dumps({"wall_s": time.monotonic() - t0,
+    atomic_write_text(timing, json.dumps({"wall_s": time.monotonic() - t0,
                                                    "device": device, "steps": total}))
     return model_path
 
@@ -298,8 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                "shipped_checkpoint": "saom_ros/data/saom_small.pt", "demo_frames": frames,
                "evaluation": results}
     docs = args.out / "docs"
-    finetune.atomic_write_text(docs / "results.json", json.dumps(payload, indent=2))
-    finetune.atomic_write_text(docs / "results.md", report(results, summary, exp, timings,
+    atomic_write_text(docs / "results.json", json.dumps(payload, indent=2))
+    atomic_write_text(docs / "results.md", report(results, summary, exp, timings,
                                                            environment))
     print(f"baseline mIoU {pct(b['miou'])} mAcc {pct(b['macc'])}; SAOM-small mIoU {pct(s['miou'])} "
           f"mAcc {pct(s['macc'])} class acc {pct(s['class_accuracy'])}; gap "

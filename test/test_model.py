@@ -9,7 +9,7 @@ import torch
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
-    CheckpointError, ModelConfig, Saom, build_saom, load_model, save_checkpoint)
+    CheckpointError, ModelConfig, Saom, build_saom, load_model)
 
 
 def _decode(model: Saom, seed: int = 0):
@@ -22,7 +22,6 @@ def _decode(model: Saom, seed: int = 0):
 
 
 def test_presets_match_segment_anything_sizes() -> None:
-    from segment_anything.build_sam import build_sam_vit_b  # noqa: F401 (sizes documented there)
     b = ModelConfig.preset("vit_b")
     assert (b.encoder_embed_dim, b.encoder_depth, b.encoder_num_heads) == (768, 12, 12)
     assert ModelConfig.preset("vit_h").encoder_global_attn_indexes == (7, 15, 23, 31)

@@ -13,9 +13,7 @@ format.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -24,6 +22,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
+
+from saom_ros.atomic import atomic_write_bytes
 
 
 class DatasetError(ValueError):
@@ -96,23 +96,6 @@ def ithor_scenes(room_types: Sequence[str] = tuple(ROOM_TYPES),
 # ---------------------------------------------------------------------------------------------
 # Writing COCO
 # ---------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``,
-    so readers (and a resumed run) never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Atomically write ``data`` as compact JSON."""

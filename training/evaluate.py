@@ -30,10 +30,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from saom_ros.atomic import atomic_write_text
 from saom_ros.everything import EverythingEngine, EverythingSettings
 from saom_ros.model import Saom, load_model
 from saom_ros.training.assignment import assign_nearest, to_model_frame
-from saom_ros.training.finetune import atomic_write_text
 
 
 @dataclasses.dataclass

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from saom_ros.atomic import atomic_open, atomic_write_text
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model, save_checkpoint
 from saom_ros.training.assignment import (
@@ -135,25 +135,9 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
 
 # ----------------------------------------------------------------------------- small helpers
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """torch.save to ``path`` atomically (never a torn checkpoint)."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
