@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import (
     batched_mask_to_box, build_point_grid, calculate_stability_score, remove_small_regions)
+from torch.nn import functional as F
 from torchvision.ops import nms
 
-from saom_ros.model import Saom
+from saom_ros.model import DecoderOutput, Saom
 
 # Masks whose low-res stability score is below the threshold by more than this are dropped
 # without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
@@ -24,6 +25,8 @@ from saom_ros.model import Saom
 STABILITY_MARGIN = 0.2
 # Masks upsampled to full size at once.
 UPSAMPLE_CHUNK = 128
+# The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
+LOW_RES_PER_EMBEDDING = 4
 
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
@@ -46,7 +49,7 @@ class EverythingSettings:
     mask_threshold: float = 0.0
     max_image_pixels: int = 16_777_216
     cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
-    compile: bool = False  # torch.compile the image encoder
+    compile: bool = False  # torch.compile the image encoder and the decoder
 
 
 @dataclasses.dataclass
@@ -107,6 +110,7 @@ class EverythingEngine:
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._decoder: Optional[Callable[..., DecoderOutput]] = None
 
     def _on_device(self, model: Saom) -> Saom:
         """The model on the device; on CUDA a copy in ``cuda_dtype`` (prompt encoder in float32,
@@ -131,6 +135,16 @@ class EverythingEngine:
             self._encoder = torch.compile(self.model.embed)
         return self._encoder(x)
 
+    def _decode(self, emb: torch.Tensor, points: torch.Tensor,
+                extent: tuple[int, int]) -> DecoderOutput:
+        """Multimask decoder outputs for single-point prompts, masks limited to ``extent``."""
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=self.device)
+        if not self.settings.compile:
+            return self.model.decode(emb, points[:, None, :], labels, True, extent)
+        if self._decoder is None:
+            self._decoder = torch.compile(self.model.decode)
+        return self._decoder(emb, points[:, None, :], labels, True, extent)
+
     def _points(self, orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> torch.Tensor:
         """Grid points in model input pixels, as SamAutomaticMaskGenerator computes them."""
         grid = make_point_grid(self.settings.points_per_side)
@@ -148,9 +162,12 @@ class EverythingEngine:
         """Decode the grid in batches; keep masks passing the IoU and stability filters."""
         s = self.settings
         cand = _Candidates()
+        # Masks only where the image is, plus the low-res row and column beyond it that the
+        # bilinear upsampling reads; the padding's masks are never used.
+        extent = (min(emb.shape[-2], -(-(valid[0] + 1) // LOW_RES_PER_EMBEDDING)),
+                  min(emb.shape[-1], -(-(valid[1] + 1) // LOW_RES_PER_EMBEDDING)))
         for chunk in points.split(s.points_per_batch):
-            labels = torch.ones(chunk.shape[0], 1, dtype=torch.int, device=self.device)
-            out = self.model.decode(emb, chunk[:, None, :], labels, multimask=True)
+            out = self._decode(emb, chunk, extent)
             logits = out.low_res_logits.flatten(0, 1).float()
             iou = out.iou_pred.flatten(0, 1).float()
             cls = self._class_probs(out.class_logits, iou, chunk.shape[0])
@@ -191,8 +208,13 @@ class EverythingEngine:
 
     def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
                   orig_hw: tuple[int, int]) -> torch.Tensor:
-        """Full-resolution logits, exactly as Sam.postprocess_masks makes them."""
-        return self.model.sam.postprocess_masks(logits[:, None], input_hw, orig_hw)[:, 0]
+        """Full-resolution logits, exactly as Sam.postprocess_masks makes them from uncropped
+        logits: the first bilinear step has the same scale and reads only kept rows and columns."""
+        f = self.model.config.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res one
+        x = F.interpolate(logits[:, None], (f * logits.shape[-2], f * logits.shape[-1]),
+                          mode="bilinear", align_corners=False)
+        x = x[..., :input_hw[0], :input_hw[1]]
+        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)[:, 0]
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> Instances:

@@ -46,6 +46,7 @@ ENGINE_PARAMETERS = {
     "box_nms_thresh": "box_nms_thresh",
     "min_mask_area": "min_mask_region_area",
     "max_instances": "max_instances",
+    "compile": "compile",
 }
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 MODEL_TYPES = ("auto", *PRESETS)
@@ -95,6 +96,9 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("max_instances", engine.max_instances, d(
             "keep at most this many best-scoring instances (0: all)",
             integer_range=[_int_range(0, 65535)])),
+        ("compile", engine.compile, d(
+            "torch.compile encoder and decoder (CUDA: ~2.4x faster per frame after a slow first "
+            "frame)", True)),
         ("classes", "", d("YAML class-name list overriding the checkpoint's names "
                           "(same count); empty: the checkpoint's", True)),
         ("input_reliability", "best_effort", d(

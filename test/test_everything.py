@@ -102,3 +102,13 @@ def test_parity_with_sam_automatic_mask_generator(shapes_model: Saom, extra: dic
     assert len(ref) >= 15 and abs(len(ours) - len(ref)) <= 2
     # Every mask of the smaller set has a partner of IoU >= 0.98 in the other.
     assert BENCH.matched_iou(ours.masks, ref) >= 0.98
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_same_instances(shapes_model: Saom) -> None:
+    image = _scene(128, 160)
+    plain = EverythingEngine(shapes_model, EverythingSettings(**LOOSE))(image)
+    compiled = EverythingEngine(shapes_model, EverythingSettings(**LOOSE, compile=True))(image)
+    assert len(plain) > 3 and len(compiled) == len(plain)
+    assert BENCH.matched_iou(compiled.masks, plain.masks) >= 0.99
+    np.testing.assert_allclose(compiled.predicted_iou, plain.predicted_iou, atol=1e-4)

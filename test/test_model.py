@@ -1,6 +1,7 @@
 """Tests for saom_ros.model: building, decoding, saving and loading checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,40 @@ def test_decode_matches_segment_anything_decoder(tiny_model: Saom) -> None:
         out = tiny_model.decode(emb, pts, labels)
     torch.testing.assert_close(out.low_res_logits, ref_masks)
     torch.testing.assert_close(out.iou_pred, ref_iou)
+
+
+def test_decode_extent_gives_the_top_left_of_the_full_masks(tiny_model: Saom) -> None:
+    with torch.no_grad():
+        emb = torch.randn(1, 64, 16, 16)
+        pts, labels = torch.rand(3, 1, 2) * 256, torch.ones(3, 1, dtype=torch.int)
+        full = tiny_model.decode(emb, pts, labels)
+        part = tiny_model.decode(emb, pts, labels, extent=(11, 7))
+    assert part.low_res_logits.shape == (3, 3, 44, 28)
+    torch.testing.assert_close(part.low_res_logits, full.low_res_logits[..., :44, :28])
+    torch.testing.assert_close(part.iou_pred, full.iou_pred)
+    torch.testing.assert_close(part.class_logits, full.class_logits)
+
+
+@pytest.mark.parametrize("per_prompt_embedding", [False, True])
+def test_decode_matches_segment_anything_decoder_vit_b_sized(per_prompt_embedding: bool) -> None:
+    # The official decoder size (dim 256, 64x64 embedding); one encoder block keeps it quick.
+    torch.manual_seed(1)
+    config = dataclasses.replace(ModelConfig.preset("vit_b"), encoder_depth=1,
+                                 encoder_global_attn_indexes=(0,))
+    model = build_saom(config).eval()
+    sam = model.sam
+    with torch.no_grad():
+        emb = torch.randn(6 if per_prompt_embedding else 1, 256, 64, 64)
+        pts, labels = torch.rand(6, 1, 2) * 1024, torch.ones(6, 1, dtype=torch.int)
+        sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+        # segment_anything's decoder takes one image; per-prompt embeddings go one at a time.
+        ref = [sam.mask_decoder(emb[i % emb.shape[0]][None], sam.prompt_encoder.get_dense_pe(),
+                                sparse[i:i + 1], dense[i:i + 1], multimask_output=True)
+               for i in range(6)]
+        ref_masks, ref_iou = (torch.cat(r) for r in zip(*ref))
+        out = model.decode(emb, pts, labels)
+    torch.testing.assert_close(out.low_res_logits, ref_masks, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.iou_pred, ref_iou, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_is_trainable(tiny_model: Saom) -> None:
