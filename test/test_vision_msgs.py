@@ -31,6 +31,26 @@ UPSTREAM_FIELDS = {
                   "threshold": "float"},
     "VisionInfo": {"header": "std_msgs/Header", "method": "string",
                    "database_location": "string", "database_version": "int32"},
+    "BoundingBox3D": {"center": "geometry_msgs/Pose", "size": "geometry_msgs/Vector3"},
+    "BoundingBox3DArray": {"header": "std_msgs/Header",
+                           "boxes": "sequence<vision_msgs/BoundingBox3D>"},
+    "Detection3D": {"header": "std_msgs/Header",
+                    "results": "sequence<vision_msgs/ObjectHypothesisWithPose>",
+                    "bbox": "vision_msgs/BoundingBox3D", "id": "string"},
+    "Detection3DArray": {"header": "std_msgs/Header",
+                         "detections": "sequence<vision_msgs/Detection3D>"},
+}
+
+# RIHS01 type hashes of upstream vision_msgs 4.1.1, obtained by generating its own .msg files
+# with the Kilted rosidl wheels; equal hashes are what lets our messages talk to real ROS 2 nodes.
+UPSTREAM_HASHES = {
+    "BoundingBox3D": "bbb73a65c163d7f9bb29009c7bde9f7faa576bd2d23299c4511d19230dab4698",
+    "BoundingBox3DArray": "a81938db9576b10c2eecd7c5a5da3eac496efd00221b25ed051dfbc81fb56da6",
+    "Detection2D": "0d12b69df5c593b3455b7346fac8205437a7d4bcb09b9e0e0b2dde787ded38ea",
+    "Detection2DArray": "214274120007f4a683866481336b70310268cfa107aebe9d594a6acf75bda968",
+    "Detection3D": "ddd703be132ab0b69d33121f1bb034132bfbb3b0ac5f9fb1516005ba1c8a265b",
+    "Detection3DArray": "793f5eab9595ac1c0da07873cc859db42eae51f0ee76056db8562515d830e018",
+    "LabelInfo": "3d37df4015cdf660cc851c51897f2acd957e1ca6205ba0a99aebffb9406b0783",
 }
 
 
@@ -53,6 +73,14 @@ def ros_node(monkeypatch):
     yield node
     node.destroy_node()
     rclpy.shutdown()
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_HASHES))
+def test_type_hash_matches_upstream(ros_node, name):
+    topic = f"hash_{name.lower()}"
+    ros_node.create_publisher(getattr(vm, name), topic, 1)
+    (info,) = ros_node.get_publishers_info_by_topic(topic)
+    assert str(info.topic_type_hash) == f"RIHS01_{UPSTREAM_HASHES[name]}"
 
 
 @pytest.fixture
