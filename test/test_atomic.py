@@ -1,7 +1,10 @@
-"""Atomic writes: the target is replaced whole or not at all."""
+"""Atomic writes: the target is replaced whole or not at all, with the mode open() gives."""
+import os
+import stat
+
 import pytest
 
-from saom_ros.atomic import atomic_open, atomic_write_text
+from saom_ros.atomic import atomic_open, atomic_write_text, current_umask, remove_temp_files
 
 
 def test_write_replaces_the_file_and_leaves_no_temp_files(tmp_path):
@@ -21,3 +24,45 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restoring it afterwards."""
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_honour_the_umask_like_open(tmp_path, umask, mask, mode):
+    umask(mask)
+    assert current_umask() == mask
+    atomic_write_text(tmp_path / "model.pt", "x")
+    with open(tmp_path / "plain.txt", "w"):
+        pass
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
+
+
+def test_replacing_a_file_keeps_its_mode_like_open(tmp_path, umask):
+    target = tmp_path / "metrics.csv"
+    atomic_write_text(target, "old")
+    target.chmod(0o640)
+    atomic_write_text(target, "new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == "new"
+
+
+def test_remove_temp_files_takes_only_the_modules_own_leftovers(tmp_path):
+    with pytest.raises(RuntimeError):  # a write that died leaves nothing...
+        with atomic_open(tmp_path / "step_00000001.pt"):
+            raise RuntimeError
+    # ...but a SIGKILL between mkstemp and os.replace does: names as mkstemp makes them.
+    stale = [tmp_path / ".step_00000010.pt.k3x_9a0q.tmp", tmp_path / ".last.pt.abcdefgh.tmp"]
+    others = [tmp_path / "step_00000010.pt", tmp_path / ".step_1.pt.tmp",
+              tmp_path / "user.tmp", tmp_path / ".step_00000010.pt.ABCDEFGH.tmp"]
+    for p in stale + others:
+        p.write_bytes(b"half")
+    assert remove_temp_files(tmp_path, "step_*.pt") == [stale[0]]
+    assert remove_temp_files(tmp_path) == [stale[1]]
+    assert sorted(tmp_path.iterdir()) == sorted(others)
