@@ -21,6 +21,7 @@ import yaml
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -34,8 +35,7 @@ from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingSettings
 from saom_ros.image_codec import array_to_image, image_to_array
 from saom_ros.model import ModelConfig, build_saom, save_checkpoint
-from saom_ros.segment_node import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, LatestFrame, SegmentNode,
-                                   StartupError, parameter_table)
+from saom_ros.segment_node import LatestFrame, SegmentNode, StartupError, start
 
 START_TIMEOUT = 120  # seconds for the node process to import torch and subscribe (2 busy cores)
 ANSWER_TIMEOUT = 90
@@ -63,27 +63,18 @@ def context():
 
 
 def make_node(context, checkpoint, **params) -> SegmentNode:
+    """A configured, active node; StartupError with the node's reason if configure fails."""
     values = {"checkpoint": str(checkpoint), **params}
     overrides = [Parameter(k, value=v) for k, v in values.items()]
-    return SegmentNode(context=context, parameter_overrides=overrides)
-
-
-def test_declared_defaults_come_from_engine_settings_and_match_the_params_file():
-    engine = EverythingSettings()
-    table = {name: default for name, default, _ in parameter_table()}
-    for name, field in ENGINE_PARAMETERS.items():
-        assert table[name] == getattr(engine, field), name
-    documented = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    assert set(documented) == set(table)  # every parameter documented, nothing extra
-    for name, value in documented.items():
-        if name != "checkpoint":  # documented as "" = the packaged default
-            assert value == table[name], name
-    assert table["checkpoint"] == str(DEFAULT_CHECKPOINT)
-    assert DEFAULT_CHECKPOINT.parent.name == "data" and DEFAULT_CHECKPOINT.name == "saom_small.pt"
-
-
-def test_every_parameter_has_a_description():
-    assert all(desc.description for _, _, desc in parameter_table())
+    node = SegmentNode(context=context, parameter_overrides=overrides)
+    if not start(node):
+        reason, state = node.configure_error, node.lifecycle_state
+        node.close()
+        node.destroy_node()
+        assert state == "unconfigured"  # a failed configure leaves it there
+        raise StartupError(reason)
+    assert node.lifecycle_state == "active"
+    return node
 
 
 def test_thresholds_change_while_running_and_bad_values_are_rejected(context, checkpoint):
@@ -149,6 +140,47 @@ def test_class_file_overrides_the_names(context, checkpoint, tmp_path):
     node = make_node(context, checkpoint, classes=str(classes))
     try:
         assert node.class_names == tuple(names)
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_lifecycle_transitions_load_subscribe_unsubscribe_and_free(context, checkpoint):
+    overrides = [Parameter("checkpoint", value=str(checkpoint)),
+                 Parameter("autostart", value=False)]
+    node = SegmentNode(context=context, parameter_overrides=overrides)
+
+    def subscribed() -> bool:
+        return bool(node.get_subscriptions_info_by_topic("/image"))
+
+    try:
+        assert node.lifecycle_state == "unconfigured" and node._engine is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "inactive" and node._engine is not None
+        assert not subscribed()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "active" and subscribed()
+        engine = node._engine
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "inactive" and not subscribed()
+        assert node._engine is engine  # the model stays loaded
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "unconfigured" and node._engine is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS  # again, after cleanup
+        assert node.lifecycle_state == "inactive"
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_a_failed_configure_stays_unconfigured_and_keeps_the_reason(context, tmp_path):
+    missing = tmp_path / "model.pt"
+    node = SegmentNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(missing)), Parameter("autostart", value=False)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state == "unconfigured"
+        assert str(missing) in node.configure_error
     finally:
         node.close()
         node.destroy_node()

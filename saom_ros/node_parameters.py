@@ -1,0 +1,108 @@
+"""segment_node's parameters: the table (name, default, descriptor), their checks, and the mapping
+of engine parameters onto ``EverythingSettings``.
+
+The launch file derives its arguments from ``parameter_table()``, so a parameter added here is
+a launch argument too. Engine parameters (``ENGINE_PARAMETERS``) may change while the node runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from saom_ros.everything import EverythingSettings
+from saom_ros.model import PRESETS
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "saom_small.pt"
+# Node parameter -> EverythingSettings field. These apply to the next frame when set at run time.
+ENGINE_PARAMETERS = {
+    "points_per_side": "points_per_side",
+    "pred_iou_thresh": "pred_iou_thresh",
+    "stability_score_thresh": "stability_score_thresh",
+    "box_nms_thresh": "box_nms_thresh",
+    "min_mask_area": "min_mask_region_area",
+    "max_instances": "max_instances",
+    "compile": "compile",
+}
+RELIABILITIES = ("reliable", "best_effort")
+MODEL_TYPES = ("auto", *PRESETS)
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _unit_range() -> FloatingPointRange:
+    return FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)
+
+
+def _int_range(low: int, high: int) -> IntegerRange:
+    return IntegerRange(from_value=low, to_value=high, step=1)
+
+
+def _d(text: str, read_only: bool = False, **ranges: Any) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, read_only=read_only, **ranges)
+
+
+def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
+    """Every parameter: name, default, descriptor. Engine defaults come from EverythingSettings."""
+    engine = EverythingSettings()
+    return [
+        ("checkpoint", str(DEFAULT_CHECKPOINT), _d(
+            "SAOM checkpoint or official sam_vit_*.pth; empty: the packaged saom_small.pt", True)),
+        ("model_type", "auto", _d(
+            f"architecture of an official SAM file: {', '.join(MODEL_TYPES)} (auto: from shapes)",
+            True)),
+        ("device", "auto", _d("auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)",
+                              True)),
+        ("points_per_side", engine.points_per_side, _d(
+            "prompt grid is points_per_side^2 points", integer_range=[_int_range(1, 256)])),
+        ("pred_iou_thresh", engine.pred_iou_thresh, _d(
+            "drop masks whose predicted IoU is lower", floating_point_range=[_unit_range()])),
+        ("stability_score_thresh", engine.stability_score_thresh, _d(
+            "drop masks whose stability score is lower", floating_point_range=[_unit_range()])),
+        ("box_nms_thresh", engine.box_nms_thresh, _d(
+            "box IoU above which the lower-scoring mask is suppressed",
+            floating_point_range=[_unit_range()])),
+        ("min_mask_area", engine.min_mask_region_area, _d(
+            "pixels; smaller holes and islands are removed (0: off)",
+            integer_range=[_int_range(0, 2**31 - 1)])),
+        ("max_instances", engine.max_instances, _d(
+            "keep at most this many best-scoring instances (0: all)",
+            integer_range=[_int_range(0, 65535)])),
+        ("compile", engine.compile, _d(
+            "torch.compile encoder and decoder (CUDA: ~2.4x faster per frame after a slow first "
+            "frame)", True)),
+        ("classes", "", _d("YAML class-name list overriding the checkpoint's names "
+                           "(same count); empty: the checkpoint's", True)),
+        ("input_reliability", "best_effort", _d(
+            "input QoS reliability: best_effort (matches any camera) or reliable", True)),
+        ("input_depth", 1, _d("input QoS history depth", True,
+                              integer_range=[_int_range(1, 1000)])),
+        ("use_compressed", False, _d(
+            "subscribe to image/compressed (jpeg/png) instead of image", True)),
+        ("publish_overlay", False, _d("publish ~/overlay (rgb8) for RViz", True)),
+        ("autostart", True, _d(
+            "configure and activate at start-up; false: wait unconfigured for a lifecycle "
+            "manager (<node>/change_state)", True)),
+    ]
+
+
+def validate(param: Parameter) -> Optional[str]:
+    """Why ``param`` is not acceptable (None if it is); ranges and types rclpy checks itself."""
+    value = param.value
+    if param.name == "device" and not _DEVICE_RE.fullmatch(value):
+        return f"device {value!r} must be auto, cpu, cuda or cuda:N"
+    if param.name == "model_type" and value not in MODEL_TYPES:
+        return f"model_type {value!r} must be one of {', '.join(MODEL_TYPES)}"
+    if param.name == "input_reliability" and value not in RELIABILITIES:
+        return f"input_reliability {value!r} must be one of {', '.join(RELIABILITIES)}"
+    return None
+
+
+def engine_settings(values: dict[str, Any],
+                    base: Optional[EverythingSettings] = None) -> EverythingSettings:
+    """``base`` (default: EverythingSettings()) with the engine parameters among ``values``."""
+    changes = {field: values[name] for name, field in ENGINE_PARAMETERS.items() if name in values}
+    return dataclasses.replace(base or EverythingSettings(), **changes)
