@@ -1,0 +1,193 @@
+"""Instances in 3D from a registered depth image: depth units, back-projection, robust boxes.
+
+No ROS here: the node converts messages to arrays and calls these functions. Coordinates are the
+colour camera's optical frame (x right, y down, z forward, metres); pixel (u, v) has its centre at
+(u, v) as in ROS image coordinates, so a point at depth z back-projects to
+((u - cx) z / fx, (v - cy) z / fy, z).
+
+Flying pixels (depth interpolated between an object and what lies behind it at its silhouette, or
+background depth under a mask that spills over the edge) would stretch a min/max box far along the
+viewing ray. The robust rule (Tukey's fences on depth): an instance keeps the points whose depth
+lies within [Q1 - 1.5 IQR, Q3 + 1.5 IQR] of its own depths (quartiles Q1, Q3, IQR = Q3 - Q1),
+widened to at least its median +- MIN_BAND_M; its box is the min/max extent of the kept points.
+For a uniform spread of depths (a surface seen at a slant) the fences cover the whole spread, so
+only outliers are cut.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import numpy as np
+
+# encoding -> metres per stored unit (REP 118: 16UC1 in millimetres, 32FC1 in metres)
+DEPTH_SCALES: dict[str, float] = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+# Tukey's fences: kept depths lie within FENCE interquartile ranges beyond the quartiles...
+FENCE = 1.5
+# ...or within this many metres of the median, whichever is wider (sensor noise on a flat face).
+MIN_BAND_M = 0.05
+# Relative difference of width/height ratios under which a depth image counts as the same shape.
+ASPECT_TOLERANCE = 0.01
+
+
+class DepthError(ValueError):
+    """Depth or camera data that cannot be used; the text says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics of the colour image, in its pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def from_camera_info(cls, k: Sequence[float], info_size: tuple[int, int],
+                         image_size: tuple[int, int]) -> "Intrinsics":
+        """From CameraInfo ``k`` (row-major 3x3) for ``info_size`` (h, w), rescaled to
+        ``image_size`` (h, w) when the camera info describes another resolution of the same view.
+        An info size of (0, 0) (not filled in) is taken to be the image's."""
+        k = np.asarray(k, dtype=np.float64)
+        if k.shape != (9,) or not np.all(np.isfinite(k)):
+            raise DepthError(f"camera info K must be 9 finite numbers, got {k.tolist()}")
+        fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+        if fx <= 0 or fy <= 0:
+            raise DepthError(f"camera info K has fx={fx}, fy={fy}; both must be positive "
+                             "(an uncalibrated camera sends zeros)")
+        (ih, iw), (h, w) = info_size, image_size
+        if (ih, iw) in ((0, 0), (h, w)):
+            return cls(float(fx), float(fy), float(cx), float(cy))
+        if ih <= 0 or iw <= 0 or not same_aspect((ih, iw), (h, w)):
+            raise DepthError(f"camera info is for {iw}x{ih}, the image is {w}x{h}: not the same "
+                             "aspect ratio")
+        sx, sy = w / iw, h / ih
+        # Scale about pixel edges, not centres: pixel u covers [u - 0.5, u + 0.5].
+        return cls(float(fx * sx), float(fy * sy), float((cx + 0.5) * sx - 0.5),
+                   float((cy + 0.5) * sy - 0.5))
+
+
+def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether (h, w) sizes ``a`` and ``b`` have the same width/height ratio."""
+    ra, rb = a[1] / a[0], b[1] / b[0]
+    return abs(ra - rb) <= ASPECT_TOLERANCE * rb
+
+
+def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
+    """float32 metres, NaN where the depth is invalid (0, NaN, inf or negative)."""
+    if encoding not in DEPTH_SCALES:
+        raise DepthError(f"unsupported depth encoding {encoding!r}; supported: "
+                         f"{', '.join(DEPTH_SCALES)}")
+    metres = depth.astype(np.float32) * np.float32(DEPTH_SCALES[encoding])
+    with np.errstate(invalid="ignore"):
+        metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+    return metres
+
+
+def match_size(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``depth`` at ``size`` (h, w): as it is, or scaled by nearest neighbour (never
+    interpolated: a mean of an object's and the background's depth is nobody's depth) when the
+    aspect ratio is the same. DepthError otherwise."""
+    h, w = size
+    dh, dw = depth.shape
+    if (dh, dw) == (h, w):
+        return depth
+    if not same_aspect((dh, dw), (h, w)):
+        raise DepthError(f"depth image is {dw}x{dh}, the colour image {w}x{h}: not the same "
+                         "aspect ratio, so it cannot be registered to it")
+    rows = ((np.arange(h) + 0.5) * dh / h).astype(np.intp)
+    cols = ((np.arange(w) + 0.5) * dw / w).astype(np.intp)
+    return depth[rows[:, None], cols]
+
+
+@dataclasses.dataclass
+class Boxes3D:
+    """Robust 3D boxes of the labels of a label image that have valid depth, in label order."""
+
+    labels: np.ndarray  # int [K], values of the label image (1..)
+    centers: np.ndarray  # float64 [K, 3], box centres (x, y, z) in metres
+    sizes: np.ndarray  # float64 [K, 3], box extents in metres
+    points: np.ndarray  # float32 [P, 3], the kept points of all labels, grouped by label
+    point_labels: np.ndarray  # uint16 [P], the label of each point
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics) -> Boxes3D:
+    """Back-project every labelled pixel with valid depth and box each label's kept points.
+
+    ``labels``: uint16 [H, W], 0 = no instance; ``depth_m``: float32 [H, W] metres, NaN invalid
+    (from ``depth_in_metres`` and ``match_size``). Labels without valid depth are left out.
+    """
+    if labels.shape != depth_m.shape:
+        raise DepthError(f"label image {labels.shape} and depth {depth_m.shape} differ in size")
+    h, w = labels.shape
+    flat_labels, flat_depth = labels.ravel(), depth_m.ravel()
+    with np.errstate(invalid="ignore"):  # NaN > 0 is False: invalid depth drops out here
+        pixels = np.flatnonzero((flat_labels > 0) & (flat_depth > 0))
+    # Group pixels by label: a stable argsort of 16-bit keys is a radix sort (linear time).
+    order = pixels[np.argsort(flat_labels[pixels], kind="stable")]
+    z = flat_depth[order]
+    counts = np.bincount(flat_labels[order], minlength=1)[1:]
+    present = np.flatnonzero(counts)
+    if not len(present):
+        return Boxes3D(np.zeros(0, np.intp), np.zeros((0, 3)), np.zeros((0, 3)),
+                       np.zeros((0, 3), np.float32), np.zeros(0, np.uint16))
+    counts = counts[present]
+    starts = _starts(counts)
+
+    low, high = _fences(z, starts, counts)
+    keep = (z >= np.repeat(low, counts)) & (z <= np.repeat(high, counts))
+    kept_counts = np.add.reduceat(keep, starts, dtype=np.intp)
+    order, z = order[keep], z[keep]
+
+    rays_x, rays_y = _rays(intrinsics, h, w)
+    points = np.empty((z.shape[0], 3), np.float32)
+    np.multiply(rays_x[order], z, out=points[:, 0])
+    np.multiply(rays_y[order], z, out=points[:, 1])
+    points[:, 2] = z
+    # The median always passes, so every present label keeps a point.
+    kept_starts = _starts(kept_counts)
+    low = np.minimum.reduceat(points, kept_starts, axis=0).astype(np.float64)
+    high = np.maximum.reduceat(points, kept_starts, axis=0).astype(np.float64)
+    return Boxes3D(labels=present + 1, centers=(low + high) / 2, sizes=high - low,
+                   points=points, point_labels=np.repeat(present + 1, kept_counts).astype(np.uint16))
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Where each of consecutive groups of these sizes starts."""
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
+
+
+def _fences(z: np.ndarray, starts: np.ndarray, counts: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per contiguous group ``z[start:start + count]``: the lowest and highest depth kept."""
+    low, high = np.empty(len(starts), np.float32), np.empty(len(starts), np.float32)
+    for i, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
+        # Median and quartiles by rank. One partition per rank, each on the part of the group
+        # the previous one left: NumPy's multi-rank partition is ~10x slower on the many equal
+        # values of millimetre depth.
+        mid = (count - 1) // 2
+        part = np.partition(z[start:start + count], mid)
+        median = part[mid]
+        q1 = np.partition(part[:mid + 1], mid // 2)[mid // 2]
+        upper = part[mid:]
+        q3 = np.partition(upper, (len(upper) - 1) // 2)[(len(upper) - 1) // 2]
+        spread = FENCE * (q3 - q1)
+        low[i] = min(q1 - spread, median - MIN_BAND_M)
+        high[i] = max(q3 + spread, median + MIN_BAND_M)
+    return low, high
+
+
+@functools.lru_cache(maxsize=4)
+def _rays(intrinsics: Intrinsics, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per flat pixel index, (u - cx) / fx and (v - cy) / fy: a point is these times its depth.
+
+    Cached: the camera and image size rarely change, and this saves a divmod per point."""
+    u = (np.arange(w, dtype=np.float64) - intrinsics.cx) / intrinsics.fx
+    v = (np.arange(h, dtype=np.float64) - intrinsics.cy) / intrinsics.fy
+    return (np.broadcast_to(u, (h, w)).astype(np.float32).ravel(),
+            np.broadcast_to(v[:, None], (h, w)).astype(np.float32).ravel())

@@ -1,0 +1,122 @@
+"""saom_ros.depth against hand-computed values: units, resizing, intrinsics, robust 3D boxes."""
+import numpy as np
+import pytest
+
+from saom_ros.depth import (MIN_BAND_M, DepthError, Intrinsics, boxes_3d, depth_in_metres,
+                            match_size)
+
+K = Intrinsics(fx=100.0, fy=200.0, cx=4.0, cy=2.0)
+
+
+def test_units_and_invalid_values():
+    mm = np.array([[0, 1000, 65535]], np.uint16)
+    np.testing.assert_allclose(depth_in_metres(mm, "16UC1"), [[np.nan, 1.0, 65.535]], rtol=1e-6)
+    m = np.array([[0.0, np.nan, np.inf, -1.0, 2.5]], np.float32)
+    np.testing.assert_array_equal(depth_in_metres(m, "32FC1"),
+                                  np.array([[np.nan] * 4 + [2.5]], np.float32))
+    with pytest.raises(DepthError, match="unsupported depth encoding 'rgb8'"):
+        depth_in_metres(mm, "rgb8")
+
+
+def test_match_size_nearest_neighbour_same_aspect_only():
+    depth = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert match_size(depth, (2, 3)) is depth
+    np.testing.assert_array_equal(match_size(depth, (4, 6)), np.repeat(np.repeat(depth, 2, 0), 2, 1))
+    np.testing.assert_array_equal(match_size(np.repeat(np.repeat(depth, 2, 0), 2, 1), (2, 3)), depth)
+    with pytest.raises(DepthError, match="not the same aspect ratio"):
+        match_size(depth, (3, 3))
+
+
+def test_intrinsics_from_camera_info():
+    k = [100.0, 0, 4.0, 0, 200.0, 2.0, 0, 0, 1]
+    assert Intrinsics.from_camera_info(k, (0, 0), (5, 9)) == K
+    assert Intrinsics.from_camera_info(k, (5, 9), (5, 9)) == K
+    # Half the resolution: focal lengths halve, centres move with pixel edges (4.5 / 2 - 0.5).
+    assert Intrinsics.from_camera_info(k, (10, 20), (5, 10)) == Intrinsics(50.0, 100.0, 1.75, 0.75)
+    with pytest.raises(DepthError, match="must be positive"):
+        Intrinsics.from_camera_info([0.0] * 9, (0, 0), (5, 9))
+    with pytest.raises(DepthError, match="9 finite numbers"):
+        Intrinsics.from_camera_info(k[:8], (0, 0), (5, 9))
+    with pytest.raises(DepthError, match="aspect ratio"):
+        Intrinsics.from_camera_info(k, (10, 10), (5, 9))
+
+
+def test_box_of_a_plane_by_hand():
+    labels = np.zeros((5, 9), np.uint16)
+    labels[1:3, 2:7] = 3  # columns 2..6, rows 1..2
+    depth = np.full((5, 9), 2.0, np.float32)
+    boxes = boxes_3d(labels, depth, K)
+    assert boxes.labels.tolist() == [3]
+    # x = (u - 4) * 2 / 100 for u = 2..6; y = (v - 2) * 2 / 200 for v = 1..2; z = 2.
+    np.testing.assert_allclose(boxes.centers[0], [0.0, -0.005, 2.0], atol=1e-6)
+    np.testing.assert_allclose(boxes.sizes[0], [0.08, 0.01, 0.0], atol=1e-6)
+    assert boxes.points.shape == (10, 3) and boxes.point_labels.tolist() == [3] * 10
+    np.testing.assert_allclose(sorted(boxes.points[:, 0]), sorted([(u - 4) * 0.02 for u in range(2, 7)] * 2),
+                               atol=1e-6)
+
+
+def test_invalid_depth_is_skipped_and_labels_without_depth_are_left_out():
+    labels = np.zeros((5, 9), np.uint16)
+    labels[0:2, 0:3] = 1
+    labels[3:5, 5:9] = 2
+    depth = np.full((5, 9), np.nan, np.float32)
+    depth[0, 0:2] = 1.0  # label 1 has two valid pixels, (0,0) and (1,0) in (u,v)
+    boxes = boxes_3d(labels, depth, K)
+    assert boxes.labels.tolist() == [1]
+    np.testing.assert_allclose(boxes.centers[0], [(-4 - 3) / 2 / 100, -2 / 200, 1.0], atol=1e-6)
+    assert len(boxes_3d(np.zeros((5, 9), np.uint16), depth, K)) == 0
+
+
+def test_flying_pixels_at_the_silhouette_are_cut():
+    # An object at 1.0-1.04 m in front of a wall at 3 m; its mask's border pixels carry
+    # interpolated ("flying") depths and the wall's depth.
+    labels = np.zeros((20, 20), np.uint16)
+    labels[5:15, 5:15] = 1
+    depth = np.full((20, 20), 3.0, np.float32)
+    depth[5:15, 5:15] = 1.0 + np.linspace(0, 0.04, 10, dtype=np.float32)[None, :]
+    depth[5, 5:15] = 2.0  # flying pixels
+    depth[14, 5:10] = 3.0  # background under the mask
+    boxes = boxes_3d(labels, depth, Intrinsics(100.0, 100.0, 10.0, 10.0))
+    z_low, z_high = boxes.centers[0, 2] - boxes.sizes[0, 2] / 2, boxes.centers[0, 2] + boxes.sizes[0, 2] / 2
+    assert z_low == pytest.approx(1.0, abs=1e-6) and z_high == pytest.approx(1.04, abs=1e-6)
+    assert np.all(boxes.points[:, 2] < 1.05)
+
+
+def test_a_slanted_surface_keeps_its_whole_depth_range():
+    # Depth rising uniformly from 1 to 3 m across the object: no point is an outlier.
+    labels = np.ones((10, 50), np.uint16)
+    depth = np.broadcast_to(np.linspace(1.0, 3.0, 50, dtype=np.float32), (10, 50)).copy()
+    boxes = boxes_3d(labels, depth, Intrinsics(50.0, 50.0, 25.0, 5.0))
+    assert len(boxes.points) == 500
+    assert boxes.sizes[0, 2] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_noise_within_the_minimum_band_is_kept():
+    labels = np.ones((4, 4), np.uint16)
+    depth = np.full((4, 4), 2.0, np.float32)
+    depth[0, 0] = 2.0 + MIN_BAND_M * 0.9  # a constant plane's IQR is 0; the band still keeps this
+    depth[3, 3] = 2.0 + MIN_BAND_M * 1.1
+    boxes = boxes_3d(labels, depth, K)
+    assert len(boxes.points) == 15
+    assert boxes.sizes[0, 2] == pytest.approx(MIN_BAND_M * 0.9, abs=1e-6)
+
+
+def test_each_label_boxes_only_its_own_pixels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, (30, 40)).astype(np.uint16)
+    depth = np.full((30, 40), 1.5, np.float32)
+    intr = Intrinsics(60.0, 60.0, 19.5, 14.5)
+    boxes = boxes_3d(labels, depth, intr)
+    assert boxes.labels.tolist() == [1, 2, 3, 4, 5]
+    for label, center, size in zip(boxes.labels, boxes.centers, boxes.sizes):
+        v, u = np.nonzero(labels == label)
+        x, y = (u - intr.cx) * 1.5 / intr.fx, (v - intr.cy) * 1.5 / intr.fy
+        np.testing.assert_allclose(center[:2], [(x.min() + x.max()) / 2, (y.min() + y.max()) / 2],
+                                   atol=1e-5)
+        np.testing.assert_allclose(size[:2], [x.max() - x.min(), y.max() - y.min()], atol=1e-5)
+        assert (boxes.point_labels == label).sum() == len(u)
+
+
+def test_size_mismatch_is_an_error():
+    with pytest.raises(DepthError, match="differ in size"):
+        boxes_3d(np.zeros((2, 2), np.uint16), np.zeros((3, 3), np.float32), K)
