@@ -17,6 +17,7 @@ from segment_anything.utils.amg import (
 from torch.nn import functional as F
 from torchvision.ops import nms
 
+from saom_ros.image_decode import MAX_IMAGE_PIXELS
 from saom_ros.model import DecoderOutput, Saom
 
 # Masks whose low-res stability score is below the threshold by more than this are dropped
@@ -47,7 +48,7 @@ class EverythingSettings:
     min_mask_region_area: int = 0
     max_instances: int = 0  # 0 = all
     mask_threshold: float = 0.0
-    max_image_pixels: int = 16_777_216
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # images are also refused before decoding
     cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
     compile: bool = False  # torch.compile the image encoder and the decoder
 

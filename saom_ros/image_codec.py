@@ -3,7 +3,9 @@
 cv_bridge does the raw-image conversion where it is installed; elsewhere (e.g. a venv built from
 ROS wheels, which have no cv_bridge) the same conversion is done here with numpy. Every message is
 validated first, so both paths reject the same malformed images with the same ``ImageDecodeError``.
-Compressed images are decoded with OpenCV, as cv_bridge itself does.
+Images over a pixel limit are refused from their header fields (raw) or file header (compressed)
+before any pixel memory is allocated. Compressed images are decoded by ``image_decode`` (Pillow:
+OpenCV's pixels, without the decoders' own output on the C stderr for corrupt data).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+
+from saom_ros.image_decode import MAX_IMAGE_PIXELS, ImageError, check_pixels, decode_rgb
 
 try:  # cv_bridge ships with ROS distributions, not with the wheels.
     from cv_bridge import CvBridge, CvBridgeError
@@ -44,15 +48,25 @@ def backend() -> str:
     return "numpy" if CvBridge is None else "cv_bridge"
 
 
-def _check_layout(msg: Image) -> tuple[np.dtype, int]:
-    if msg.encoding not in ENCODINGS:
+def _check_layout(msg: Image, max_pixels: int, supported: tuple[str, ...] = tuple(ENCODINGS)
+                  ) -> tuple[np.dtype, int]:
+    if msg.encoding not in supported:
         raise ImageDecodeError(f"unsupported encoding {msg.encoding!r}; supported: "
-                               f"{', '.join(ENCODINGS)}")
+                               f"{', '.join(supported)}")
     dtype_name, channels = ENCODINGS[msg.encoding]
     dtype = np.dtype(dtype_name).newbyteorder(">" if msg.is_bigendian else "<")
     if msg.width == 0 or msg.height == 0:
         raise ImageDecodeError(f"empty image ({msg.width}x{msg.height})")
+    try:
+        check_pixels(msg.width, msg.height, max_pixels)
+    except ImageError as err:
+        raise ImageDecodeError(str(err)) from None
     row_bytes = msg.width * channels * dtype.itemsize
+    # Row padding counts too: the copy made below is step * height bytes.
+    if msg.step * msg.height > max_pixels * channels * dtype.itemsize:
+        raise ImageDecodeError(f"step*height = {msg.step}*{msg.height} bytes exceeds the "
+                               f"{max_pixels * channels * dtype.itemsize} bytes of "
+                               f"max_image_pixels = {max_pixels} {msg.encoding} pixels")
     if msg.step < row_bytes:
         raise ImageDecodeError(f"step {msg.step} is less than width*channels*bytes = {row_bytes} "
                                f"for a {msg.width}-pixel {msg.encoding} row")
@@ -65,12 +79,12 @@ def _check_layout(msg: Image) -> tuple[np.dtype, int]:
     return dtype, channels
 
 
-def image_to_array(msg: Image) -> np.ndarray:
+def image_to_array(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The pixels as stored (cv_bridge's ``passthrough``): HxW or HxWxC, native byte order, a copy.
 
     Row padding (``step > width * channels * bytes``) is dropped; trailing bytes are ignored.
     """
-    dtype, channels = _check_layout(msg)
+    dtype, channels = _check_layout(msg, max_pixels)
     rows = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height)
     rows = rows.reshape(msg.height, msg.step)[:, :msg.width * channels * dtype.itemsize]
     pixels = rows.copy().view(dtype).astype(dtype.newbyteorder("="), copy=False)
@@ -78,23 +92,20 @@ def image_to_array(msg: Image) -> np.ndarray:
     return pixels.reshape(shape)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
+def image_to_rgb(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """``imgmsg_to_cv2(msg, 'rgb8')``: uint8 HxWx3 RGB from an rgb8/bgr8/rgba8/bgra8/mono8 image."""
-    _check_layout(msg)
-    if msg.encoding not in _TO_RGB:
-        raise ImageDecodeError(f"encoding {msg.encoding!r} cannot be converted to RGB; supported: "
-                               f"{', '.join(RGB_ENCODINGS)}")
+    _check_layout(msg, max_pixels, RGB_ENCODINGS)
     if CvBridge is not None:
         try:
             return CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
         except CvBridgeError as err:
             raise ImageDecodeError(str(err)) from None
-    pixels = image_to_array(msg)
+    pixels = image_to_array(msg, max_pixels)
     code = _TO_RGB[msg.encoding]
     return pixels if code is None else cv2.cvtColor(pixels, code)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """uint8 HxWx3 RGB from a jpeg or png CompressedImage (image_transport's ``compressed``)."""
     fmt = msg.format.lower()
     # image_transport writes "jpeg", "png" or e.g. "bgr8; jpeg compressed bgr8"; empty: sniff.
@@ -103,12 +114,11 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
                                f"{', '.join(COMPRESSED_FORMATS)}")
     if "compresseddepth" in fmt:
         raise ImageDecodeError(f"compressedDepth images are not supported ({msg.format!r})")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None or bgr.size == 0:
+    try:
+        return decode_rgb(bytes(msg.data), max_pixels)
+    except ImageError as err:
         raise ImageDecodeError(f"could not decode {len(msg.data)} bytes of "
-                               f"{msg.format or 'compressed'} data (corrupt or not jpeg/png)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                               f"{msg.format or 'compressed'} data: {err}") from None
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:

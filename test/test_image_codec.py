@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
+from image_bombs import jpeg_claiming, png_bomb
 from saom_ros.image_codec import (ImageDecodeError, array_to_image, compressed_to_rgb,
                                   image_to_array, image_to_rgb)
 
@@ -88,7 +89,6 @@ def _odd_step_16bit():
      "unsupported encoding 'yuv422'"),
     (lambda: Image(height=2, width=2, encoding="", step=6, data=bytes(12)),
      "unsupported encoding ''"),
-    (_odd_step_16bit, "step 5 is not a multiple"),
 ])
 def test_malformed_images_raise_clear_errors(make, words):
     with pytest.raises(ImageDecodeError) as err:
@@ -96,11 +96,36 @@ def test_malformed_images_raise_clear_errors(make, words):
     assert words in str(err.value)
 
 
-def test_non_colour_encoding_is_refused_for_rgb_but_readable_as_array():
-    msg = hand_built(np.zeros((2, 3), np.uint16), "mono16")
-    with pytest.raises(ImageDecodeError, match="cannot be converted to RGB"):
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "8UC1", "8UC3", "yuv422"])
+def test_refusal_lists_only_the_encodings_that_convert(encoding):
+    msg = Image(height=2, width=2, encoding=encoding, step=12, data=bytes(24))
+    with pytest.raises(ImageDecodeError) as err:
         image_to_rgb(msg)
-    assert image_to_array(msg).shape == (2, 3)
+    assert str(err.value) == (f"unsupported encoding {encoding!r}; supported: "
+                              "rgb8, bgr8, rgba8, bgra8, mono8")
+
+
+def test_non_colour_encoding_is_readable_as_array():
+    assert image_to_array(hand_built(np.zeros((2, 3), np.uint16), "mono16")).shape == (2, 3)
+    with pytest.raises(ImageDecodeError, match="step 5 is not a multiple"):
+        image_to_array(_odd_step_16bit())
+
+
+def test_raw_images_over_the_pixel_limit_are_refused_before_copying():
+    msg = Image(height=20000, width=20000, encoding="rgb8", step=60000, data=bytes(12))
+    with pytest.raises(ImageDecodeError, match=r"20000x20000 = 400000000 pixels exceeds the "
+                                               r"limit max_image_pixels = 16777216"):
+        image_to_rgb(msg)
+
+
+def test_raw_images_with_absurd_row_padding_are_refused():
+    msg = hand_built(RGB, "rgb8", pad=100_000)  # 5 rows of 7 pixels in 500 kB
+    np.testing.assert_array_equal(image_to_rgb(msg), RGB)
+    with pytest.raises(ImageDecodeError, match=r"step\*height = 100021\*5 bytes exceeds the "
+                                               r"3000 bytes of max_image_pixels = 1000"):
+        image_to_rgb(msg, max_pixels=1000)
+    with pytest.raises(ImageDecodeError, match="max_image_pixels = 1000"):
+        image_to_array(msg, max_pixels=1000)
 
 
 def compressed(pixels_rgb: np.ndarray, ext: str, fmt: str) -> CompressedImage:
@@ -139,6 +164,13 @@ def test_corrupt_or_unsupported_compressed_images_raise(msg, words):
     with pytest.raises(ImageDecodeError) as err:
         compressed_to_rgb(msg)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize("data, dims", [
+    (png_bomb(2000, 1500), "2000x1500"), (jpeg_claiming(30000, 30000), "30000x30000")])
+def test_compressed_images_over_the_limit_are_refused(data, dims):
+    with pytest.raises(ImageDecodeError, match=f"{dims} = .* exceeds the limit max_image_pixels"):
+        compressed_to_rgb(CompressedImage(format="png", data=data), max_pixels=1_000_000)
 
 
 def test_truncated_jpeg_is_an_error_not_a_crash():

@@ -1,0 +1,31 @@
+"""Hostile image files for tests: small files whose headers claim huge images."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid RGB PNG of zeros: about 1/1000 of its decoded size (20000x20000: 1.2 MB file)."""
+    z = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte + pixels
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A 16x16 JPEG whose frame header (SOF0) is rewritten to claim ``width`` x ``height``."""
+    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
