@@ -1,0 +1,170 @@
+"""Persistent instance ids across frames: mask IoU matching with an optimal assignment. No ROS.
+
+Each frame's instances are matched to the tracks of earlier frames by the IoU of their footprints
+in the instance image (the pixels each instance owns, as published in ``~/instances``), with
+scipy's ``linear_sum_assignment`` maximising the total IoU; pairs below ``iou_threshold`` are not
+matched. A track that finds no match is remembered for ``max_missed`` frames (its last footprint,
+less the pixels other instances have claimed since), so an object the segmenter misses for a frame
+or two keeps its id. Unmatched instances get new ids; an id is not given out again until
+``id_reuse_delay`` frames after its track ended. Ids are 1..65535 and unique within a frame.
+
+Streaming prompts (``EverythingSettings.prompt_strategy == "streaming"``) already know which
+instance of the previous frame a mask came from (``Instances.prompt_source``); those masks keep
+that instance's id without an IoU computation, and only the rest are matched by IoU.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+if TYPE_CHECKING:  # everything.py imports torch; the tracker needs only its arrays.
+    from saom_ros.everything import Instances
+
+MAX_ID = 65535  # ids are uint16; 0 means "no instance"
+
+
+class Tracker:
+    """Gives each instance of a frame a track id that persists while the object stays in view."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5,
+                 id_reuse_delay: int = 300) -> None:
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if max_missed < 0 or id_reuse_delay < 0:
+            raise ValueError(f"max_missed and id_reuse_delay must be >= 0, got {max_missed}, "
+                             f"{id_reuse_delay}")
+        self.iou_threshold = iou_threshold
+        self.max_missed = max_missed
+        self.id_reuse_delay = id_reuse_delay
+        self._frame = 0
+        self._next_id = 1
+        self._retired: dict[int, int] = {}  # id -> frame its track ended, oldest first
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the tracks (not the record of retired ids)."""
+        # Slot s of the memory image (value s + 1) is track _slot_ids[s], last seen _slot_seen[s].
+        self._memory: Optional[np.ndarray] = None
+        self._slot_ids = np.zeros(0, np.uint16)
+        self._slot_seen = np.zeros(0, np.int64)
+        self._last_ids = np.zeros(0, np.uint16)  # by index of the last update's instances
+
+    def reset(self) -> None:
+        """Forget every track (e.g. the node was deactivated). Their ids count as retired now, so
+        they are not given to other objects within ``id_reuse_delay`` frames."""
+        for track_id in self._slot_ids.tolist():
+            self._retire(track_id)
+        self._forget()
+
+    def update(self, instances: Instances) -> np.ndarray:
+        """Track ids ``uint16[N]`` for ``instances`` (the next frame), by instance index.
+
+        An instance that owns no pixel of the instance image (hidden by better-scoring ones)
+        appears in no message and gets 0.
+        """
+        return self.assign(instances.instance_image, len(instances), instances.prompt_source)
+
+    def assign(self, instance_image: np.ndarray, count: int,
+               prompt_source: Optional[np.ndarray] = None) -> np.ndarray:
+        """``update`` on arrays: ``instance_image`` uint16 [H, W] (0 none, i + 1 = instance i),
+        ``count`` instances, ``prompt_source`` int [count] (-1 or an index into the previous
+        frame's instances)."""
+        self._frame += 1
+        if self._memory is not None and self._memory.shape != instance_image.shape:
+            self.reset()  # another camera resolution: nothing can be matched by pixels
+        labels = instance_image.astype(np.intp, copy=False).ravel()
+        areas = np.bincount(labels, minlength=count + 1)[1:count + 1]
+        ids = np.zeros(count, np.uint16)
+        slot_of = np.full(count, -1, np.intp)  # matched old slot per instance
+        if prompt_source is not None:
+            self._follow_prompts(prompt_source, areas, ids, slot_of)
+        if self._memory is not None and (ids == 0).any() and len(self._slot_ids):
+            self._match_by_iou(labels, areas, ids, slot_of)
+        live = set(self._slot_ids.tolist())
+        for i in np.flatnonzero((ids == 0) & (areas > 0)).tolist():
+            ids[i] = self._allocate(live)
+            live.add(int(ids[i]))
+        self._remember(instance_image, ids, slot_of)
+        return ids
+
+    def _follow_prompts(self, prompt_source: np.ndarray, areas: np.ndarray, ids: np.ndarray,
+                        slot_of: np.ndarray) -> None:
+        """Instances prompted from a previous instance take its id (the first, best-scoring one
+        of several prompted from the same instance; the others are matched by IoU)."""
+        slot_by_id = {int(t): s for s, t in enumerate(self._slot_ids.tolist())}
+        taken: set[int] = set()
+        for i, source in enumerate(np.asarray(prompt_source).tolist()):
+            if 0 <= source < len(self._last_ids) and areas[i] > 0:
+                track_id = int(self._last_ids[source])
+                if track_id and track_id not in taken and track_id in slot_by_id:
+                    taken.add(track_id)
+                    ids[i], slot_of[i] = track_id, slot_by_id[track_id]
+
+    def _match_by_iou(self, labels: np.ndarray, areas: np.ndarray, ids: np.ndarray,
+                      slot_of: np.ndarray) -> None:
+        """Match the instances still without id to the unclaimed tracks by footprint IoU."""
+        slots, count = len(self._slot_ids), len(ids)
+        # Intersections of every (slot, instance) pair from one joint histogram of the two images.
+        joint = np.bincount(self._memory.ravel().astype(np.intp) * (count + 1) + labels,
+                            minlength=(slots + 1) * (count + 1)).reshape(slots + 1, count + 1)
+        inter = joint[1:, 1:]
+        slot_areas = joint[1:].sum(axis=1)
+        union = slot_areas[:, None] + areas[None, :] - inter
+        iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+        free_slots = np.setdiff1d(np.arange(slots), slot_of[slot_of >= 0])
+        free_instances = np.flatnonzero(ids == 0)
+        iou = iou[np.ix_(free_slots, free_instances)]
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        good = iou[rows, cols] >= self.iou_threshold
+        for s, i in zip(free_slots[rows[good]].tolist(), free_instances[cols[good]].tolist()):
+            ids[i], slot_of[i] = self._slot_ids[s], s
+
+    def _remember(self, instance_image: np.ndarray, ids: np.ndarray,
+                  slot_of: np.ndarray) -> None:
+        """New memory: this frame's instances (slot i = instance i), then the unmatched tracks
+        still within ``max_missed`` frames on the pixels nobody owns now; retire the others."""
+        matched = np.zeros(len(self._slot_ids), bool)
+        matched[slot_of[slot_of >= 0]] = True
+        missing = np.flatnonzero(~matched & (self._slot_ids > 0))
+        keep = missing[self._frame - self._slot_seen[missing] <= self.max_missed]
+        # Never remember more tracks than there are ids.
+        keep = keep[np.argsort(-self._slot_seen[keep], kind="stable")][:MAX_ID - len(ids)]
+        for s in np.setdiff1d(missing, keep).tolist():
+            self._retire(int(self._slot_ids[s]))
+        memory = instance_image.astype(np.uint16, copy=True)
+        if len(keep):
+            remap = np.zeros(len(self._slot_ids) + 1, np.uint16)
+            remap[keep + 1] = len(ids) + 1 + np.arange(len(keep))
+            free = memory == 0
+            memory[free] = remap[self._memory[free]]
+        seen = np.full(len(ids), self._frame, np.int64)
+        self._slot_ids = np.concatenate([ids, self._slot_ids[keep]])
+        self._slot_seen = np.concatenate([seen, self._slot_seen[keep]])
+        self._memory = memory
+        self._last_ids = ids.copy()
+
+    def _retire(self, track_id: int) -> None:
+        if track_id:
+            self._retired.pop(track_id, None)  # keep the dict in retirement order
+            self._retired[track_id] = self._frame
+
+    def _allocate(self, live: set[int]) -> int:
+        """The next id in 1..65535 that no live track holds and that retired long enough ago;
+        the longest-retired id if every id is taken (only under extreme churn)."""
+        while self._retired:  # forget retirements older than the delay
+            oldest, frame = next(iter(self._retired.items()))
+            if self._frame - frame <= self.id_reuse_delay:
+                break
+            del self._retired[oldest]
+        for _ in range(MAX_ID):
+            candidate = self._next_id
+            self._next_id = self._next_id % MAX_ID + 1
+            if candidate not in live and candidate not in self._retired:
+                return candidate
+        for candidate in self._retired:
+            if candidate not in live:
+                del self._retired[candidate]
+                return candidate
+        raise RuntimeError("more than 65535 live tracks")  # excluded by the caps above
