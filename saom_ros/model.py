@@ -18,6 +18,7 @@ from segment_anything.modeling import (
 from segment_anything.modeling.transformer import Attention
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
+from torchvision.transforms.functional import resize, to_pil_image
 from torch.nn import functional as F
 
 from saom_ros.atomic import atomic_open
@@ -223,7 +224,10 @@ class Saom(nn.Module):
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize an RGB uint8 HxWx3 image by its longest side, normalise and pad it."""
-        resized = self._transform.apply_image(image)
+        target = self._transform.get_preprocess_shape(*image.shape[:2], self.config.img_size)
+        # ResizeLongestSide.apply_image, except that a very thin image (1000x1 at a 256-pixel
+        # input) keeps a 1-pixel short side instead of rounding it to 0.
+        resized = np.array(resize(to_pil_image(image), [max(1, side) for side in target]))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         return self.sam.preprocess(x.float()), (resized.shape[0], resized.shape[1])
 
@@ -309,6 +313,19 @@ def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
     return model
 
 
+# torch's weights_only refusal wraps its reason (e.g. the blocked global) in paragraphs of advice,
+# one of which suggests weights_only=False: never pass that on.
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation of torch.load")
+
+
+def _load_failure(err: Exception, limit: int = 400) -> str:
+    """The part of a torch.load error that says why, on one line, at most ``limit`` chars."""
+    paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n")]
+    reason = " ".join(p for p in paragraphs if p and not p.startswith(_TORCH_ADVICE))
+    reason = reason or " ".join(paragraphs)
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
+
+
 def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
                device: str | torch.device = "cpu") -> Saom:
     """Load a SAOM checkpoint or an official sam_vit_*.pth file (then class-agnostic), in eval mode.
@@ -317,12 +334,14 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + (
+            "is a directory, not a checkpoint file" if path.is_dir() else
+            "is not a regular file" if path.exists() else "does not exist"))
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for foreign files
         raise CheckpointError(f"{path} is not a checkpoint (torch.load failed: "
-                              f"{type(err).__name__}: {str(err)[:200]})") from None
+                              f"{type(err).__name__}: {_load_failure(err)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint (holds a {type(ckpt).__name__})")
     if ckpt.get("format") == FORMAT:

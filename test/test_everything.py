@@ -35,6 +35,15 @@ def test_bad_input_raises_value_error(tiny_model: Saom, image: object, expected:
         engine(image)
 
 
+@pytest.mark.parametrize("hw", [(1000, 1), (1, 1000), (4000, 3)])
+def test_extremely_thin_images_are_segmented(tiny_model: Saom, hw: tuple) -> None:
+    engine = EverythingEngine(tiny_model, EverythingSettings(
+        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0))
+    result = engine(np.full((*hw, 3), 90, np.uint8))
+    assert result.instance_image.shape == result.semantic_image.shape == hw
+    assert result.masks.shape[1:] == hw
+
+
 def test_point_grid_is_segment_anythings() -> None:
     grid = make_point_grid(4)
     assert grid.shape == (16, 2)

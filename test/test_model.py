@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,37 @@ def test_official_state_dict_loads_class_agnostic(tiny_model: Saom, tmp_path: Pa
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope.pt")
+
+
+def test_a_directory_is_reported_as_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a directory, not a "
+                                              "checkpoint file"):
+        load_model(tmp_path)
+
+
+class _Payload:
+    """A pickle that would run a command when loaded without weights_only."""
+
+    def __reduce__(self) -> tuple:
+        return os.system, ("touch pwned",)
+
+
+def test_a_refused_pickle_names_the_blocked_global(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Payload()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert f"GLOBAL {os.system.__module__}.system" in text and "blocked" in text
+    assert "weights_only` set to `False`" not in text  # torch's advice is not passed on
+    assert "\n" not in text and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("hw", [(1000, 1), (1, 1000), (3, 4000)])
+def test_thin_images_keep_a_one_pixel_short_side(tiny_model: Saom, hw: tuple) -> None:
+    x, input_hw = tiny_model.preprocess(np.full((*hw, 3), 200, np.uint8))
+    assert x.shape == (1, 3, 256, 256)
+    assert input_hw == ((256, 1) if hw[0] > hw[1] else (1, 256))
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
