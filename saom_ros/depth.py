@@ -21,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-# encoding -> metres per stored unit (REP 118: 16UC1 in millimetres, 32FC1 in metres)
-DEPTH_SCALES: dict[str, float] = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+# encoding -> stored units per metre (REP 118: 16UC1 in millimetres, 32FC1 in metres)
+DEPTH_SCALES: dict[str, float] = {"16UC1": 1000.0, "mono16": 1000.0, "32FC1": 1.0}
 # Tukey's fences: kept depths lie within FENCE interquartile ranges beyond the quartiles...
 FENCE = 1.5
 # ...or within this many metres of the median, whichever is wider (sensor noise on a flat face).
@@ -80,7 +80,8 @@ def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
     if encoding not in DEPTH_SCALES:
         raise DepthError(f"unsupported depth encoding {encoding!r}; supported: "
                          f"{', '.join(DEPTH_SCALES)}")
-    metres = depth.astype(np.float32) * np.float32(DEPTH_SCALES[encoding])
+    # Divided, not multiplied by 0.001: 1500 mm is exactly the float32 nearest 1.5 m.
+    metres = depth.astype(np.float32) / np.float32(DEPTH_SCALES[encoding])
     with np.errstate(invalid="ignore"):
         metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
     return metres

@@ -28,7 +28,7 @@ except ImportError:
 ENCODINGS: dict[str, tuple[str, int]] = {
     "rgb8": ("uint8", 3), "bgr8": ("uint8", 3), "rgba8": ("uint8", 4), "bgra8": ("uint8", 4),
     "mono8": ("uint8", 1), "8UC1": ("uint8", 1), "8UC3": ("uint8", 3),
-    "mono16": ("uint16", 1), "16UC1": ("uint16", 1),
+    "mono16": ("uint16", 1), "16UC1": ("uint16", 1), "32FC1": ("float32", 1),
 }
 # The encodings that can become an RGB image for the model, and OpenCV's conversion to RGB.
 _TO_RGB: dict[str, int | None] = {

@@ -7,7 +7,7 @@ covering pixel columns x0..x1 has centre (x0 + x1) / 2 and width x1 - x0 + 1.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -45,16 +45,19 @@ def instance_boxes(instance_image: np.ndarray, num_ids: int) -> tuple[np.ndarray
     return ids + 1, boxes
 
 
-def detections(instances: Instances, header: Header) -> Detection2DArray:
+def detections(instances: Instances, header: Header,
+               track_ids: Optional[np.ndarray] = None) -> Detection2DArray:
     """One Detection2D per instance that owns pixels in the instance image, in score order.
 
-    ``id`` is the instance's value in the instance image and ``bbox`` the box of exactly those
-    pixels, so a consumer can cut each object's mask out of the instance image.
+    ``id`` is the instance's value in the published instance image (its track id with
+    ``track_ids``, else index + 1) and ``bbox`` the box of exactly those pixels, so a consumer can
+    cut each object's mask out of the instance image.
     """
     ids, boxes = instance_boxes(instances.instance_image, len(instances))
     msg = Detection2DArray(header=header)
     for inst_id, (x0, y0, x1, y1) in zip(ids.tolist(), boxes.tolist()):
-        det = Detection2D(header=header, id=str(inst_id))
+        det = Detection2D(header=header, id=str(
+            inst_id if track_ids is None else int(track_ids[inst_id - 1])))
         det.bbox.center.position.x = (x0 + x1) / 2.0
         det.bbox.center.position.y = (y0 + y1) / 2.0
         det.bbox.size_x = float(x1 - x0 + 1)

@@ -168,3 +168,9 @@ class Tracker:
                 del self._retired[candidate]
                 return candidate
         raise RuntimeError("more than 65535 live tracks")  # excluded by the caps above
+
+
+def track_image(instance_image: np.ndarray, track_ids: np.ndarray) -> np.ndarray:
+    """The instance image with each instance's track id in place of its index + 1 (0 stays 0)."""
+    lut = np.concatenate(([0], track_ids)).astype(np.uint16)
+    return lut[instance_image]

@@ -62,6 +62,11 @@ def test_detections_carry_header_id_class_and_score(scene):
                                [0.9, 0.8, 0.6], rtol=1e-6)
 
 
+def test_detection_ids_are_track_ids_when_given(scene):
+    msg = messages.detections(scene, HEADER, track_ids=np.array([40, 7, 0, 65535], np.uint16))
+    assert [d.id for d in msg.detections] == ["40", "7", "65535"]
+
+
 def test_bbox_is_the_box_of_the_ids_pixels_in_the_instance_image(scene):
     for det in messages.detections(scene, HEADER).detections:
         ys, xs = np.nonzero(scene.instance_image == int(det.id))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from saom_ros.tracking import MAX_ID, Tracker
+from saom_ros.tracking import MAX_ID, Tracker, track_image
 
 
 def scene(boxes, shape=(60, 80)):
@@ -131,3 +131,9 @@ def test_a_new_resolution_starts_over():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         Tracker(**kwargs)
+
+
+def test_track_image_relabels_instances():
+    image = np.array([[0, 1, 2], [2, 2, 0]], np.uint16)
+    np.testing.assert_array_equal(track_image(image, np.array([7, 65535], np.uint16)),
+                                  [[0, 7, 65535], [65535, 65535, 0]])

@@ -1,0 +1,70 @@
+"""The node's 3D stage: depth and camera info as they arrive, 3D messages for a processed frame.
+
+Keeps the node thin: its depth and camera_info callbacks hand messages here, and after the 2D
+outputs of a colour frame it asks for that frame's 3D messages. Pairing is by stamp
+(``stamp_pairing``), the math in ``depth``, the message building in ``messages_3d``.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
+
+from saom_ros import messages_3d
+from saom_ros.depth import DepthError, boxes_3d
+from saom_ros.stamp_pairing import StampBuffer
+
+if TYPE_CHECKING:
+    from saom_ros.everything import Instances
+
+
+class DepthStage:
+    """3D instances from depth paired by stamp within ``tolerance_s`` and the latest camera info."""
+
+    def __init__(self, tolerance_s: float, publish_points: bool) -> None:
+        self.tolerance_ns = int(round(tolerance_s * 1e9))
+        self.publish_points = publish_points
+        self._depth = StampBuffer()
+        self._info: Optional[CameraInfo] = None
+        self._lock = threading.Lock()
+
+    def add_depth(self, msg: Image) -> None:
+        self._depth.put(messages_3d.stamp_ns(msg.header), msg)
+
+    def set_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self._info = msg
+
+    def reset(self) -> None:
+        """Forget buffered depth and camera info (the node stopped consuming frames)."""
+        self._depth.clear()
+        with self._lock:
+            self._info = None
+
+    def outputs(self, instances: Instances, ids: np.ndarray, header: Header
+                ) -> tuple[Detection3DArray, Optional[PointCloud2]]:
+        """The 3D detections (and the point cloud, if asked for) of the colour frame ``header``
+        whose instances are ``instances`` with ids ``ids``. ValueError saying why there are none:
+        no depth paired, no or bad camera info, a depth image that cannot be used."""
+        stamp = messages_3d.stamp_ns(header)
+        depth = self._depth.nearest(stamp, self.tolerance_ns)
+        if depth is None:
+            newest = self._depth.newest_stamp()
+            raise DepthError(
+                "no depth image received yet" if newest is None else
+                f"no depth image within {self.tolerance_ns / 1e9:g} s of the colour stamp "
+                f"(newest depth is {(newest - stamp) / 1e9:+.3f} s from it)")
+        with self._lock:
+            info = self._info
+        if info is None:
+            raise DepthError("no camera info received yet")
+        size = instances.instance_image.shape
+        boxes = boxes_3d(instances.instance_image, messages_3d.depth_metres(depth, size),
+                         messages_3d.intrinsics(info, size))
+        cloud = (messages_3d.point_cloud(boxes, ids, instances, header)
+                 if self.publish_points else None)
+        return messages_3d.detections_3d(boxes, ids, instances, header), cloud
