@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import traceback
@@ -44,6 +45,7 @@ from saom_ros.classes import SAOM_CLASSES, load_class_file
 from saom_ros.training.datasets import (ROOM_TYPES, SPLITS, atomic_write_json, coco_categories,
                                         ithor_scenes, ithor_split, mask_to_annotation,
                                         scene_number, write_coco, write_image)
+from saom_ros.training.process_lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +466,16 @@ def _run_shard(config: CollectConfig, worker: int, scenes: Sequence[str],
             close_controller(controller)
 
 
-def _worker_main(config: CollectConfig, worker: int, scenes: list[str], messages) -> None:
+def _on_terminate(signum: int, frame: object) -> None:
+    """SIGTERM (the parent died, or stopped this worker): unwind so the simulator is stopped."""
+    signal.alarm(10)  # SIGALRM's default action ends the process should stopping hang
+    raise SystemExit(f"collector worker stopped by signal {signum}")
+
+
+def _worker_main(config: CollectConfig, worker: int, scenes: list[str], messages,
+                 parent_pid: int) -> None:
+    signal.signal(signal.SIGTERM, _on_terminate)
+    die_with_parent(parent_pid, signal.SIGTERM)  # even a SIGKILLed parent ends its workers
     try:
         _run_shard(config, worker, scenes, lambda scene: messages.put(("scene", worker, scene)))
         messages.put(("done", worker, ""))
@@ -479,7 +490,8 @@ def _run_workers(config: CollectConfig, shards: list[list[str]],
     """Run one process per shard; returns the errors of the workers that failed."""
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or sockets
     messages = context.Queue()
-    processes = [context.Process(target=_worker_main, args=(config, k, shard, messages),
+    parent = os.getpid()
+    processes = [context.Process(target=_worker_main, args=(config, k, shard, messages, parent),
                                  name=f"collect-worker-{k}", daemon=True)
                  for k, shard in enumerate(shards)]
     for process in processes:

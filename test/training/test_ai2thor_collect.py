@@ -16,6 +16,7 @@ import pytest
 from pycocotools.coco import COCO
 
 import fake_ai2thor
+from processes import alive, children, wait_for
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.training import ai2thor_collect
 from saom_ros.training.ai2thor_collect import (CollectConfig, CollectError, collect,
@@ -211,6 +212,30 @@ def test_workers_shard_scenes_over_simulators(reference, simulators, tmp_path):
     resets = [{a["sceneName"] for a in actions(log) if a["action"] == "Reset"} for _, log in runs]
     assert resets == [{"FloorPlan1_physics"}, {"FloorPlan201_physics"}]
     assert dataset_files(out) == dataset_files(reference[0])
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_collector_and_stop_their_simulators(simulators, tmp_path):
+    port = free_ports(2)
+    sims = [simulators.start(port + k)[0] for k in range(2)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saom_ros.training.cli", "collect", "--simulator-host",
+         "127.0.0.1", "--simulator-port", str(port), "--workers", "2", "--scenes",
+         ",".join(SCENES), "--frames-per-scene", "100000", "--width", "64", "--height", "48",
+         "--output", str(tmp_path / "out"), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = wait_for(lambda: len(children(proc.pid, "spawn_main")) == 2
+                           and children(proc.pid, "spawn_main"), 120)
+        assert workers, "the collector workers never started"
+        assert wait_for(lambda: list((tmp_path / "out/images").rglob("*.png")), 60)  # collecting
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 5), \
+        f"orphaned collector workers: {[pid for pid in workers if alive(pid)]}"
+    for sim in sims:  # no simulator is left waiting for its worker
+        sim.wait(timeout=20)
 
 
 def test_a_failing_worker_does_not_lose_the_others_work(simulators, tmp_path):
