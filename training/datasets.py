@@ -21,9 +21,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
-from PIL import Image
 
 from saom_ros.atomic import atomic_write_bytes
+from saom_ros.image_decode import (MAX_IMAGE_PIXELS, ImageError, check_pixels, decode_rgb,
+                                   open_header)
 
 
 class DatasetError(ValueError):
@@ -146,22 +147,25 @@ def write_coco(path: str | Path, images: Sequence[dict], annotations: Sequence[d
 # ---------------------------------------------------------------------------------------------
 
 def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] image; DatasetError if it is missing or unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "does not exist" if not Path(path).is_file() else "is not a readable image"
-        raise DatasetError(f"image file {path} {reason}")
-    return image[..., ::-1].copy()
+    """uint8 RGB [H, W, 3] of a PNG or JPEG file; DatasetError if it is missing, unreadable or
+    has more than MAX_IMAGE_PIXELS pixels (checked on the header, before decoding)."""
+    if not Path(path).is_file():
+        raise DatasetError(f"image file {path} does not exist")
+    try:
+        return decode_rgb(Path(path).read_bytes(), MAX_IMAGE_PIXELS)
+    except ImageError as err:
+        raise DatasetError(f"image file {path} is not a readable image: {err}") from None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+    """(height, width) of a PNG or JPEG from its header, which must be within MAX_IMAGE_PIXELS."""
     if not path.is_file():
         raise DatasetError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as img:
+        with open(path, "rb") as stream, open_header(stream) as img:
             width, height = img.size
-    except OSError as err:
+            check_pixels(width, height, MAX_IMAGE_PIXELS)
+    except ImageError as err:
         raise DatasetError(f"image file {path} is not a readable image: {err}") from None
     return height, width
 

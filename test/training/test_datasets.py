@@ -10,6 +10,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from pycocotools.coco import COCO
 
+from image_bombs import jpeg_claiming, png_bomb
 from saom_ros.training.datasets import (CocoInstances, DatasetError, SaomMetadataDataset,
                                         atomic_write_json, coco_categories, ithor_scenes,
                                         ithor_split, mask_to_annotation, read_image,
@@ -238,3 +239,18 @@ def test_read_image_errors(tmp_path):
     (tmp_path / "y.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="not a readable image"):
         read_image(tmp_path / "y.png")
+
+
+def test_image_files_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/bomb.png").write_bytes(png_bomb(5000, 4000))  # 59 kB, 60 MB decoded
+    (tmp_path / "images/claims.jpg").write_bytes(jpeg_claiming(30000, 30000))
+    for name, dims in [("bomb.png", "5000x4000"), ("claims.jpg", "30000x30000")]:
+        with pytest.raises(DatasetError, match=f"{name} is not a readable image: image of {dims} "
+                                               "= .* exceeds the limit max_image_pixels"):
+            read_image(tmp_path / "images" / name)
+    write_coco(tmp_path / "annotations.json", [
+        {"id": 1, "file_name": "images/bomb.png", "height": 4000, "width": 5000}], [],
+        coco_categories(["Mug"]))
+    with pytest.raises(DatasetError, match="bomb.png is not a readable image: image of 5000x4000"):
+        CocoInstances(tmp_path / "annotations.json")
