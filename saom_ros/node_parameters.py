@@ -83,6 +83,27 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("use_compressed", False, _d(
             "subscribe to image/compressed (jpeg/png) instead of image", True)),
         ("publish_overlay", False, _d("publish ~/overlay (rgb8) for RViz", True)),
+        ("use_depth", False, _d(
+            "subscribe to depth (16UC1 mm or 32FC1 m, registered to the colour image) and "
+            "camera_info; publish ~/detections_3d", True)),
+        ("depth_sync_tolerance", 0.02, _d(
+            "seconds; a depth image pairs with the colour frame of the nearest stamp within this",
+            True, floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0,
+                                                           step=0.0)])),
+        ("publish_points", False, _d(
+            "with use_depth: publish ~/points (PointCloud2 x, y, z, instance, class)", True)),
+        ("track", True, _d(
+            "instance ids are track ids that persist across frames (false: index + 1 per frame)",
+            True)),
+        ("track_iou_thresh", 0.3, _d(
+            "lowest mask IoU with a track's last footprint that continues the track", True,
+            floating_point_range=[_unit_range()])),
+        ("track_max_missed", 5, _d(
+            "frames a track lost from view is remembered (and keeps its id if it returns)", True,
+            integer_range=[_int_range(0, 1000)])),
+        ("track_id_reuse_delay", 300, _d(
+            "frames after a track ended before its id may be given to a new object", True,
+            integer_range=[_int_range(0, 1_000_000)])),
         ("autostart", True, _d(
             "configure and activate at start-up; false: wait unconfigured for a lifecycle "
             "manager (<node>/change_state)", True)),
@@ -98,6 +119,8 @@ def validate(param: Parameter) -> Optional[str]:
         return f"model_type {value!r} must be one of {', '.join(MODEL_TYPES)}"
     if param.name == "input_reliability" and value not in RELIABILITIES:
         return f"input_reliability {value!r} must be one of {', '.join(RELIABILITIES)}"
+    if param.name == "track_iou_thresh" and value <= 0.0:
+        return "track_iou_thresh must be above 0 (at 0 any two masks would continue a track)"
     return None
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -30,16 +31,18 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
 from saom_ros import image_codec, messages
 from saom_ros.classes import load_class_file
+from saom_ros.depth_stage import DepthStage
 from saom_ros.everything import EverythingEngine
 from saom_ros.model import CheckpointError, load_model
 from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, engine_settings,
                                       parameter_table, validate)
+from saom_ros.tracking import Tracker, track_image
 
 NODE_NAME = "segment_node"
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -131,6 +134,9 @@ class SegmentNode(LifecycleNode):
         self._engine: Optional[EverythingEngine] = None
         self._outputs: dict[str, Any] = {}  # publishers, created by configure
         self._sub: Optional[Any] = None  # the camera subscription, while active
+        self._depth_subs: list[Any] = []  # depth and camera_info, while active with use_depth
+        self._depth: Optional[DepthStage] = None  # configured with use_depth
+        self._tracker: Optional[Tracker] = None  # configured with track
         self.configure_error: Optional[str] = None  # why the last configure failed
         self.params: dict[str, Any] = {}  # the values in use (engine ones follow `param set`)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -174,6 +180,7 @@ class SegmentNode(LifecycleNode):
                                         ("label_info", LabelInfo, latched))}
         if self.params["publish_overlay"]:
             self._outputs["overlay"] = self.create_publisher(Image, "~/overlay", out_qos)
+        self._configure_3d_and_tracking(out_qos)
         self._publish_label_info()
         self.get_logger().info(
             f"configured: {self.params['checkpoint']} ({len(self.class_names)} classes) on "
@@ -184,6 +191,12 @@ class SegmentNode(LifecycleNode):
         in_qos = QoSProfile(depth=self.params["input_depth"], history=HistoryPolicy.KEEP_LAST,
                             reliability=RELIABILITY[self.params["input_reliability"]])
         self._sub = self.create_subscription(self._msg_type, self._topic, self._on_image, in_qos)
+        if self._depth is not None:  # a few frames deep: depth is buffered for stamp pairing
+            aux_qos = QoSProfile(depth=5, reliability=in_qos.reliability)
+            self._depth_subs = [
+                self.create_subscription(Image, "depth", self._depth.add_depth, aux_qos),
+                self.create_subscription(CameraInfo, "camera_info", self._depth.set_camera_info,
+                                         aux_qos)]
         self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__})")
         return TransitionCallbackReturn.SUCCESS
 
@@ -236,19 +249,38 @@ class SegmentNode(LifecycleNode):
         self.device, self.class_names = device, class_names
         self._engine = EverythingEngine(model, engine_settings(p), device)
 
+    def _configure_3d_and_tracking(self, out_qos: QoSProfile) -> None:
+        p = self.params
+        if p["use_depth"]:
+            self._outputs["detections_3d"] = self.create_publisher(
+                Detection3DArray, "~/detections_3d", out_qos)
+            if p["publish_points"]:
+                self._outputs["points"] = self.create_publisher(PointCloud2, "~/points", out_qos)
+            self._depth = DepthStage(p["depth_sync_tolerance"], p["publish_points"])
+        if p["track"]:
+            self._tracker = Tracker(p["track_iou_thresh"], p["track_max_missed"],
+                                    p["track_id_reuse_delay"])
+
     def _stop_input(self) -> None:
-        """Unsubscribe, forget a waiting frame and wait for the frame in hand to be published."""
+        """Unsubscribe, forget a waiting frame and wait for the frame in hand to be published;
+        tracks and buffered depth are forgotten."""
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
+        for sub in self._depth_subs:
+            self.destroy_subscription(sub)
+        self._depth_subs = []
         self._frames.discard()
         with self._busy:
-            pass
+            if self._tracker is not None:
+                self._tracker.reset()
+            if self._depth is not None:
+                self._depth.reset()
 
     def _unload(self) -> None:
         """Free the model (and its GPU memory) and destroy the output publishers."""
         with self._busy:
-            self._engine = None
+            self._engine = self._tracker = self._depth = None
             for pub in self._outputs.values():
                 self.destroy_publisher(pub)
             self._outputs = {}
@@ -312,12 +344,17 @@ class SegmentNode(LifecycleNode):
         instances = self._engine(rgb)
         inference_ms = (time.monotonic() - start) * 1e3
         header, out = msg.header, self._outputs
-        out["detections"].publish(messages.detections(instances, header))
-        out["instances"].publish(messages.label_image(instances.instance_image, header))
+        ids = self._tracker.update(instances) if self._tracker is not None else None
+        out["detections"].publish(messages.detections(instances, header, ids))
+        out["instances"].publish(messages.label_image(
+            instances.instance_image if ids is None else track_image(instances.instance_image, ids),
+            header))
         out["semantic"].publish(messages.label_image(instances.semantic_image, header))
         if "overlay" in out:
             out["overlay"].publish(image_codec.array_to_image(
                 messages.overlay(rgb, instances, self.class_names), "rgb8", header))
+        if self._depth is not None:
+            self._publish_3d(instances, ids, header)
         age_ns = self.get_clock().now().nanoseconds - Time.from_msg(header.stamp).nanoseconds
         with self._stats_lock:
             self._stats.processed += 1
@@ -325,6 +362,21 @@ class SegmentNode(LifecycleNode):
             self._stats.latencies_ms.append((time.monotonic() - received) * 1e3)
             self._stats.inference_ms.append(inference_ms)
             self._stats.frame_age_ms = age_ns / 1e6
+
+    def _publish_3d(self, instances: Any, ids: Optional[np.ndarray], header: Header) -> None:
+        """~/detections_3d (and ~/points) of this frame; a throttled warning if there are none."""
+        if ids is None:
+            ids = np.arange(1, len(instances) + 1, dtype=np.uint16)
+        try:
+            detections_3d, cloud = self._depth.outputs(instances, ids, header)
+        except ValueError as err:  # DepthError, ImageDecodeError: the 2D outputs are out already
+            self.get_logger().warning(
+                f"no 3D output (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): {err}",
+                throttle_duration_sec=_WARN_EVERY_S)
+            return
+        self._outputs["detections_3d"].publish(detections_3d)
+        if cloud is not None:
+            self._outputs["points"].publish(cloud)
 
     # --- diagnostics ------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

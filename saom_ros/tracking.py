@@ -64,7 +64,9 @@ class Tracker:
         An instance that owns no pixel of the instance image (hidden by better-scoring ones)
         appears in no message and gets 0.
         """
-        return self.assign(instances.instance_image, len(instances), instances.prompt_source)
+        # getattr: prompt_source comes with streaming prompts; engines without them lack it.
+        return self.assign(instances.instance_image, len(instances),
+                           getattr(instances, "prompt_source", None))
 
     def assign(self, instance_image: np.ndarray, count: int,
                prompt_source: Optional[np.ndarray] = None) -> np.ndarray:
