@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -51,6 +51,45 @@ class EverythingSettings:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # images are also refused before decoding
     cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
     compile: bool = False  # torch.compile the image encoder and the decoder
+
+
+# Fields that change only speed and memory, never which masks come out: checkpoints do not carry
+# them, so every machine keeps its own.
+RUNTIME_FIELDS = frozenset({"points_per_batch", "max_image_pixels", "cuda_dtype", "compile"})
+
+
+def _typed(name: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` as the type of the field's default (an int is a valid float); else ValueError."""
+    kind = type(default)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def settings_for(model: Saom, **explicit: Any) -> EverythingSettings:
+    """Generator defaults, then the settings the model's checkpoint carries (``model.everything``),
+    then the ``explicit`` ones (a None value counts as not given).
+
+    Unknown field names and values of the wrong type raise ValueError naming their source.
+    """
+    defaults = dataclasses.asdict(EverythingSettings())
+    values: dict[str, Any] = {}
+    for source, given in (("the checkpoint's everything-mode settings", model.everything),
+                          ("everything-mode settings",
+                           {k: v for k, v in explicit.items() if v is not None})):
+        for name, value in given.items():
+            if name not in defaults:
+                raise ValueError(f"{source}: unknown setting {name!r}; known: "
+                                 f"{', '.join(defaults)}")
+            values[name] = _typed(name, value, defaults[name], source)
+    return EverythingSettings(**{**defaults, **values})
+
+
+def carried_settings(settings: EverythingSettings) -> dict[str, Any]:
+    """What a checkpoint carries of ``settings``: every field but the RUNTIME_FIELDS."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUNTIME_FIELDS}
 
 
 @dataclasses.dataclass

@@ -194,6 +194,11 @@ class Saom(nn.Module):
         self.class_head = (nn.Linear(config.prompt_embed_dim, config.num_classes)
                            if config.num_classes > 0 else None)
         self._transform = ResizeLongestSide(config.img_size)
+        # What a SAOM checkpoint carries besides weights (empty for official SAM files):
+        # everything-mode settings it was evaluated with (EverythingSettings field -> value)
+        # and free-form metadata (training source, step, config).
+        self.everything: dict[str, Any] = {}
+        self.metadata: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -286,6 +291,20 @@ def _load_official(path: Path, state: dict[str, torch.Tensor], model_type: Optio
     return model
 
 
+def _checked_everything(everything: Any, where: str) -> dict[str, Any]:
+    """A checkpoint's everything-mode settings: a dict of field names to plain values.
+
+    Field names and types are checked against EverythingSettings by ``settings_for``; this
+    module does not import the engine.
+    """
+    if not isinstance(everything, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (bool, int, float, str))
+            for k, v in everything.items()):
+        raise CheckpointError(f"{where}: 'everything' must map setting names to numbers, "
+                              f"booleans or strings, got {everything!r:.200}")
+    return dict(everything)
+
+
 def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
     """A SAOM checkpoint dict (format 1)."""
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -310,6 +329,8 @@ def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
     if problems:
         raise CheckpointError(f"{path}: architecture mismatch: {'; '.join(problems)}")
     model.load_state_dict(state)
+    model.everything = _checked_everything(ckpt.get("everything", {}), str(path))
+    model.metadata = dict(ckpt.get("metadata") or {})
     return model
 
 
@@ -355,16 +376,24 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
 
 
 def save_checkpoint(path: str | os.PathLike, model: Saom,
-                    metadata: Optional[Mapping[str, Any]] = None) -> None:
-    """Write a SAOM checkpoint atomically (temp file in the same folder, then os.replace)."""
+                    metadata: Optional[Mapping[str, Any]] = None,
+                    everything: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a SAOM checkpoint atomically (temp file in the same folder, then os.replace).
+
+    ``everything``: the everything-mode settings (EverythingSettings field -> value) the model
+    was evaluated with; ``metadata`` and ``everything`` default to the model's own.
+    """
     path = Path(path)
+    everything = _checked_everything(model.everything if everything is None else everything,
+                                     f"save_checkpoint({path})")
     ckpt = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": {**dataclasses.asdict(model.config), "encoder_global_attn_indexes":
                    list(model.config.encoder_global_attn_indexes)},
         "class_names": list(model.class_names),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": dict(metadata or {}),
+        "metadata": dict(model.metadata if metadata is None else metadata),
+        "everything": everything,
     }
     with atomic_open(path) as f:
         torch.save(ckpt, f)

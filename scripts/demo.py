@@ -45,8 +45,12 @@ def ros_environment() -> dict[str, str]:
 
 
 def node_parameters() -> dict[str, object]:
-    """segment_node parameters for the shipped model (config/experiment.yaml, ``demo``)."""
-    return dict(yaml.safe_load(EXPERIMENT.read_text())["demo"])
+    """The shipped model's everything-mode settings (config/experiment.yaml, ``demo``) as
+    segment_node parameters."""
+    from saom_ros.node_parameters import ENGINE_PARAMETERS
+    settings = yaml.safe_load(EXPERIMENT.read_text())["demo"]
+    return {name: settings[field] for name, field in ENGINE_PARAMETERS.items()
+            if field in settings}
 
 
 def node_command(checkpoint: Path, params: dict[str, object]) -> list[str]:

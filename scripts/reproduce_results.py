@@ -285,7 +285,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "miou_relative": 100 * (s["miou"] / max(b["miou"], 1e-9) - 1),
                       "macc_relative": 100 * (s["macc"] / max(b["macc"], 1e-9) - 1)}
     shipped = args.out / "saom_ros" / "data" / "saom_small.pt"
-    finetune.export(work / "runs" / "saom", shipped)
+    finetune.export(work / "runs" / "saom", shipped, everything=exp["demo"])
     shipped.chmod(0o644)  # export writes through mkstemp (0600); the package file is public
     frames = bundle_demo_frames(test_dir, int(d["demo_frames"]),
                                 shipped.parent / "demo_frames")

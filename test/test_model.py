@@ -11,7 +11,7 @@ import torch
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
-    CheckpointError, ModelConfig, Saom, build_saom, load_model)
+    CheckpointError, ModelConfig, Saom, build_saom, load_model, save_checkpoint)
 
 
 def _decode(model: Saom, seed: int = 0):
@@ -219,3 +219,44 @@ def test_unsupported_format_version(tiny_checkpoint: Path) -> None:
     torch.save(ckpt, tiny_checkpoint)
     with pytest.raises(CheckpointError, match="format version 99"):
         load_model(tiny_checkpoint)
+
+
+def test_checkpoint_carries_everything_settings_and_metadata(tiny_model: Saom,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "carrying.pt"
+    settings = {"points_per_side": 16, "pred_iou_thresh": 0.5, "compile": False}
+    save_checkpoint(path, tiny_model, {"step": 3}, everything=settings)
+    loaded = load_model(path)
+    assert loaded.everything == settings and loaded.metadata == {"step": 3}
+    assert torch.load(path, weights_only=True)["format_version"] == 1
+    save_checkpoint(tmp_path / "again.pt", loaded)  # a loaded model keeps what it carries
+    again = load_model(tmp_path / "again.pt")
+    assert again.everything == settings and again.metadata == {"step": 3}
+    save_checkpoint(tmp_path / "cleared.pt", loaded, metadata={}, everything={})
+    assert load_model(tmp_path / "cleared.pt").everything == {}
+
+
+def test_files_without_everything_settings_load_with_none(tiny_model: Saom,
+                                                          tiny_checkpoint: Path) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    del ckpt["everything"]  # a checkpoint written before the key existed
+    torch.save(ckpt, tiny_checkpoint)
+    assert load_model(tiny_checkpoint).everything == {}
+    official = tiny_checkpoint.parent / "sam_vit_tiny.pth"
+    torch.save(tiny_model.sam.state_dict(), official)
+    model = load_model(official)
+    assert model.everything == {} and model.metadata == {}
+
+
+@pytest.mark.parametrize("bad", [["pred_iou_thresh", 0.5], {"pred_iou_thresh": [0.5]},
+                                 {3: 0.5}, {"pred_iou_thresh": None}])
+def test_malformed_everything_settings(tiny_model: Saom, tiny_checkpoint: Path, bad) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["everything"] = bad
+    torch.save(ckpt, tiny_checkpoint)
+    with pytest.raises(CheckpointError, match="'everything' must map") as err:
+        load_model(tiny_checkpoint)
+    assert str(tiny_checkpoint) in str(err.value)
+    with pytest.raises(CheckpointError, match="'everything' must map"):
+        save_checkpoint(tiny_checkpoint.parent / "never.pt", tiny_model, everything=bad)
+    assert not (tiny_checkpoint.parent / "never.pt").exists()

@@ -63,6 +63,7 @@ def test_end_to_end_in_miniature(tmp_path: Path):
     assert not results["evaluation"]["models"]["baseline"]["class_aware"]
     model = load_model(out / "saom_ros" / "data" / "saom_small.pt")
     assert model.class_names == SYNTH_CLASSES
+    assert {k: model.everything[k] for k in exp["demo"]} == exp["demo"]  # carries its settings
     assert len(list((out / "saom_ros" / "data" / "demo_frames").glob("*.png"))) == 2
     report = (out / "docs" / "results.md").read_text()
     assert "mIoU points" in report and "SAOM-small" in report

@@ -39,8 +39,27 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _everything_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--everything", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"everything-mode setting (EverythingSettings field, e.g. "
+                   f"pred_iou_thresh=0.3) {what} (repeatable)")
+
+
+def _everything_values(items: Sequence[str]) -> dict:
+    """``--everything FIELD=VALUE`` options as a dict (values parsed as YAML)."""
+    from saom_ros.training.finetune import parse_override
+    out: dict = {}
+    for item in items:
+        if "." in item.split("=", 1)[0]:
+            raise ValueError(f"--everything {item!r}: expected FIELD=VALUE, e.g. "
+                             "pred_iou_thresh=0.3")
+        out.update(parse_override(item))
+    return out
+
+
 def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     _config_args(p)
+    _everything_arg(p, "over each checkpoint's own (same as --set evaluate.everything.FIELD=VALUE)")
     p.add_argument("--data", required=True, help="evaluation dataset (COCO or SAOM layout)")
     p.add_argument("--split", default="test", help="list of a SAOM-layout metadata file")
     p.add_argument("--checkpoint", action="append", required=True,
@@ -58,6 +77,7 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="run folder (its last checkpoint) or a training "
                    "checkpoint file")
     p.add_argument("-o", "--out", type=Path, required=True, help="SAOM checkpoint to write")
+    _everything_arg(p, "to carry, over the run's evaluate section or the source checkpoint's own")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,11 +121,12 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"checkpoint: {last}")
         return 0
     if command == "export":
-        out = finetune.export(args.source, args.out)
+        out = finetune.export(args.source, args.out, _everything_values(args.everything))
         print(f"wrote {out}")
         return 0
     from saom_ros.training import evaluate
-    cfg = finetune.load_config(args.config, args.overrides)
+    cfg = finetune.load_config(args.config, [
+        *args.overrides, {"evaluate": {"everything": _everything_values(args.everything)}}])
     names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])
     dataset = finetune.open_dataset(args.data, args.split)
     evaluate.evaluate_checkpoints(args.checkpoint, names, dataset, cfg, args.out,

@@ -31,7 +31,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from saom_ros.atomic import atomic_write_text
-from saom_ros.everything import EverythingEngine, EverythingSettings
+from saom_ros.everything import (
+    RUNTIME_FIELDS, EverythingEngine, EverythingSettings, settings_for)
 from saom_ros.model import Saom, load_model
 from saom_ros.training.assignment import assign_nearest, to_model_frame
 
@@ -228,7 +229,12 @@ def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequen
                          model_type: Optional[str] = None,
                          protocols: Sequence[str] = ("prompted", "everything"),
                          progress: bool = True) -> dict:
-    """Evaluate every checkpoint; write results.json and results.md to ``out_dir``."""
+    """Evaluate every checkpoint; write results.json and results.md to ``out_dir``.
+
+    Each checkpoint runs with its own everything-mode settings (``settings_for``) under the
+    values ``cfg['evaluate']`` sets (``points_per_side`` and ``everything``; null: not set).
+    The grid is used by both protocols.
+    """
     if len(checkpoints) != len(names):
         raise ValueError(f"{len(checkpoints)} checkpoints but {len(names)} names")
     unknown = set(protocols) - {"prompted", "everything"}
@@ -236,23 +242,22 @@ def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequen
         raise ValueError(f"unknown protocol(s) {', '.join(sorted(unknown))}; "
                          "known: prompted, everything")
     ec = cfg["evaluate"]
-    try:
-        settings = EverythingSettings(**{**ec["everything"],
-                                         "points_per_side": int(ec["points_per_side"])})
-    except TypeError as err:  # an unknown key
-        raise ValueError(f"evaluate.everything: {err}") from None
+    explicit = {"points_per_side": ec["points_per_side"], **ec["everything"]}
     results = {"dataset_images": (len(dataset) if ec["max_images"] is None
                                   else min(len(dataset), int(ec["max_images"]))),
-               "settings": {"points_per_side": int(ec["points_per_side"]),
-                            "match_iou": float(ec["match_iou"]),
-                            "everything": dataclasses.asdict(settings)},
+               "settings": {"match_iou": float(ec["match_iou"]), "explicit": explicit},
                "models": {}}
     for path, name in zip(checkpoints, names):
         model = load_model(path, model_type=model_type, device=device)
-        entry = {"checkpoint": str(path), "class_aware": model.class_head is not None}
+        try:
+            settings = settings_for(model, **explicit)
+        except ValueError as err:
+            raise ValueError(f"evaluate.everything / {path}: {err}") from None
+        entry = {"checkpoint": str(path), "class_aware": model.class_head is not None,
+                 "everything_settings": dataclasses.asdict(settings)}
         if "prompted" in protocols:
             entry["prompted"] = evaluate_prompted(
-                model, dataset, int(ec["points_per_side"]),
+                model, dataset, settings.points_per_side,
                 float(cfg["assignment"]["min_coverage"]), ec["max_images"], progress)
         if "everything" in protocols:
             entry["everything"] = evaluate_everything(
@@ -272,9 +277,14 @@ def markdown_report(results: dict) -> str:
     """Summary table plus one per-class IoU/Acc table per protocol, models side by side."""
     models = results["models"]
     lines = ["# Evaluation", "",
-             f"{results['dataset_images']} images; grid {results['settings']['points_per_side']}"
-             f"x{results['settings']['points_per_side']}; everything-mode match IoU > "
-             f"{results['settings']['match_iou']}. Numbers in %.", "",
+             f"{results['dataset_images']} images; everything-mode match IoU > "
+             f"{results['settings']['match_iou']}. Numbers in %. Everything-mode settings (each "
+             "checkpoint's own under the explicit options; the grid is also the prompted "
+             "protocol's):", ""]
+    lines += [f"- {name}: " + ", ".join(f"{k} {v}" for k, v in m["everything_settings"].items()
+                                        if k not in RUNTIME_FIELDS)
+              for name, m in models.items()]
+    lines += ["",
              "| model | prompted mIoU | prompted mAcc | prompted class acc | everything mIoU "
              "| everything mAcc | everything class acc | mask AP (class-agnostic) | mask AP50 "
              "(class-agnostic) | mask AP (per class) | predictions / image |",

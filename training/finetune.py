@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from saom_ros.atomic import atomic_open, atomic_write_text
 from saom_ros.classes import AGNOSTIC_CLASSES
+from saom_ros.everything import carried_settings, settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model, save_checkpoint
 from saom_ros.training.assignment import (
     Assignment, assign_nearest, assign_random, mask_coverage, resized_hw, to_model_frame)
@@ -667,13 +668,30 @@ def model_from_state(state: dict) -> Saom:
     return model.eval()
 
 
-def export(source: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the SAOM checkpoint the node loads from a training checkpoint or a run directory."""
+def export(source: str | os.PathLike, out: str | os.PathLike,
+           everything: Optional[dict[str, Any]] = None) -> Path:
+    """Write the SAOM checkpoint the node loads, from a run directory, a training checkpoint, or
+    a SAOM / official SAM checkpoint (to set the everything-mode settings it carries).
+
+    The settings it carries: a training run's ``evaluate`` section (its grid, when null, the
+    training assignment's) or a checkpoint's own, then ``everything`` (EverythingSettings fields).
+    """
     source = Path(source)
     if source.is_dir():
         source = source / "checkpoints" / "last.pt"
-    state = load_train_state(source)
-    model = model_from_state(state)
-    save_checkpoint(out, model, metadata={"source": str(source), "step": int(state["step"]),
-                                          "train_config": state["config"]})
+    try:
+        state: Optional[dict] = load_train_state(source)
+    except ValueError:
+        state = None
+    if state is None:
+        model, run = load_model(source), {}
+        metadata = model.metadata
+    else:
+        model, cfg = model_from_state(state), state["config"]
+        run = {"points_per_side": (cfg["evaluate"]["points_per_side"]
+                                   or cfg["assignment"]["points_per_side"]),
+               **cfg["evaluate"]["everything"]}
+        metadata = {"source": str(source), "step": int(state["step"]), "train_config": cfg}
+    settings = settings_for(model, **{**run, **(everything or {})})
+    save_checkpoint(out, model, metadata, everything=carried_settings(settings))
     return Path(out)

@@ -3,11 +3,12 @@ the node's loader; and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from saom_ros.everything import EverythingEngine, EverythingSettings
+from saom_ros.everything import RUNTIME_FIELDS, EverythingEngine, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom, load_model
 from saom_ros.training import finetune
 from saom_ros.training.cli import main
@@ -15,6 +16,7 @@ from saom_ros.training.datasets import CocoInstances
 from test_ai2thor_collect import Simulators, free_ports
 from test_finetune import make_dataset
 
+SHIPPED = Path(__file__).resolve().parents[2] / "saom_ros" / "data" / "saom_small.pt"
 TRAIN_SETTINGS = ["--model-type", "tiny", "--device", "cpu", "--no-progress",
                   "--set", "data.num_workers=0", "--set", "assignment.points_per_side=8",
                   "--set", "train.amp=false"]
@@ -100,3 +102,56 @@ def test_unknown_subcommand_exits_with_usage(capsys):
         main(["fly"])
     assert exc.value.code == 2
     assert "collect" in capsys.readouterr().err
+
+
+def test_export_carries_everything_settings_and_evaluate_uses_them(tmp_path):
+    data = make_dataset(tmp_path / "d", n=1)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--run-dir", str(run), "--max-steps", "1",
+                 *TRAIN_SETTINGS, "--set", "evaluate.everything.box_nms_thresh=0.3"]) == 0
+    out = tmp_path / "saom.pt"
+    assert main(["export", str(run), "-o", str(out), "--everything", "pred_iou_thresh=0.25",
+                 "--everything", "stability_score_thresh=0"]) == 0
+    model = load_model(out)
+    # the run's evaluate section, its grid from the training assignment, then the options
+    assert model.everything["points_per_side"] == 8
+    assert model.everything["box_nms_thresh"] == 0.3
+    assert model.everything["pred_iou_thresh"] == 0.25
+    assert model.everything["stability_score_thresh"] == 0.0
+    assert not RUNTIME_FIELDS & set(model.everything)  # the run's points_per_batch stays behind
+
+    again = tmp_path / "again.pt"  # re-export: only the carried settings change
+    assert main(["export", str(out), "-o", str(again), "--everything", "points_per_side=4"]) == 0
+    changed = load_model(again)
+    assert changed.everything == {**model.everything, "points_per_side": 4}
+    assert changed.metadata == model.metadata and changed.metadata["step"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(changed.state_dict()[k], v), k
+
+    def evaluated(*options: str) -> dict:
+        assert main(["evaluate", "--data", str(data), "--checkpoint", str(again), "--out",
+                     str(tmp_path / "eval"), "--protocol", "everything", "--device", "cpu",
+                     "--no-progress", *options]) == 0
+        results = json.loads((tmp_path / "eval/results.json").read_text())
+        return results["models"]["again"]["everything_settings"]
+
+    assert {k: evaluated()[k] for k in changed.everything} == changed.everything
+    assert "- again: points_per_side 4, " in (tmp_path / "eval/results.md").read_text()
+    explicit = evaluated("--everything", "points_per_side=2",
+                         "--set", "evaluate.everything.pred_iou_thresh=0.5")
+    assert explicit["points_per_side"] == 2 and explicit["pred_iou_thresh"] == 0.5
+    assert explicit["box_nms_thresh"] == 0.3  # still the checkpoint's
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", str(SHIPPED), "-o", "/tmp/never.pt", "--everything", "pred_iou=0.5"],
+     "unknown setting 'pred_iou'"),
+    (["export", str(SHIPPED), "-o", "/tmp/never.pt", "--everything", "evaluate.x=1"],
+     "expected FIELD=VALUE"),
+    (["export", str(SHIPPED), "-o", "/tmp/never.pt", "--everything", "points_per_side=many"],
+     "points_per_side must be of type int"),
+])
+def test_bad_everything_options_are_clear_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not Path("/tmp/never.pt").exists()

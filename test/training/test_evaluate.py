@@ -1,13 +1,15 @@
 """Evaluation: matching, per-class sums, COCO AP on known answers; side-by-side reports."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from saom_ros.model import ModelConfig, build_saom, save_checkpoint
+from saom_ros.everything import EverythingSettings
+from saom_ros.model import ModelConfig, build_saom, load_model, save_checkpoint
 from saom_ros.training import evaluate, finetune
 from saom_ros.training.evaluate import (
     ClassStats, coco_mask_ap, match_greedy, score_matches, summarize)
@@ -112,3 +114,29 @@ def test_bad_arguments(two_checkpoints, tmp_path):
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate.evaluate_checkpoints(two_checkpoints[:1], ["SAM"], data, cfg, tmp_path,
                                       protocols=["panoptic"])
+
+
+def test_each_checkpoint_runs_with_its_own_settings_unless_set(two_checkpoints, tmp_path):
+    data = finetune.open_dataset(make_dataset(tmp_path / "d", n=1))
+    sam, saom = two_checkpoints
+    carrying = tmp_path / "carrying.pt"
+    save_checkpoint(carrying, load_model(saom), everything={
+        "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+
+    def settings(*overrides: str) -> dict:
+        results = evaluate.evaluate_checkpoints(
+            [sam, carrying], ["SAM", "SAOM"], data, finetune.load_config(None, overrides),
+            tmp_path / "out", protocols=["everything"], progress=False)
+        return {n: m["everything_settings"] for n, m in results["models"].items()}
+
+    own = settings()
+    # An official SAM file: the generator's defaults (and config/train.yaml's batch size).
+    assert own["SAM"] == dataclasses.asdict(EverythingSettings(points_per_batch=64))
+    assert (own["SAOM"]["points_per_side"], own["SAOM"]["pred_iou_thresh"]) == (4, 0.0)
+    report = (tmp_path / "out/results.md").read_text()
+    assert "- SAM: points_per_side 32, pred_iou_thresh 0.88" in report
+    assert "- SAOM: points_per_side 4, pred_iou_thresh 0.0" in report
+    explicit = settings("evaluate.points_per_side=2", "evaluate.everything.pred_iou_thresh=0.5")
+    for name in ("SAM", "SAOM"):
+        assert (explicit[name]["points_per_side"], explicit[name]["pred_iou_thresh"]) == (2, 0.5)
+    assert explicit["SAOM"]["stability_score_thresh"] == 0.0  # not set: still the checkpoint's
