@@ -66,11 +66,13 @@ class Camera:
         return [m for m in self.received[name] if m.header.stamp == stamp]
 
     def send(self, seq: int, depth: Image | None, info: CameraInfo | None, process: NodeProcess,
-             want_3d: bool = True, timeout: float = ANSWER_TIMEOUT):
-        """Publish depth, camera info and colour frame ``seq`` (again every few seconds while
-        discovery settles) until its 2D outputs (and 3D ones, with ``want_3d``) came back;
-        returns (instance ids image, detections_3d or None, points or None)."""
-        colour = array_to_image(camera_image(seq), "rgb8", header(seq))
+             want_3d: bool = True, timeout: float = ANSWER_TIMEOUT, rgb: np.ndarray | None = None):
+        """Publish depth, camera info and colour frame ``seq`` (``rgb``, default a blocky test
+        image; again every few seconds while discovery settles) until its 2D outputs (and 3D
+        ones, with ``want_3d``) came back; returns (instance ids image, detections_3d or None,
+        points or None)."""
+        rgb = camera_image(seq) if rgb is None else rgb
+        colour = array_to_image(rgb, "rgb8", header(seq))
         stamp, lis = colour.header.stamp, self.listener
 
         def answered() -> bool:
@@ -203,3 +205,40 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
                                       camera_info(8), node_process)
     check_3d(labels, dets, cloud, good_depth, header(8))
     assert "no 3D output" in node_process.output
+
+
+@pytest.mark.slow
+def test_a_scene_shifting_a_few_pixels_per_frame_keeps_its_ids(ros, tmp_path):
+    """The packaged model on a demo frame whose content moves 3 px right per frame: a mask that
+    reappears (IoU > 0.5 with its predecessor moved by 3 px) keeps its id."""
+    import cv2
+    proc = NodeProcess(tmp_path, {}, {"image": "/cam3d/image", "__ns": "/d3"})
+    lis = Listener("/cam3d/image", node=NODE)
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        camera = Camera(lis)
+        frame = cv2.cvtColor(cv2.imread(str(ROOT / "saom_ros/data/demo_frames/frame_00.png")),
+                             cv2.COLOR_BGR2RGB)
+        step, frames = 3, 5
+        padded = np.pad(frame, ((0, 0), (step * frames, 0), (0, 0)), mode="edge")
+        width = frame.shape[1]
+        previous, continued = None, 0
+        for k in range(frames):
+            start = step * (frames - k)
+            rgb = np.ascontiguousarray(padded[:, start:start + width])
+            labels, _, _ = camera.send(100 + k, None, None, proc, want_3d=False, rgb=rgb)
+            if previous is not None:
+                moved = np.zeros_like(previous)
+                moved[:, step:] = previous[:, :-step]
+                for old_id in set(np.unique(moved).tolist()) - {0}:
+                    was = moved == old_id
+                    for new_id in set(np.unique(labels).tolist()) - {0}:
+                        now = labels == new_id
+                        if (was & now).sum() > 0.5 * (was | now).sum():
+                            assert new_id == old_id, (k, old_id, new_id)
+                            continued += 1
+            previous = labels
+        assert continued >= 3, "too few objects seen in consecutive frames to check tracking"
+    finally:
+        lis.close()
+        proc.stop()
