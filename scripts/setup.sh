@@ -57,4 +57,7 @@ if ! is_current package "$key"; then
 else
   step "saom_ros up to date"
 fi
+# Quick and idempotent, so it runs every time: what colcon would install besides the Python
+# package (ament index marker, share/saom_ros, lib/saom_ros executables) makes the venv a ROS prefix.
+"$PY" scripts/install_ros_prefix.py "$VENV" || fail "scripts/install_ros_prefix.py"
 step "ready: $VENV"

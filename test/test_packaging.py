@@ -1,4 +1,7 @@
-"""The installed layout that colcon, `ros2 run` and `ros2 launch` rely on, read from a built wheel."""
+"""The installed layout that colcon, `ros2 run` and `ros2 launch` rely on: read from a built
+wheel, and in the venv `make setup` made (which must be a ROS prefix)."""
+import importlib.util
+import os
 import stat
 import subprocess
 import sys
@@ -9,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PREFIX = Path(sys.prefix)  # the venv `make setup` made; tests run in it
+EXECUTABLES = ("segment_node", "saom-segment", "saom-train")
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +66,103 @@ def test_package_xml_is_format_3_with_runtime_dependencies():
 
 def test_fallback_vision_msgs_is_hidden_from_colcon():
     assert (ROOT / "ros_interfaces/vision_msgs/COLCON_IGNORE").exists()
+
+
+def _load_installer():
+    spec = importlib.util.spec_from_file_location("install_ros_prefix",
+                                                  ROOT / "scripts" / "install_ros_prefix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_setup_makes_the_venv_a_ros_prefix():
+    for path in ("share/ament_index/resource_index/packages/saom_ros", "share/saom_ros/package.xml",
+                 "share/saom_ros/launch/segment.launch.py", "share/saom_ros/config/saom.yaml"):
+        assert (PREFIX / path).is_file(), f"{PREFIX / path} missing: run make setup"
+    for name in EXECUTABLES:
+        assert os.access(PREFIX / "lib" / "saom_ros" / name, os.X_OK), name
+    # still the editable install: the package runs from the source tree
+    import saom_ros.training
+    assert Path(saom_ros.training.__file__).resolve().parent == ROOT / "training"
+
+
+@pytest.mark.parametrize("ament_prefix_path", [None, "/opt/ros/elsewhere"])
+def test_ament_index_finds_the_package(ament_prefix_path):
+    env = {k: v for k, v in os.environ.items() if k != "AMENT_PREFIX_PATH"}
+    if ament_prefix_path:
+        env["AMENT_PREFIX_PATH"] = ament_prefix_path
+    code = ("import os; from ament_index_python.packages import get_package_prefix, "
+            "get_package_share_directory as share; "
+            "print(get_package_prefix('saom_ros'), share('saom_ros'), os.environ['AMENT_PREFIX_PATH'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    prefix, share, search = out.stdout.split()
+    assert (prefix, share) == (str(PREFIX), str(PREFIX / "share" / "saom_ros"))
+    assert search.split(os.pathsep) == [str(PREFIX)] + ([ament_prefix_path] if ament_prefix_path else [])
+
+
+def test_installer_links_every_file_and_drops_stale_ones(tmp_path):
+    installer = _load_installer()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in EXECUTABLES:
+        (bin_dir / name).write_text("#!/bin/sh\n")
+    stale = tmp_path / "share" / "saom_ros" / "config" / "removed.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.symlink_to(tmp_path / "gone.yaml")
+    for _ in range(2):  # idempotent
+        made = installer.install(tmp_path)
+    assert not stale.is_symlink()
+    assert (tmp_path / "share/saom_ros/config/saom.yaml").resolve() == ROOT / "config" / "saom.yaml"
+    assert (tmp_path / "share/saom_ros/launch/segment.launch.py").resolve() == \
+        ROOT / "launch" / "segment.launch.py"
+    for name in EXECUTABLES:  # console scripts replace the data-file launcher of the same name
+        assert (tmp_path / "lib/saom_ros" / name).resolve() == bin_dir / name
+    assert all(p.is_symlink() for p in made) and len(made) == len(set(made))
+    (pth,) = (tmp_path / "lib").glob("python3*/site-packages/saom_ros_ament_prefix.pth")
+    assert pth.read_text() == installer.PTH_LINE
+    (bin_dir / "saom-train").unlink()
+    with pytest.raises(SystemExit, match="saom-train is missing"):
+        installer.install(tmp_path)
+
+
+def test_ros2_run_executables_run(tmp_path):
+    """What ``ros2 run saom_ros <executable>`` starts: saom-train answers, segment_node serves."""
+    import rclpy
+    from ros_helpers import Listener, camera_image, ros_args, ros_env
+    from saom_ros.image_codec import array_to_image
+
+    lib = PREFIX / "lib" / "saom_ros"
+    out = subprocess.run([str(lib / "saom-train"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "export" in out.stdout, out.stderr
+    env = ros_env()
+    log = (tmp_path / "node.log").open("wb")
+    node = subprocess.Popen([str(lib / "segment_node"),
+                             *ros_args({"device": "cpu"}, {"image": "/packaging/image"}, None)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    rclpy.init(domain_id=int(env["ROS_DOMAIN_ID"]))
+    listener = Listener("/packaging/image")
+    try:
+        assert listener.spin_until(lambda: listener.pub.get_subscription_count() > 0, 120,
+                                   _Alive(node)), (tmp_path / "node.log").read_text()
+        listener.pub.publish(array_to_image(camera_image(0), "rgb8"))
+        assert listener.spin_until(lambda: listener.messages("detections"), 90, _Alive(node)), \
+            (tmp_path / "node.log").read_text()
+        assert listener.messages("label_info")
+    finally:
+        listener.close()
+        rclpy.shutdown()
+        node.terminate()
+        node.wait(timeout=30)
+        log.close()
+
+
+class _Alive:
+    """The ``alive()`` that Listener.spin_until asks of a process."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
