@@ -1,12 +1,13 @@
 """segment_node's parameters: the table (name, default, descriptor), their checks, and the mapping
-of engine parameters onto ``EverythingSettings``.
+of engine parameters onto ``EverythingSettings`` fields.
 
 The launch file derives its arguments from ``parameter_table()``, so a parameter added here is
 a launch argument too. Engine parameters (``ENGINE_PARAMETERS``) may change while the node runs.
+Those a checkpoint carries (``FROM_CHECKPOINT``) have no default: left unset, they take the
+checkpoint's everything-mode settings (``everything.settings_for``), else the generator's defaults.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +15,8 @@ from typing import Any, Optional
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from saom_ros.everything import EverythingSettings
+from saom_ros.everything import RUNTIME_FIELDS, EverythingSettings
+from saom_ros.input_qos import RELIABILITY_SETTINGS
 from saom_ros.model import PRESETS
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "saom_small.pt"
@@ -28,7 +30,9 @@ ENGINE_PARAMETERS = {
     "max_instances": "max_instances",
     "compile": "compile",
 }
-RELIABILITIES = ("reliable", "best_effort")
+# Engine parameters without a default of their own: the checkpoint's value unless set.
+FROM_CHECKPOINT = tuple(name for name, field in ENGINE_PARAMETERS.items()
+                        if field not in RUNTIME_FIELDS)
 MODEL_TYPES = ("auto", *PRESETS)
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -45,9 +49,19 @@ def _d(text: str, read_only: bool = False, **ranges: Any) -> ParameterDescriptor
     return ParameterDescriptor(description=text, read_only=read_only, **ranges)
 
 
+def _engine_default(name: str) -> Any:
+    """A FROM_CHECKPOINT parameter's type (declared unset), else EverythingSettings' default."""
+    value = getattr(EverythingSettings(), ENGINE_PARAMETERS[name])
+    if name not in FROM_CHECKPOINT:
+        return value
+    return {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
+            str: Parameter.Type.STRING}[type(value)]
+
+
 def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
-    """Every parameter: name, default, descriptor. Engine defaults come from EverythingSettings."""
-    engine = EverythingSettings()
+    """Every parameter: name, default, descriptor. A default that is a ``Parameter.Type`` means
+    "unset": the value comes from the checkpoint (see ``FROM_CHECKPOINT``)."""
+    engine = _engine_default
     return [
         ("checkpoint", str(DEFAULT_CHECKPOINT), _d(
             "SAOM checkpoint or official sam_vit_*.pth; empty: the packaged saom_small.pt", True)),
@@ -56,30 +70,35 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             True)),
         ("device", "auto", _d("auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)",
                               True)),
-        ("points_per_side", engine.points_per_side, _d(
+        ("points_per_side", engine("points_per_side"), _d(
             "prompt grid is points_per_side^2 points", integer_range=[_int_range(1, 256)])),
-        ("pred_iou_thresh", engine.pred_iou_thresh, _d(
+        ("pred_iou_thresh", engine("pred_iou_thresh"), _d(
             "drop masks whose predicted IoU is lower", floating_point_range=[_unit_range()])),
-        ("stability_score_thresh", engine.stability_score_thresh, _d(
+        ("stability_score_thresh", engine("stability_score_thresh"), _d(
             "drop masks whose stability score is lower", floating_point_range=[_unit_range()])),
-        ("box_nms_thresh", engine.box_nms_thresh, _d(
+        ("box_nms_thresh", engine("box_nms_thresh"), _d(
             "box IoU above which the lower-scoring mask is suppressed",
             floating_point_range=[_unit_range()])),
-        ("min_mask_area", engine.min_mask_region_area, _d(
+        ("min_mask_area", engine("min_mask_area"), _d(
             "pixels; smaller holes and islands are removed (0: off)",
             integer_range=[_int_range(0, 2**31 - 1)])),
-        ("max_instances", engine.max_instances, _d(
+        ("max_instances", engine("max_instances"), _d(
             "keep at most this many best-scoring instances (0: all)",
             integer_range=[_int_range(0, 65535)])),
-        ("compile", engine.compile, _d(
+        ("compile", engine("compile"), _d(
             "torch.compile encoder and decoder (CUDA: ~2.4x faster per frame after a slow first "
             "frame)", True)),
         ("classes", "", _d("YAML class-name list overriding the checkpoint's names "
                            "(same count); empty: the checkpoint's", True)),
-        ("input_reliability", "best_effort", _d(
-            "input QoS reliability: best_effort (matches any camera) or reliable", True)),
+        ("input_reliability", "auto", _d(
+            "input QoS reliability: auto (reliable if every publisher is, else best_effort), "
+            "reliable or best_effort", True)),
         ("input_depth", 1, _d("input QoS history depth", True,
                               integer_range=[_int_range(1, 1000)])),
+        ("input_timeout", 5.0, _d(
+            "seconds without an input image before /diagnostics says ERROR (WARN as soon as a "
+            "report window passes without one)", True,
+            floating_point_range=[FloatingPointRange(from_value=1.0, to_value=3600.0, step=0.0)])),
         ("use_compressed", False, _d(
             "subscribe to image/compressed (jpeg/png) instead of image", True)),
         ("publish_overlay", False, _d("publish ~/overlay (rgb8) for RViz", True)),
@@ -117,15 +136,14 @@ def validate(param: Parameter) -> Optional[str]:
         return f"device {value!r} must be auto, cpu, cuda or cuda:N"
     if param.name == "model_type" and value not in MODEL_TYPES:
         return f"model_type {value!r} must be one of {', '.join(MODEL_TYPES)}"
-    if param.name == "input_reliability" and value not in RELIABILITIES:
-        return f"input_reliability {value!r} must be one of {', '.join(RELIABILITIES)}"
+    if param.name == "input_reliability" and value not in RELIABILITY_SETTINGS:
+        return f"input_reliability {value!r} must be one of {', '.join(RELIABILITY_SETTINGS)}"
     if param.name == "track_iou_thresh" and value <= 0.0:
         return "track_iou_thresh must be above 0 (at 0 any two masks would continue a track)"
     return None
 
 
-def engine_settings(values: dict[str, Any],
-                    base: Optional[EverythingSettings] = None) -> EverythingSettings:
-    """``base`` (default: EverythingSettings()) with the engine parameters among ``values``."""
-    changes = {field: values[name] for name, field in ENGINE_PARAMETERS.items() if name in values}
-    return dataclasses.replace(base or EverythingSettings(), **changes)
+def engine_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The engine parameters among ``values`` that are set (not None), by EverythingSettings field."""
+    return {field: values[name] for name, field in ENGINE_PARAMETERS.items()
+            if values.get(name) is not None}

@@ -29,7 +29,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
@@ -38,15 +38,25 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from saom_ros import image_codec, messages
 from saom_ros.classes import load_class_file
 from saom_ros.depth_stage import DepthStage
-from saom_ros.everything import EverythingEngine
+from saom_ros.everything import EverythingEngine, settings_for
+from saom_ros.input_qos import FollowingSubscription
+from saom_ros.input_watchdog import InputWatchdog, Level
 from saom_ros.model import CheckpointError, load_model
-from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, engine_settings,
-                                      parameter_table, validate)
+from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, FROM_CHECKPOINT,
+                                      engine_fields, parameter_table, validate)
 from saom_ros.tracking import Tracker, track_image
 
 NODE_NAME = "segment_node"
-RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 _WARN_EVERY_S = 5.0
+
+
+def compressed_topic(node: LifecycleNode) -> str:
+    """The compressed input topic as image_transport names it: <resolved image topic>/compressed,
+    so `-r image:=X` alone moves it to X/compressed; a remap of image/compressed itself wins."""
+    explicit = node.resolve_topic_name("image/compressed")
+    if explicit != node.resolve_topic_name("image/compressed", only_expand=True):
+        return explicit
+    return node.resolve_topic_name("image") + "/compressed"
 
 
 class StartupError(RuntimeError):
@@ -133,7 +143,7 @@ class SegmentNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         self._engine: Optional[EverythingEngine] = None
         self._outputs: dict[str, Any] = {}  # publishers, created by configure
-        self._sub: Optional[Any] = None  # the camera subscription, while active
+        self._sub: Optional[FollowingSubscription] = None  # the camera, while active
         self._depth_subs: list[Any] = []  # depth and camera_info, while active with use_depth
         self._depth: Optional[DepthStage] = None  # configured with use_depth
         self._tracker: Optional[Tracker] = None  # configured with track
@@ -141,9 +151,10 @@ class SegmentNode(LifecycleNode):
         self.params: dict[str, Any] = {}  # the values in use (engine ones follow `param set`)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.declare_parameters("", parameter_table())
-        self.params = {name: self.get_parameter(name).value for name, _, _ in parameter_table()}
+        # None: unset (a FROM_CHECKPOINT parameter nobody gave); configure fills it in
+        self.params = {name: self.get_parameter_or(name).value for name, _, _ in parameter_table()}
         msg_type, topic, decode = (
-            (CompressedImage, "image/compressed", image_codec.compressed_to_rgb)
+            (CompressedImage, compressed_topic(self), image_codec.compressed_to_rgb)
             if self.params["use_compressed"] else (Image, "image", image_codec.image_to_rgb))
         self._msg_type, self._topic, self._decode = msg_type, topic, decode
         self.input_topic = self.resolve_topic_name(topic)
@@ -156,7 +167,8 @@ class SegmentNode(LifecycleNode):
         self._busy = threading.Lock()  # held while a frame is processed and published
         self._frames = LatestFrame()
         self._last_report = time.monotonic()
-        self.create_timer(1.0, self._publish_diagnostics)
+        self._watchdog = InputWatchdog(self.params["input_timeout"], self._last_report)
+        self.create_timer(1.0, self._on_timer)
         self._worker = threading.Thread(target=self._work, name="saom_inference", daemon=True)
         self._worker.start()
 
@@ -169,6 +181,7 @@ class SegmentNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
         self.configure_error = None
+        self._show_checkpoint_settings()
         out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -188,16 +201,18 @@ class SegmentNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        in_qos = QoSProfile(depth=self.params["input_depth"], history=HistoryPolicy.KEEP_LAST,
-                            reliability=RELIABILITY[self.params["input_reliability"]])
-        self._sub = self.create_subscription(self._msg_type, self._topic, self._on_image, in_qos)
+        self._watchdog.start(time.monotonic())
+        self._sub = FollowingSubscription(self, self._msg_type, self._topic, self._on_image,
+                                          self.params["input_reliability"],
+                                          self.params["input_depth"])
         if self._depth is not None:  # a few frames deep: depth is buffered for stamp pairing
-            aux_qos = QoSProfile(depth=5, reliability=in_qos.reliability)
+            aux_qos = QoSProfile(depth=5, reliability=self._sub.reliability)
             self._depth_subs = [
                 self.create_subscription(Image, "depth", self._depth.add_depth, aux_qos),
                 self.create_subscription(CameraInfo, "camera_info", self._depth.set_camera_info,
                                          aux_qos)]
-        self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__})")
+        self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__}, "
+                               f"{self._sub.reliability_name})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -228,10 +243,9 @@ class SegmentNode(LifecycleNode):
         p = self.params
         device = resolve_device(p["device"])
         checkpoint = Path(p["checkpoint"] or DEFAULT_CHECKPOINT)
-        if not checkpoint.is_file():
-            hint = (" (the packaged default model is not installed; set the checkpoint parameter)"
-                    if checkpoint == DEFAULT_CHECKPOINT else "")
-            raise StartupError(f"checkpoint file {checkpoint} does not exist{hint}")
+        if checkpoint == DEFAULT_CHECKPOINT and not checkpoint.is_file():
+            raise StartupError(f"checkpoint file {checkpoint} does not exist (the packaged "
+                               "default model is not installed; set the checkpoint parameter)")
         try:
             model = load_model(checkpoint, None if p["model_type"] == "auto" else p["model_type"],
                                device)
@@ -246,8 +260,22 @@ class SegmentNode(LifecycleNode):
             if len(class_names) != len(model.class_names):
                 raise StartupError(f"class file {p['classes']} names {len(class_names)} "
                                    f"classes but {checkpoint} has {len(model.class_names)}")
+        try:
+            settings = settings_for(model, **engine_fields(p))
+        except ValueError as err:  # a checkpoint carrying settings of the wrong name or type
+            raise StartupError(f"{checkpoint}: {err}") from None
         self.device, self.class_names = device, class_names
-        self._engine = EverythingEngine(model, engine_settings(p), device)
+        self._engine = EverythingEngine(model, settings, device)
+
+    def _show_checkpoint_settings(self) -> None:
+        """Set the unset engine parameters to the values in use, so `ros2 param get` shows them."""
+        unset = [name for name in FROM_CHECKPOINT if self.params[name] is None]
+        settings = self._engine.settings
+        self.set_parameters([Parameter(name, value=getattr(settings, ENGINE_PARAMETERS[name]))
+                             for name in unset])
+        if unset:
+            self.get_logger().info("from the checkpoint (or the generator's defaults): " + ", ".join(
+                f"{name} {self.params[name]}" for name in unset))
 
     def _configure_3d_and_tracking(self, out_qos: QoSProfile) -> None:
         p = self.params
@@ -265,7 +293,7 @@ class SegmentNode(LifecycleNode):
         """Unsubscribe, forget a waiting frame and wait for the frame in hand to be published;
         tracks and buffered depth are forgotten."""
         if self._sub is not None:
-            self.destroy_subscription(self._sub)
+            self._sub.destroy()
             self._sub = None
         for sub in self._depth_subs:
             self.destroy_subscription(sub)
@@ -297,10 +325,10 @@ class SegmentNode(LifecycleNode):
         engine = self._engine
         if engine is not None and changes:  # None while unconfigured: configure reads them
             try:
-                engine.settings = engine_settings(changes, engine.settings)
+                engine.settings = dataclasses.replace(engine.settings, **engine_fields(changes))
             except ValueError as err:  # the engine's own checks, if any
                 return SetParametersResult(successful=False, reason=str(err))
-            if "pred_iou_thresh" in changes:
+            if "pred_iou_thresh" in changes and "label_info" in self._outputs:
                 self._publish_label_info(changes["pred_iou_thresh"])
         self.params.update(changes)
         return SetParametersResult(successful=True)
@@ -312,9 +340,11 @@ class SegmentNode(LifecycleNode):
 
     # --- images -----------------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        now = time.monotonic()
+        self._watchdog.frame(now)
         with self._stats_lock:
             self._stats.received += 1
-        self._frames.put((msg, time.monotonic()))
+        self._frames.put((msg, now))
 
     def _work(self) -> None:
         while (item := self._frames.take()) is not None:
@@ -339,7 +369,7 @@ class SegmentNode(LifecycleNode):
                                             throttle_duration_sec=_WARN_EVERY_S)
 
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
-        rgb = self._decode(msg)
+        rgb = self._decode(msg, self._engine.settings.max_image_pixels)
         start = time.monotonic()
         instances = self._engine(rgb)
         inference_ms = (time.monotonic() - start) * 1e3
@@ -379,6 +409,12 @@ class SegmentNode(LifecycleNode):
             self._outputs["points"].publish(cloud)
 
     # --- diagnostics ------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        """Once a second: follow the camera's QoS, report diagnostics."""
+        if self._sub is not None:
+            self._sub.follow()
+        self._publish_diagnostics()
+
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         with self._stats_lock:
@@ -393,8 +429,8 @@ class SegmentNode(LifecycleNode):
         elif stats.window_malformed:
             level = DiagnosticStatus.WARN
             text = f"{stats.window_malformed} malformed image(s) skipped"
-        elif not stats.received:
-            level, text = DiagnosticStatus.WARN, f"no images received on {self.input_topic}"
+        elif (silence := self._watchdog.check(now, elapsed))[0] != Level.OK:
+            level, text = bytes([silence[0]]), f"{self.input_topic}: {silence[1]}"
 
         def median(values: list[float]) -> str:
             return f"{statistics.median(values):.1f}" if values else "nan"
@@ -403,6 +439,7 @@ class SegmentNode(LifecycleNode):
             "lifecycle_state": state,
             "device": str(self.device),
             "input_topic": self.input_topic,
+            "input_reliability": self._sub.reliability_name if self._sub else "not subscribed",
             "latency_ms": median(stats.latencies_ms),
             "inference_ms": median(stats.inference_ms),
             "frame_age_ms": f"{stats.frame_age_ms:.1f}",

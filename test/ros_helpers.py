@@ -39,9 +39,10 @@ def node_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.segment_node"]
 
 
-def ros_args(params: dict[str, Any], remaps: dict[str, str]) -> list[str]:
+def ros_args(params: dict[str, Any], remaps: dict[str, str],
+             params_file: Optional[Path] = PARAMS_FILE) -> list[str]:
     """``--ros-args --params-file config/saom.yaml -p k:=v ... -r a:=b ...``"""
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE)]
+    args = ["--ros-args"] + (["--params-file", str(params_file)] if params_file else [])
     for key, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         args += ["-p", f"{key}:={text}"]
@@ -53,10 +54,12 @@ def ros_args(params: dict[str, Any], remaps: dict[str, str]) -> list[str]:
 class NodeProcess:
     """segment_node as a separate process; its combined output goes to a file (no pipe stalls)."""
 
-    def __init__(self, tmp: Path, params: dict[str, Any], remaps: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, params: dict[str, Any], remaps: dict[str, str],
+                 params_file: Optional[Path] = PARAMS_FILE) -> None:
         self.log_path = tmp / f"segment_node_{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(node_command() + ros_args(params, remaps), cwd=ROOT,
+        self.proc = subprocess.Popen(node_command() + ros_args(params, remaps, params_file),
+                                     cwd=ROOT,
                                      env=ros_env(), stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

@@ -1,25 +1,36 @@
 """node_parameters: the parameter table, its checks and the mapping onto EverythingSettings."""
 from __future__ import annotations
 
+import re
+
 import yaml
 from rclpy.parameter import Parameter
 
 from ros_helpers import PARAMS_FILE
 from saom_ros.everything import EverythingSettings
-from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, engine_settings,
-                                      parameter_table, validate)
+from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, FROM_CHECKPOINT,
+                                      engine_fields, parameter_table, validate)
 
 
-def test_declared_defaults_come_from_engine_settings_and_match_the_params_file():
+def test_defaults_come_from_engine_settings_and_match_the_params_file():
     engine = EverythingSettings()
     table = {name: default for name, default, _ in parameter_table()}
+    assert set(FROM_CHECKPOINT) == set(ENGINE_PARAMETERS) - {"compile"}
     for name, field in ENGINE_PARAMETERS.items():
-        assert table[name] == getattr(engine, field), name
-    documented = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    assert set(documented) == set(table)  # every parameter documented, nothing extra
+        if name in FROM_CHECKPOINT:  # declared unset, of the engine default's type
+            assert isinstance(table[name], Parameter.Type), name
+            assert Parameter.Type.from_parameter_value(getattr(engine, field)) == table[name]
+        else:
+            assert table[name] == getattr(engine, field), name
+    text = PARAMS_FILE.read_text()
+    documented = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert set(documented) == set(table) - set(FROM_CHECKPOINT)  # nothing pinned, nothing extra
     for name, value in documented.items():
         if name != "checkpoint":  # documented as "" = the packaged default
             assert value == table[name], name
+    for name in FROM_CHECKPOINT:  # documented, commented out, with the generator's default
+        value = getattr(engine, ENGINE_PARAMETERS[name])
+        assert re.search(rf"^ +# {name}: {value}\b", text, re.M), name
     assert table["checkpoint"] == str(DEFAULT_CHECKPOINT)
     assert DEFAULT_CHECKPOINT.parent.name == "data" and DEFAULT_CHECKPOINT.name == "saom_small.pt"
 
@@ -36,9 +47,7 @@ def test_validate_names_the_problem_and_accepts_good_values():
     assert validate(Parameter("pred_iou_thresh", value=0.3)) is None
 
 
-def test_engine_settings_maps_node_names_onto_engine_fields():
-    base = EverythingSettings(points_per_side=8)
-    settings = engine_settings({"min_mask_area": 25, "pred_iou_thresh": 0.3, "device": "cpu"}, base)
-    assert (settings.min_mask_region_area, settings.pred_iou_thresh, settings.points_per_side) \
-        == (25, 0.3, 8)
-    assert engine_settings({}) == EverythingSettings()
+def test_engine_fields_maps_set_node_parameters_onto_engine_fields():
+    fields = engine_fields({"min_mask_area": 25, "pred_iou_thresh": 0.3, "device": "cpu",
+                            "box_nms_thresh": None})  # None: unset
+    assert fields == {"min_mask_region_area": 25, "pred_iou_thresh": 0.3}

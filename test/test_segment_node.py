@@ -105,7 +105,7 @@ def test_thresholds_change_while_running_and_bad_values_are_rejected(context, ch
 @pytest.mark.parametrize("name, value, words", [
     ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
     ("model_type", "vit_q", "must be one of auto, vit_h"),
-    ("input_reliability", "sometimes", "must be one of reliable, best_effort"),
+    ("input_reliability", "sometimes", "must be one of auto, reliable, best_effort"),
     ("pred_iou_thresh", 2.0, "out of range"),
 ])
 def test_bad_start_up_values_are_rejected_with_a_reason(context, checkpoint, name, value, words):
@@ -140,6 +140,29 @@ def test_class_file_overrides_the_names(context, checkpoint, tmp_path):
     node = make_node(context, checkpoint, classes=str(classes))
     try:
         assert node.class_names == tuple(names)
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_unset_engine_parameters_come_from_the_checkpoint_and_set_ones_win(context, tmp_path):
+    import torch
+    torch.manual_seed(0)
+    carried = {"pred_iou_thresh": 0.3, "stability_score_thresh": 0.9, "box_nms_thresh": 0.3,
+               "points_per_side": 8}
+    path = tmp_path / "carrying.pt"
+    save_checkpoint(path, build_saom(ModelConfig.preset("tiny")).eval(), everything=carried)
+    node = make_node(context, path, box_nms_thresh=0.6)
+    try:
+        settings = node._engine.settings
+        assert (settings.pred_iou_thresh, settings.stability_score_thresh,
+                settings.points_per_side) == (0.3, 0.9, 8)
+        assert settings.box_nms_thresh == 0.6  # given explicitly
+        assert settings.max_instances == EverythingSettings().max_instances  # carried by neither
+        # the values in use are what `ros2 param get` shows
+        assert node.get_parameter("pred_iou_thresh").value == 0.3
+        assert node.get_parameter("box_nms_thresh").value == 0.6
+        assert node.get_parameter("max_instances").value == 0
     finally:
         node.close()
         node.destroy_node()
@@ -459,6 +482,24 @@ def test_thresholds_set_over_the_parameter_service_apply_to_the_next_frame(liste
         assert 1 <= len(detections.detections) <= 2
     finally:
         assert set_param("max_instances", 0).successful
+
+
+def test_with_no_parameters_at_all_the_packaged_model_finds_objects_on_the_demo_frames(
+        ros, tmp_path):
+    """No params file, no -p: the packaged checkpoint's own everything-mode settings apply."""
+    proc = NodeProcess(tmp_path, {}, {"__ns": "/defaults"}, params_file=None)
+    lis = Listener("/defaults/image", node="/defaults/segment_node")
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        frames = sorted((ROOT / "saom_ros" / "data" / "demo_frames").glob("*.png"))
+        assert frames
+        for seq, path in enumerate(frames):
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            detections, _, _ = request(lis, array_to_image(rgb, "rgb8", header(60 + seq)), proc)
+            assert detections.detections, f"nothing found on {path.name}\n{proc.output}"
+    finally:
+        lis.close()
+        proc.stop()
 
 
 @pytest.mark.parametrize("command", [
