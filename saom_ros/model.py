@@ -355,9 +355,10 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} " + (
-            "is a directory, not a checkpoint file" if path.is_dir() else
-            "is not a regular file" if path.exists() else "does not exist"))
+        raise CheckpointError(
+            f"checkpoint {path} is a directory, not a checkpoint file" if path.is_dir() else
+            f"checkpoint {path} is not a regular file" if path.exists() else
+            f"checkpoint file {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for foreign files
