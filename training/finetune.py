@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from saom_ros.atomic import atomic_open, atomic_write_text
+from saom_ros.atomic import atomic_open, atomic_write_text, remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.everything import carried_settings, settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model, save_checkpoint
@@ -40,6 +41,7 @@ from saom_ros.training.assignment import (
     Assignment, assign_nearest, assign_random, mask_coverage, resized_hw, to_model_frame)
 from saom_ros.training.datasets import CocoInstances, DatasetError, SaomMetadataDataset
 from saom_ros.training.losses import LossWeights, mask_losses
+from saom_ros.training.process_lifetime import dataloader_worker_init
 
 STATE_FORMAT = "saom-train-state"
 # Keys that may differ between a run and its resumption (they do not change the result).
@@ -463,6 +465,7 @@ class Trainer:
         keep = int(self.cfg["train"]["keep_checkpoints"])
         for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-keep] if keep > 0 else []:
             old.unlink()
+        remove_temp_files(self.checkpoint_dir)  # of writes killed before this run resumed
         return path
 
     def load(self, path: Path) -> None:
@@ -494,7 +497,8 @@ class Trainer:
         while True:
             indices = self.epoch_indices(epoch)[offset * self.batch:]
             loader = DataLoader(_Indexed(self.dataset), batch_size=self.batch, sampler=indices,
-                                collate_fn=list, num_workers=int(self.cfg["data"]["num_workers"]))
+                                collate_fn=list, num_workers=int(self.cfg["data"]["num_workers"]),
+                                worker_init_fn=partial(dataloader_worker_init, os.getpid()))
             for batch in loader:
                 yield epoch, batch
             epoch, offset = epoch + 1, 0
@@ -651,6 +655,9 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
     """Run (or, with ``resume``, continue from <run_dir>/checkpoints/last.pt) a training job."""
     trainer = Trainer(cfg, progress=progress)
     last = trainer.checkpoint_dir / "last.pt"
+    if resume and trainer.dist.main:  # a kill mid-write left temp files; nothing writes now
+        for folder in (trainer.run_dir, trainer.checkpoint_dir):
+            remove_temp_files(folder)
     if resume and last.is_file():
         trainer.load(last)
     try:

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from processes import alive, children, wait_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training import finetune
 from saom_ros.training.datasets import (
@@ -126,6 +128,44 @@ def test_resume_refuses_a_different_config(dataset, tmp_path):
     other = tiny_config(dataset, tmp_path / "r", "train.max_steps=1", "optim.lr=5e-4")
     with pytest.raises(ValueError, match="optim.lr"):
         finetune.train(other, resume=True, progress=False)
+
+
+def test_resume_and_pruning_remove_temp_files_of_killed_writes(dataset, tmp_path):
+    run = tmp_path / "r"
+    cfg = tiny_config(dataset, run, "train.max_steps=4", "train.checkpoint_every=2")
+    finetune.train(cfg, stop_after=2, progress=False)
+    # What SIGKILL inside an atomic write leaves (mkstemp's names), and files that are not ours.
+    stale = [run / "checkpoints/.step_00000004.pt.q8w_2kz1.tmp", run / ".metrics.csv.a1b2c3d4.tmp"]
+    foreign = [run / "checkpoints/notes.tmp", run / "user.txt"]
+    for path in stale + foreign:
+        path.write_bytes(b"half")
+    finetune.train(cfg, resume=True, stop_after=1, progress=False)  # step 3: no save yet
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in foreign)
+
+    trainer = finetune.Trainer(cfg, progress=False)
+    trainer.load(run / "checkpoints/last.pt")
+    stale[0].write_bytes(b"half")  # left by a kill during a save of this run: pruning clears it
+    trainer.save()
+    assert not stale[0].exists() and all(p.exists() for p in foreign)
+
+
+@pytest.mark.slow
+def test_dataloader_workers_die_with_a_killed_training_run(dataset, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saom_ros.training.cli", "train", "--data", str(dataset),
+         "--run-dir", str(tmp_path / "run"), "--model-type", "tiny", "--device", "cpu",
+         "--no-progress", "--set", "data.num_workers=2", "--set", "assignment.points_per_side=8",
+         "--set", "train.amp=false", "--set", "train.epochs=100000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), 180)
+        assert workers, "the DataLoader workers never started"
+        time.sleep(2)  # training, not starting up
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 5), \
+        f"orphaned DataLoader workers: {[pid for pid in workers if alive(pid)]}"
 
 
 def test_embedding_cache_changes_nothing_but_skips_the_encoder(dataset, tmp_path, monkeypatch):
