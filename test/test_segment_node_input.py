@@ -3,9 +3,11 @@ peak memory, from /proc), a camera that stops, the compressed topic from `-r ima
 a checkpoint path that is a directory."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CompressedImage
@@ -15,6 +17,7 @@ from ros_helpers import FAST_ENGINE, Listener, NodeProcess, camera_image, run_no
 from test_segment_node import START_TIMEOUT, header, request, ros  # noqa: F401 (fixture)
 
 CAMERA = "/cam/color/image_raw"
+ROS_LOG_LINE = re.compile(r"\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[\d+\.\d+\] \[")
 INPUT_TIMEOUT = 3.0
 
 
@@ -99,6 +102,38 @@ def test_decompression_bombs_are_refused_before_allocating(listener, node_proces
     assert "image of 20000x20000 = 400000000 pixels exceeds the limit max_image_pixels" in \
         node_process.output
     assert node_process.alive()
+
+
+def corrupt_frames(count: int, seed: int = 1) -> list[bytes]:
+    """PNGs and JPEGs cut short, with bytes overwritten, or with a random body."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(count):
+        ok, buf = cv2.imencode((".png", ".jpg")[k % 2], camera_image(k))
+        data = bytearray(buf.tobytes())
+        if k % 3 == 0:
+            data = data[:rng.integers(10, len(data))]
+        elif k % 3 == 1:
+            for _ in range(5):
+                data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        else:
+            data = data[:20] + rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        frames.append(bytes(data))
+    return frames
+
+
+def test_corrupt_frames_get_throttled_warnings_and_no_decoder_output(listener, node_process):
+    start = len(node_process.output.splitlines())
+    for k, data in enumerate(corrupt_frames(150)):
+        listener.pub.publish(CompressedImage(header=header(100 + k), format="", data=data))
+        listener.spin_until(lambda: False, 0.02)
+    request(listener, jpeg_frame(300), node_process)
+    lines = node_process.output.splitlines()[start:]
+    assert int(listener.diagnostics_values()["frames_malformed"]) > 20  # the node decoded them
+    # Everything the node printed came through its logger ("libpng error: ...", "Corrupt JPEG
+    # data: ..." and OpenCV's "[ WARN:0@...]" lines did not).
+    assert [line for line in lines if not ROS_LOG_LINE.match(line)] == []
+    assert 1 <= sum("skipped image" in line for line in lines) <= 3  # once per 5 s
 
 
 def test_a_directory_as_checkpoint_is_reported_as_one(tmp_path):
