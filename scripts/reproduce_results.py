@@ -286,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "macc_relative": 100 * (s["macc"] / max(b["macc"], 1e-9) - 1)}
     shipped = args.out / "saom_ros" / "data" / "saom_small.pt"
     finetune.export(work / "runs" / "saom", shipped, everything=exp["demo"])
-    shipped.chmod(0o644)  # export writes through mkstemp (0600); the package file is public
+    shipped.chmod(0o644)  # the package file is public whatever the umask
     frames = bundle_demo_frames(test_dir, int(d["demo_frames"]),
                                 shipped.parent / "demo_frames")
     environment = {"machine": (torch.cuda.get_device_name() if device == "cuda" else
