@@ -1,4 +1,4 @@
-"""Hostile image files for tests: small files whose headers claim huge images."""
+"""Hostile image files for tests: small files whose headers claim huge images, corrupt ones."""
 from __future__ import annotations
 
 import struct
@@ -29,3 +29,22 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def corrupt_images(count: int, seed: int = 1) -> list[bytes]:
+    """PNGs and JPEGs (alternately) cut short, with bytes overwritten, or with a random body."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (5, 5), 0)
+    good = [cv2.imencode(ext, image)[1].tobytes() for ext in (".png", ".jpg")]
+    frames = []
+    for k in range(count):
+        data = bytearray(good[k % 2])
+        if k % 3 == 0:
+            data = data[:rng.integers(10, len(data))]
+        elif k % 3 == 1:
+            for _ in range(5):
+                data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        else:
+            data = data[:20] + rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        frames.append(bytes(data))
+    return frames

@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CompressedImage
 
-from image_bombs import jpeg_claiming, png_bomb
+from image_bombs import corrupt_images, jpeg_claiming, png_bomb
 from ros_helpers import FAST_ENGINE, Listener, NodeProcess, camera_image, run_node
 from test_segment_node import START_TIMEOUT, header, request, ros  # noqa: F401 (fixture)
 
@@ -104,27 +103,9 @@ def test_decompression_bombs_are_refused_before_allocating(listener, node_proces
     assert node_process.alive()
 
 
-def corrupt_frames(count: int, seed: int = 1) -> list[bytes]:
-    """PNGs and JPEGs cut short, with bytes overwritten, or with a random body."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(count):
-        ok, buf = cv2.imencode((".png", ".jpg")[k % 2], camera_image(k))
-        data = bytearray(buf.tobytes())
-        if k % 3 == 0:
-            data = data[:rng.integers(10, len(data))]
-        elif k % 3 == 1:
-            for _ in range(5):
-                data[rng.integers(0, len(data))] = rng.integers(0, 256)
-        else:
-            data = data[:20] + rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
-        frames.append(bytes(data))
-    return frames
-
-
 def test_corrupt_frames_get_throttled_warnings_and_no_decoder_output(listener, node_process):
     start = len(node_process.output.splitlines())
-    for k, data in enumerate(corrupt_frames(150)):
+    for k, data in enumerate(corrupt_images(150)):
         listener.pub.publish(CompressedImage(header=header(100 + k), format="", data=data))
         listener.spin_until(lambda: False, 0.02)
     request(listener, jpeg_frame(300), node_process)
