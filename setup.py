@@ -7,8 +7,10 @@ package_name = "saom_ros"
 setup(
     name=package_name,
     version="0.1.0",
+    # training/ is top-level in the source tree; saom_ros/training is a relative symlink to it,
+    # so every install mode (pip, editable, colcon, colcon --symlink-install, which links only
+    # top-level packages) finds it as saom_ros.training without a package_dir mapping.
     packages=[package_name, f"{package_name}.training"],
-    package_dir={f"{package_name}.training": "training"},
     package_data={package_name: ["data/*.pt", "data/demo_frames/*.png"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),

@@ -5,7 +5,7 @@ An editable install writes none of setup.py's ``data_files``, so ``ros2 run``, `
 and ament_index_python would not find the package. This links them into the prefix the way
 ``colcon build --symlink-install`` does (edits to launch/ and config/ apply at once), puts
 every console script under ``lib/saom_ros/`` (where ``ros2 run`` looks), and adds a ``.pth``
-file that puts the prefix on ``AMENT_PREFIX_PATH`` in every Python process of the venv.
+file that appends the prefix to ``AMENT_PREFIX_PATH`` in every Python process of the venv.
 
 Usage: install_ros_prefix.py [PREFIX]   (default: the running Python's sys.prefix)
 Idempotent and quick; scripts/setup.sh runs it on every ``make setup``.
@@ -24,9 +24,10 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 PTH_NAME = "saom_ros_ament_prefix.pth"
 # Run at start-up of every Python in the venv (site.py executes .pth lines starting "import").
+# The venv goes last: it is the underlay, and a colcon workspace sourced over it still wins.
 PTH_LINE = ("import os, sys; _p = os.environ.get('AMENT_PREFIX_PATH', ''); "
             "sys.prefix in _p.split(os.pathsep) or os.environ.__setitem__("
-            "'AMENT_PREFIX_PATH', os.pathsep.join(filter(None, (sys.prefix, _p))))\n")
+            "'AMENT_PREFIX_PATH', os.pathsep.join(filter(None, (_p, sys.prefix))))\n")
 
 
 def setup_arguments() -> dict[str, Any]:
@@ -84,7 +85,7 @@ def main() -> int:
     prefix = Path(sys.argv[1] if len(sys.argv) > 1 else sys.prefix).resolve()
     made = install(prefix)
     print(f"linked {len(made)} files of saom_ros into {prefix} (share/, lib/saom_ros/); "
-          f"{PTH_NAME} puts it on AMENT_PREFIX_PATH")
+          f"{PTH_NAME} appends it to AMENT_PREFIX_PATH")
     return 0
 
 

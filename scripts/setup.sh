@@ -57,6 +57,18 @@ if ! is_current package "$key"; then
 else
   step "saom_ros up to date"
 fi
+COLCON_VENV=$ROOT/.venv-colcon
+key=$(stamp_of requirements-colcon.txt)
+if ! is_current colcon "$key" || [ ! -x "$COLCON_VENV/bin/colcon" ]; then
+  step "installing colcon into $COLCON_VENV (a venv of its own: colcon-core needs setuptools < 80)"
+  [ -x "$COLCON_VENV/bin/python" ] || "$PYTHON" -m venv "$COLCON_VENV" \
+    || fail "could not create $COLCON_VENV"
+  "$COLCON_VENV/bin/python" -m pip install --disable-pip-version-check -q \
+    -r requirements-colcon.txt || fail "pip install -r requirements-colcon.txt"
+  mark_done colcon "$key"
+else
+  step "colcon up to date"
+fi
 # Quick and idempotent, so it runs every time: what colcon would install besides the Python
 # package (ament index marker, share/saom_ros, lib/saom_ros executables) makes the venv a ROS prefix.
 "$PY" scripts/install_ros_prefix.py "$VENV" || fail "scripts/install_ros_prefix.py"

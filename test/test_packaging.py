@@ -99,7 +99,8 @@ def test_ament_index_finds_the_package(ament_prefix_path):
     assert out.returncode == 0, out.stderr
     prefix, share, search = out.stdout.split()
     assert (prefix, share) == (str(PREFIX), str(PREFIX / "share" / "saom_ros"))
-    assert search.split(os.pathsep) == [str(PREFIX)] + ([ament_prefix_path] if ament_prefix_path else [])
+    # the venv is the underlay: a workspace on AMENT_PREFIX_PATH comes first
+    assert search.split(os.pathsep) == [p for p in (ament_prefix_path, str(PREFIX)) if p]
 
 
 def test_installer_links_every_file_and_drops_stale_ones(tmp_path):
