@@ -1,5 +1,6 @@
 """The installed layout that colcon, `ros2 run` and `ros2 launch` rely on: read from a built
 wheel, and in the venv `make setup` made (which must be a ROS prefix)."""
+import ast
 import importlib.util
 import os
 import stat
@@ -62,6 +63,21 @@ def test_package_xml_is_format_3_with_runtime_dependencies():
     deps = {e.text for e in root if e.tag in ("depend", "exec_depend")}
     assert {"rclpy", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs", "launch_ros"} <= deps
     assert root.find("export/build_type").text == "ament_python"
+
+
+def test_package_xml_names_every_ros_package_the_code_imports():
+    deps = {e.text for e in ET.parse(ROOT / "package.xml").getroot()
+            if e.tag in ("depend", "exec_depend")}
+    imported = set()
+    for path in [*ROOT.glob("saom_ros/*.py"), *ROOT.glob("training/*.py"), *ROOT.glob("launch/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            imported |= {n.split(".")[0] for n in names}
+    ros = {n for n in imported if n.endswith("_msgs") or n in (
+        "rclpy", "rcl_interfaces", "launch", "launch_ros", "ament_index_python", "cv_bridge",
+        "message_filters")}
+    assert ros and ros <= deps, ros - deps
 
 
 def test_fallback_vision_msgs_is_hidden_from_colcon():
