@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torchvision.ops import nms
 
 from saom_ros.image_decode import MAX_IMAGE_PIXELS
-from saom_ros.model import DecoderOutput, Saom
+from saom_ros.model import Saom
 
 # Masks whose low-res stability score is below the threshold by more than this are dropped
 # without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
@@ -149,8 +149,7 @@ class EverythingEngine:
         self.device = torch.device(device)
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
-        self._encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-        self._decoder: Optional[Callable[..., DecoderOutput]] = None
+        self._compiled_fns: dict[str, Callable] = {}
 
     def _on_device(self, model: Saom) -> Saom:
         """The model on the device; on CUDA a copy in ``cuda_dtype`` (prompt encoder in float32,
@@ -168,22 +167,14 @@ class EverythingEngine:
     def _dtype(self) -> torch.dtype:
         return self.model.sam.mask_decoder.iou_token.weight.dtype
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _compiled(self, name: str) -> Callable:
+        """The model's method ``name``, through torch.compile when ``compile`` is set."""
+        fn = getattr(self.model, name)
         if not self.settings.compile:
-            return self.model.embed(x)
-        if self._encoder is None:
-            self._encoder = torch.compile(self.model.embed)
-        return self._encoder(x)
-
-    def _decode(self, emb: torch.Tensor, points: torch.Tensor,
-                extent: tuple[int, int]) -> DecoderOutput:
-        """Multimask decoder outputs for single-point prompts, masks limited to ``extent``."""
-        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=self.device)
-        if not self.settings.compile:
-            return self.model.decode(emb, points[:, None, :], labels, True, extent)
-        if self._decoder is None:
-            self._decoder = torch.compile(self.model.decode)
-        return self._decoder(emb, points[:, None, :], labels, True, extent)
+            return fn
+        if name not in self._compiled_fns:
+            self._compiled_fns[name] = torch.compile(fn)
+        return self._compiled_fns[name]
 
     def _points(self, orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> torch.Tensor:
         """Grid points in model input pixels, as SamAutomaticMaskGenerator computes them."""
@@ -206,20 +197,27 @@ class EverythingEngine:
         # bilinear upsampling reads; the padding's masks are never used.
         extent = (min(emb.shape[-2], -(-(valid[0] + 1) // LOW_RES_PER_EMBEDDING)),
                   min(emb.shape[-1], -(-(valid[1] + 1) // LOW_RES_PER_EMBEDDING)))
-        for chunk in points.split(s.points_per_batch):
-            out = self._decode(emb, chunk, extent)
-            logits = out.low_res_logits.flatten(0, 1).float()
-            iou = out.iou_pred.flatten(0, 1).float()
-            cls = self._class_probs(out.class_logits, iou, chunk.shape[0])
-            keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else None
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=self.device)
+        for chunk, lab in zip(points.split(s.points_per_batch), labels.split(s.points_per_batch)):
+            state = self._compiled("decode_tokens")(emb, chunk[:, None, :], lab)
+            iou = state.iou_pred[:, 1:].float()
+            n_masks = iou.shape[1]
+            cls = self._class_probs(self.model.class_logits(state), iou)
+            # The IoU token decides before any mask exists: prompts whose masks all fail the
+            # IoU filter are never upscaled.
+            passed = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
+                iou, dtype=torch.bool)
+            prompts = passed.any(1).nonzero()[:, 0]
+            state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
+            logits = self._compiled("decode_masks")(state, True, extent).flatten(0, 1).float()
+            keep = passed[prompts].flatten()
+            iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
             if s.stability_score_thresh > 0:
                 # Cheap pre-screen on the low-res logits; survivors are decided at full size.
                 stab = calculate_stability_score(logits[:, :valid[0], :valid[1]],
                                                  s.mask_threshold, s.stability_score_offset)
-                screen = stab >= s.stability_score_thresh - STABILITY_MARGIN
-                keep = screen if keep is None else keep & screen
-            if keep is not None:
-                logits, iou, cls = logits[keep], iou[keep], cls[keep]
+                keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
+            logits, iou, cls = logits[keep], iou[keep], cls[keep]
             for lg, io, cl in zip(*(t.split(UPSAMPLE_CHUNK) for t in (logits, iou, cls))):
                 self._full_size_filter(cand, lg, io, cl, input_hw, orig_hw)
         return cand.cat()
@@ -238,13 +236,13 @@ class EverythingEngine:
         cand.add(logits=logits[keep], iou=iou[keep], cls=cls[keep], stability=stab[keep],
                  boxes=boxes[keep])
 
-    def _class_probs(self, class_logits: Optional[torch.Tensor], iou: torch.Tensor,
-                     n_points: int) -> torch.Tensor:
-        """Per-mask class probabilities; one column (the IoU) for a class-agnostic model."""
+    @staticmethod
+    def _class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torch.Tensor:
+        """Per-prompt class probabilities [B, C]; for a class-agnostic model a placeholder
+        column (the packing scores such instances by IoU)."""
         if class_logits is None:
-            return iou[:, None]
-        probs = class_logits.float().softmax(-1)
-        return probs.repeat_interleave(iou.shape[0] // n_points, dim=0)
+            return torch.ones_like(iou[:, :1])
+        return class_logits.float().softmax(-1)
 
     def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
                   orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -254,6 +252,8 @@ class EverythingEngine:
         x = F.interpolate(logits[:, None], (f * logits.shape[-2], f * logits.shape[-1]),
                           mode="bilinear", align_corners=False)
         x = x[..., :input_hw[0], :input_hw[1]]
+        if x.shape[-2:] == orig_hw:  # bilinear to the same size is the identity
+            return x[:, 0]
         return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)[:, 0]
 
     @torch.inference_mode()
@@ -262,7 +262,7 @@ class EverythingEngine:
         validate_image(image, s.max_image_pixels)
         orig_hw = (int(image.shape[0]), int(image.shape[1]))
         x, input_hw = self.model.preprocess(image)
-        emb = self._embed(x.to(self._dtype))
+        emb = self._compiled("embed")(x.to(self._dtype))
         low_res = 4 * emb.shape[-1]
         valid = self._low_res_valid(input_hw, low_res)
         c = self._decode_all(emb, self._points(orig_hw, input_hw), valid, input_hw, orig_hw)

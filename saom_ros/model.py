@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from segment_anything.modeling import (
     ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer)
-from segment_anything.modeling.transformer import Attention
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from torchvision.transforms.functional import resize, to_pil_image
-from torch.nn import functional as F
 
 from saom_ros.atomic import atomic_open
 from saom_ros.classes import AGNOSTIC_CLASSES
+from saom_ros.decoder import DecoderTokens, run_tokens, upscale_masks
 
 FORMAT = "saom"
 FORMAT_VERSION = 1
@@ -100,89 +99,6 @@ def _build_sam(config: ModelConfig) -> Sam:
     )
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention of projected [B, N, C] tensors with the fused kernel."""
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
-
-
-def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment_anything's Attention.forward (same weights) with fused attention.
-
-    Keys and values shared by all prompts (batch 1) are projected once, and every prompt's
-    queries attend to them as one long query sequence instead of B broadcast copies.
-    """
-    b = max(q.shape[0], k.shape[0], v.shape[0])
-    q, k, v = attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)
-    if b > 1 and k.shape[0] == 1 and v.shape[0] == 1:
-        n = q.shape[1]
-        out = _sdpa(q.reshape(1, b * n, -1), k, v, attn.num_heads).reshape(b, n, -1)
-    else:
-        out = _sdpa(*(x.expand(b, -1, -1) for x in (q, k, v)), attn.num_heads)
-    return attn.out_proj(out)
-
-
-def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
-             tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TwoWayTransformer.forward (same modules) using ``_attend``; an image side of batch 1 stays
-    one copy until the first image-to-token attention makes it per prompt."""
-    keys = image.flatten(2).transpose(1, 2)
-    key_pe = image_pe.flatten(2).transpose(1, 2)
-    queries = tokens
-    for layer in transformer.layers:
-        if layer.skip_first_layer_pe:
-            queries = _attend(layer.self_attn, queries, queries, queries)
-        else:
-            q = queries + tokens
-            queries = queries + _attend(layer.self_attn, q, q, queries)
-        queries = layer.norm1(queries)
-        k = keys + key_pe
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image,
-                                                queries + tokens, k, keys))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token,
-                                          k, queries + tokens, queries))
-    queries = transformer.norm_final_attn(queries + _attend(
-        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys))
-    return queries, keys
-
-
-def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                   sparse: torch.Tensor, dense: torch.Tensor,
-                   extent: Optional[tuple[int, int]] = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MaskDecoder.predict_masks that also returns the IoU-token output.
-
-    Takes one embedding for all prompts (broadcast, not copied) or one per prompt. ``extent``
-    (rows, columns of the embedding grid) limits the masks to that top-left part.
-    """
-    b = sparse.shape[0]
-    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
-    if image_embeddings.shape[0] == 1 and dense.stride(0) == 0:
-        # One image, no mask prompts: the image side is the same for every prompt.
-        src, pos_src = image_embeddings + dense[:1], image_pe
-    else:
-        src = image_embeddings.expand(b, -1, -1, -1) + dense
-        pos_src = image_pe.expand(b, -1, -1, -1)
-    _, c, h, w = src.shape
-    hs, src = _two_way(decoder.transformer, src, pos_src, tokens)
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]
-    src = src.transpose(1, 2).reshape(b, c, h, w)
-    if extent is not None:
-        # The upscaling (stride-2 transposed convs, per-pixel norm) and the hypernetwork
-        # product are per embedding pixel: the kept part is unchanged by the crop.
-        src = src[:, :, :extent[0], :extent[1]]
-    upscaled = decoder.output_upscaling(src)
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
-                            for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    _, c2, h2, w2 = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-    return masks, decoder.iou_prediction_head(iou_token_out), iou_token_out
-
-
 class Saom(nn.Module):
     """Sam plus a linear class head on the decoder's IoU-token output (None: class-agnostic)."""
 
@@ -208,6 +124,26 @@ class Saom(nn.Module):
         """Image embeddings [B, C, h, w] of normalised, padded images [B, 3, S, S]."""
         return self.sam.image_encoder(images)
 
+    def decode_tokens(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
+                      point_labels: torch.Tensor) -> DecoderTokens:
+        """The decoder's transformer and IoU head for point prompts (model input pixels)."""
+        sparse, dense = self.sam.prompt_encoder(
+            points=(point_coords, point_labels), boxes=None, masks=None)
+        dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
+        return run_tokens(self.sam.mask_decoder, image_embeddings,
+                          self.sam.prompt_encoder.get_dense_pe().to(dtype),
+                          sparse.to(dtype), dense.to(dtype))
+
+    def decode_masks(self, state: DecoderTokens, multimask: bool = True,
+                     extent: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """Low-res mask logits [B, 3 or 1, 4h', 4w'] of ``decode_tokens``' prompts."""
+        indices = range(1, self.sam.mask_decoder.num_mask_tokens) if multimask else [0]
+        return upscale_masks(self.sam.mask_decoder, state, indices, extent)
+
+    def class_logits(self, state: DecoderTokens) -> Optional[torch.Tensor]:
+        """Class logits [B, num_classes] from the IoU-token output; None when class-agnostic."""
+        return self.class_head(state.tokens[:, 0]) if self.class_head is not None else None
+
     def decode(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
                point_labels: torch.Tensor, multimask: bool = True,
                extent: Optional[tuple[int, int]] = None) -> DecoderOutput:
@@ -216,16 +152,10 @@ class Saom(nn.Module):
         ``extent``: embedding rows and columns to make masks for (None: all); the masks there
         equal the top-left part of the full ones.
         """
-        sparse, dense = self.sam.prompt_encoder(
-            points=(point_coords, point_labels), boxes=None, masks=None)
-        dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
-        sparse, dense = sparse.to(dtype), dense.to(dtype)
-        masks, iou_pred, iou_token = _predict_masks(
-            self.sam.mask_decoder, image_embeddings,
-            self.sam.prompt_encoder.get_dense_pe().to(dtype), sparse, dense, extent)
-        sl = slice(1, None) if multimask else slice(0, 1)
-        logits = self.class_head(iou_token) if self.class_head is not None else None
-        return DecoderOutput(masks[:, sl], iou_pred[:, sl], logits)
+        state = self.decode_tokens(image_embeddings, point_coords, point_labels)
+        iou = state.iou_pred[:, 1:] if multimask else state.iou_pred[:, :1]
+        return DecoderOutput(self.decode_masks(state, multimask, extent), iou,
+                             self.class_logits(state))
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize an RGB uint8 HxWx3 image by its longest side, normalise and pad it."""
