@@ -93,8 +93,10 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("input_reliability", "auto", _d(
             "input QoS reliability: auto (reliable if every publisher is, else best_effort), "
             "reliable or best_effort", True)),
-        ("input_depth", 1, _d("input QoS history depth", True,
-                              integer_range=[_int_range(1, 1000)])),
+        ("input_depth", 5, _d(
+            "input QoS history depth: frames DDS holds until the node's callback takes them "
+            "(inference still takes only the newest)", True,
+            integer_range=[_int_range(1, 1000)])),
         ("input_timeout", 5.0, _d(
             "seconds without an input image before /diagnostics says ERROR (WARN as soon as a "
             "report window passes without one)", True,
@@ -141,6 +143,21 @@ def validate(param: Parameter) -> Optional[str]:
     if param.name == "track_iou_thresh" and value <= 0.0:
         return "track_iou_thresh must be above 0 (at 0 any two masks would continue a track)"
     return None
+
+
+def launch_value(name: str, text: str, default: Any) -> Any:
+    """A launch argument's text as the parameter's type (``default``: its table default);
+    ValueError naming the argument if it is not one."""
+    kind = type(default) if not isinstance(default, Parameter.Type) else {
+        Parameter.Type.BOOL: bool, Parameter.Type.INTEGER: int, Parameter.Type.DOUBLE: float,
+        Parameter.Type.STRING: str}[default]
+    try:
+        if kind is bool:
+            return {"true": True, "false": False}[text.strip().lower()]
+        return kind(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"launch argument {name}:={text!r} must be a {kind.__name__}"
+                         + (" (true or false)" if kind is bool else "")) from None
 
 
 def engine_fields(values: dict[str, Any]) -> dict[str, Any]:
