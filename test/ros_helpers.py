@@ -55,11 +55,13 @@ class NodeProcess:
     """segment_node as a separate process; its combined output goes to a file (no pipe stalls)."""
 
     def __init__(self, tmp: Path, params: dict[str, Any], remaps: dict[str, str],
-                 params_file: Optional[Path] = PARAMS_FILE) -> None:
+                 params_file: Optional[Path] = PARAMS_FILE,
+                 extra_args: Optional[list[str]] = None) -> None:
+        """``extra_args``: more command-line arguments, after those made of the others."""
         self.log_path = tmp / f"segment_node_{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(node_command() + ros_args(params, remaps, params_file),
-                                     cwd=ROOT,
+        args = ros_args(params, remaps, params_file) + (extra_args or [])
+        self.proc = subprocess.Popen(node_command() + args, cwd=ROOT,
                                      env=ros_env(), stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

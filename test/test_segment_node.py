@@ -6,11 +6,9 @@ publishes the camera images and checks what comes back.
 """
 from __future__ import annotations
 
-import ast
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import cv2
@@ -29,8 +27,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import LabelInfo
 
 from ros_domain import unique_domain_id
-from ros_helpers import (FAST_ENGINE, PARAMS_FILE, ROOT, Listener, NodeProcess, camera_image,
-                         ros_args, run_node)
+from ros_helpers import FAST_ENGINE, ROOT, Listener, NodeProcess, camera_image, run_node
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingSettings
 from saom_ros.image_codec import array_to_image, image_to_array
@@ -236,90 +233,6 @@ def test_latest_frame_take_waits_for_a_frame_and_close_releases_it():
     slot.close()
     worker.join(timeout=10)
     assert got == ["frame", None] and not worker.is_alive()
-
-
-# --- the launch file (launch/launch_ros cannot be installed here: read it, and run its mapping
-# against stand-ins that record what it asks launch_ros for) -------------------------------------
-
-LAUNCH_FILE = ROOT / "launch" / "segment.launch.py"
-
-
-def test_launch_file_declares_the_documented_arguments():
-    tree = ast.parse(LAUNCH_FILE.read_text())
-    names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
-    assert {"image", "checkpoint", "device", "params_file", "namespace", "use_compressed",
-            "saom_ros", "segment_node"} <= names
-    imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert {"Node", "DeclareLaunchArgument", "LaunchConfiguration", "FindPackageShare"} <= imports
-
-
-def _stand_in_launch(monkeypatch, values: dict[str, str]):
-    """Minimal launch / launch_ros modules; returns the module namespace of the launch file."""
-    class Recorded:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context[self.name]
-
-    modules = {
-        "launch": {"LaunchDescription": Recorded},
-        "launch.actions": {"DeclareLaunchArgument": Recorded, "OpaqueFunction": Recorded},
-        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
-                                 "PathJoinSubstitution": Recorded},
-        "launch_ros.actions": {"Node": Recorded},
-        "launch_ros.substitutions": {"FindPackageShare": Recorded},
-    }
-    for name, attrs in modules.items():
-        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
-    monkeypatch.setitem(sys.modules, "launch_ros", types.SimpleNamespace())
-    namespace: dict = {}
-    exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), namespace)
-    description = namespace["generate_launch_description"]()
-    (entries,) = description.args
-    declared = {e.kwargs["name"] if "name" in e.kwargs else e.args[0]: e.kwargs["default_value"]
-                for e in entries if "default_value" in e.kwargs}
-    (opaque,) = [e for e in entries if "function" in e.kwargs]
-    context = {name: values.get(name, default if isinstance(default, str) else "<share>/saom.yaml")
-               for name, default in declared.items()}
-    (node,) = opaque.kwargs["function"](context)
-    return declared, node.kwargs
-
-
-def _as_ros_args(node_kwargs) -> list[str]:
-    """What launch_ros passes to the executable for these Node arguments."""
-    params_file, overrides = node_kwargs["parameters"]
-    args = ["--ros-args", "--params-file", params_file]
-    for key, value in overrides.items():
-        args += ["-p", f"{key}:={str(value).lower() if isinstance(value, bool) else value}"]
-    for src, dst in node_kwargs["remappings"]:
-        args += ["-r", f"{src}:={dst}"]
-    return args
-
-
-def test_launch_maps_its_arguments_onto_the_same_node_as_the_command_line(monkeypatch):
-    declared, node = _stand_in_launch(monkeypatch, {
-        "image": "/camera/color/image_raw", "checkpoint": "/models/sam_vit_b_01ec64.pth",
-        "params_file": str(PARAMS_FILE), "use_compressed": "true"})
-    assert set(declared) == {"image", "checkpoint", "device", "params_file", "namespace",
-                             "use_compressed"}
-    assert (node["package"], node["executable"], node["name"]) == ("saom_ros", "segment_node",
-                                                                   "segment_node")
-    assert node["namespace"] == ""
-    expected = ros_args({"checkpoint": "/models/sam_vit_b_01ec64.pth", "use_compressed": True},
-                        {"image": "/camera/color/image_raw",
-                         "image/compressed": "/camera/color/image_raw/compressed"})
-    assert _as_ros_args(node) == expected
-
-
-def test_launch_leaves_unset_arguments_to_the_params_file(monkeypatch):
-    _, node = _stand_in_launch(monkeypatch, {})
-    params_file, overrides = node["parameters"]
-    assert params_file == "<share>/saom.yaml" and overrides == {}
 
 
 # --- end to end over DDS ------------------------------------------------------------------------
