@@ -113,7 +113,7 @@ def overhead(frames: int) -> float:
         t1 = time.perf_counter()
         detections = messages.detections(instances, msg.header)
         inst = messages.label_image(instances.instance_image, msg.header)
-        sem = messages.label_image(instances.semantic_image, msg.header)
+        sem = messages.semantic_image(instances.semantic_image, msg.header)
         t2 = time.perf_counter()
         det_pub.publish(detections)
         inst_pub.publish(inst)

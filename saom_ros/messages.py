@@ -1,7 +1,9 @@
 """Everything-mode results -> standard ROS messages (vision_msgs, sensor_msgs); no torch, no node.
 
 Conventions (see docs/architecture.md): instance image value 0 = no instance, i + 1 = instance i;
-semantic image value 0 = unlabelled; class ids 1..C, sent as decimal strings in detections.
+class ids 1..C, sent as decimal strings in detections. The semantic image follows vision_msgs'
+LabelInfo convention: an unlabelled pixel holds the type's maximum (65535 = ``UNLABELED``), which
+LabelInfo names "unlabeled" (the engine's semantic images use 0; ``semantic_image`` converts).
 Bounding boxes follow ROS image coordinates, where pixel (u, v) has its centre at (u, v): a box
 covering pixel columns x0..x1 has centre (x0 + x1) / 2 and width x1 - x0 + 1.
 """
@@ -16,7 +18,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose,
                              VisionClass)
 
-from saom_ros.classes import id_to_name
+from saom_ros.classes import UNLABELLED_ID, id_to_name
 from saom_ros.image_codec import array_to_image
 
 if TYPE_CHECKING:  # everything.py imports torch; this module must not.
@@ -70,16 +72,27 @@ def detections(instances: Instances, header: Header,
     return msg
 
 
+UNLABELED = 65535  # vision_msgs: the label image type's maximum is the UNLABELED class
+
+
 def label_image(labels: np.ndarray, header: Header) -> Image:
     """A mono16 label image (instance or semantic) carrying ``header``."""
     return array_to_image(labels.astype(np.uint16, copy=False), "mono16", header)
 
 
+def semantic_image(semantic: np.ndarray, header: Header) -> Image:
+    """The mono16 semantic image of an engine result (0 = unlabelled) in vision_msgs' convention:
+    unlabelled pixels become ``UNLABELED``, class ids 1..C stay."""
+    return label_image(np.where(semantic == UNLABELLED_ID, UNLABELED, semantic), header)
+
+
 def label_info(class_names: Sequence[str], header: Header, threshold: float) -> LabelInfo:
-    """Every class id with its name, 0 = "unlabelled" included."""
+    """Every class id 1..C with its name, and ``UNLABELED`` = "unlabeled"."""
+    names = {**id_to_name(class_names), UNLABELED: "unlabeled"}
+    del names[UNLABELLED_ID]
     return LabelInfo(header=header, threshold=float(threshold),
                      class_map=[VisionClass(class_id=i, class_name=name)
-                                for i, name in id_to_name(class_names).items()])
+                                for i, name in names.items()])
 
 
 _FONT, _SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.4

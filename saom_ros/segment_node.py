@@ -379,7 +379,7 @@ class SegmentNode(LifecycleNode):
         out["instances"].publish(messages.label_image(
             instances.instance_image if ids is None else track_image(instances.instance_image, ids),
             header))
-        out["semantic"].publish(messages.label_image(instances.semantic_image, header))
+        out["semantic"].publish(messages.semantic_image(instances.semantic_image, header))
         if "overlay" in out:
             out["overlay"].publish(image_codec.array_to_image(
                 messages.overlay(rgb, instances, self.class_names), "rgb8", header))

@@ -103,24 +103,24 @@ def test_no_instances_give_an_empty_array_with_the_header():
 
 def test_label_images_are_mono16_with_the_header(scene):
     inst = messages.label_image(scene.instance_image, HEADER)
-    sem = messages.label_image(scene.semantic_image, HEADER)
-    assert inst.header == HEADER and inst.encoding == "mono16"
-    assert (inst.height, inst.width) == (40, 60)
+    sem = messages.semantic_image(scene.semantic_image, HEADER)
+    assert inst.header == sem.header == HEADER and inst.encoding == sem.encoding == "mono16"
+    assert (inst.height, inst.width) == (sem.height, sem.width) == (40, 60)
     np.testing.assert_array_equal(image_to_array(inst), scene.instance_image)
-    np.testing.assert_array_equal(image_to_array(sem), scene.semantic_image)
-    assert image_to_array(sem)[0, 0] == 0  # unlabelled background
+    labelled = scene.semantic_image > 0
+    np.testing.assert_array_equal(image_to_array(sem)[labelled], scene.semantic_image[labelled])
+    assert (image_to_array(sem)[~labelled] == messages.UNLABELED).all()  # vision_msgs convention
+    assert image_to_array(sem)[0, 0] == 65535  # unlabelled background
     assert image_to_array(sem)[5, 5] == 5
 
 
-def test_label_info_lists_unlabelled_and_every_class():
+def test_label_info_lists_every_class_and_unlabeled_as_65535():
     msg = messages.label_info(SAOM_CLASSES, HEADER, 0.88)
     assert msg.header == HEADER
     assert msg.threshold == pytest.approx(0.88)
-    ids = [c.class_id for c in msg.class_map]
-    assert ids == list(range(len(SAOM_CLASSES) + 1))
-    assert msg.class_map[0].class_name == "unlabelled"
-    assert msg.class_map[1].class_name == SAOM_CLASSES[0]
-    assert msg.class_map[-1].class_name == SAOM_CLASSES[-1]
+    class_map = {c.class_id: c.class_name for c in msg.class_map}
+    assert class_map == {**{i + 1: n for i, n in enumerate(SAOM_CLASSES)}, 65535: "unlabeled"}
+    assert len(msg.class_map) == len(SAOM_CLASSES) + 1  # no class 0
 
 
 def test_detection_class_ids_exist_in_label_info(scene):

@@ -305,7 +305,7 @@ def test_outputs_carry_the_input_header_and_match_the_instance_image(listener, n
             assert det.results[0].hypothesis.class_id == str(class_id)
             assert 0 <= det.results[0].hypothesis.score <= 1
             assert (classes[labels == int(det.id)] == class_id).all()
-        assert (classes[labels == 0] == 0).all()  # unlabelled pixels are 0
+        assert (classes[labels == 0] == 65535).all()  # unlabelled: vision_msgs' UNLABELED
 
 
 def test_overlay_is_rgb8_with_the_input_header(listener, node_process):
@@ -331,7 +331,7 @@ def test_label_info_is_latched_and_lists_every_detected_class(listener, node_pro
     listener.node.create_subscription(LabelInfo, "/segment_node/label_info", late.append, latched)
     assert listener.spin_until(lambda: late, 30, node_process)
     class_map = {c.class_id: c.class_name for c in late[0].class_map}
-    assert class_map == {0: "unlabelled", **{i + 1: n for i, n in enumerate(SAOM_CLASSES)}}
+    assert class_map == {65535: "unlabeled", **{i + 1: n for i, n in enumerate(SAOM_CLASSES)}}
     for det_array in listener.messages("detections"):
         for det in det_array.detections:
             assert int(det.results[0].hypothesis.class_id) in class_map
