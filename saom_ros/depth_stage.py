@@ -64,7 +64,7 @@ class DepthStage:
             raise DepthError("no camera info received yet")
         size = instances.instance_image.shape
         boxes = boxes_3d(instances.instance_image, messages_3d.depth_metres(depth, size),
-                         messages_3d.intrinsics(info, size))
+                         messages_3d.intrinsics(info, size), with_points=self.publish_points)
         cloud = (messages_3d.point_cloud(boxes, ids, instances, header)
                  if self.publish_points else None)
         return messages_3d.detections_3d(boxes, ids, instances, header), cloud

@@ -45,7 +45,7 @@ def test_box_of_a_plane_by_hand():
     labels = np.zeros((5, 9), np.uint16)
     labels[1:3, 2:7] = 3  # columns 2..6, rows 1..2
     depth = np.full((5, 9), 2.0, np.float32)
-    boxes = boxes_3d(labels, depth, K)
+    boxes = boxes_3d(labels, depth, K, with_points=True)
     assert boxes.labels.tolist() == [3]
     # x = (u - 4) * 2 / 100 for u = 2..6; y = (v - 2) * 2 / 200 for v = 1..2; z = 2.
     np.testing.assert_allclose(boxes.centers[0], [0.0, -0.005, 2.0], atol=1e-6)
@@ -61,7 +61,7 @@ def test_invalid_depth_is_skipped_and_labels_without_depth_are_left_out():
     labels[3:5, 5:9] = 2
     depth = np.full((5, 9), np.nan, np.float32)
     depth[0, 0:2] = 1.0  # label 1 has two valid pixels, (0,0) and (1,0) in (u,v)
-    boxes = boxes_3d(labels, depth, K)
+    boxes = boxes_3d(labels, depth, K, with_points=True)
     assert boxes.labels.tolist() == [1]
     np.testing.assert_allclose(boxes.centers[0], [(-4 - 3) / 2 / 100, -2 / 200, 1.0], atol=1e-6)
     assert len(boxes_3d(np.zeros((5, 9), np.uint16), depth, K)) == 0
@@ -76,7 +76,7 @@ def test_flying_pixels_at_the_silhouette_are_cut():
     depth[5:15, 5:15] = 1.0 + np.linspace(0, 0.04, 10, dtype=np.float32)[None, :]
     depth[5, 5:15] = 2.0  # flying pixels
     depth[14, 5:10] = 3.0  # background under the mask
-    boxes = boxes_3d(labels, depth, Intrinsics(100.0, 100.0, 10.0, 10.0))
+    boxes = boxes_3d(labels, depth, Intrinsics(100.0, 100.0, 10.0, 10.0), with_points=True)
     z_low, z_high = boxes.centers[0, 2] - boxes.sizes[0, 2] / 2, boxes.centers[0, 2] + boxes.sizes[0, 2] / 2
     assert z_low == pytest.approx(1.0, abs=1e-6) and z_high == pytest.approx(1.04, abs=1e-6)
     assert np.all(boxes.points[:, 2] < 1.05)
@@ -86,7 +86,7 @@ def test_a_slanted_surface_keeps_its_whole_depth_range():
     # Depth rising uniformly from 1 to 3 m across the object: no point is an outlier.
     labels = np.ones((10, 50), np.uint16)
     depth = np.broadcast_to(np.linspace(1.0, 3.0, 50, dtype=np.float32), (10, 50)).copy()
-    boxes = boxes_3d(labels, depth, Intrinsics(50.0, 50.0, 25.0, 5.0))
+    boxes = boxes_3d(labels, depth, Intrinsics(50.0, 50.0, 25.0, 5.0), with_points=True)
     assert len(boxes.points) == 500
     assert boxes.sizes[0, 2] == pytest.approx(2.0, abs=1e-6)
 
@@ -96,7 +96,7 @@ def test_noise_within_the_minimum_band_is_kept():
     depth = np.full((4, 4), 2.0, np.float32)
     depth[0, 0] = 2.0 + MIN_BAND_M * 0.9  # a constant plane's IQR is 0; the band still keeps this
     depth[3, 3] = 2.0 + MIN_BAND_M * 1.1
-    boxes = boxes_3d(labels, depth, K)
+    boxes = boxes_3d(labels, depth, K, with_points=True)
     assert len(boxes.points) == 15
     assert boxes.sizes[0, 2] == pytest.approx(MIN_BAND_M * 0.9, abs=1e-6)
 
@@ -106,7 +106,7 @@ def test_each_label_boxes_only_its_own_pixels():
     labels = rng.integers(0, 6, (30, 40)).astype(np.uint16)
     depth = np.full((30, 40), 1.5, np.float32)
     intr = Intrinsics(60.0, 60.0, 19.5, 14.5)
-    boxes = boxes_3d(labels, depth, intr)
+    boxes = boxes_3d(labels, depth, intr, with_points=True)
     assert boxes.labels.tolist() == [1, 2, 3, 4, 5]
     for label, center, size in zip(boxes.labels, boxes.centers, boxes.sizes):
         v, u = np.nonzero(labels == label)
@@ -120,3 +120,19 @@ def test_each_label_boxes_only_its_own_pixels():
 def test_size_mismatch_is_an_error():
     with pytest.raises(DepthError, match="differ in size"):
         boxes_3d(np.zeros((2, 2), np.uint16), np.zeros((3, 3), np.float32), K)
+
+
+def test_points_only_when_asked_for_and_the_same_boxes_either_way():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (12, 16)).astype(np.uint16)
+    depth = rng.uniform(0.5, 3.0, (12, 16)).astype(np.float32)
+    depth[rng.random((12, 16)) < 0.2] = np.nan
+    without, with_points = boxes_3d(labels, depth, K), boxes_3d(labels, depth, K, with_points=True)
+    assert len(without.points) == len(without.point_labels) == 0
+    np.testing.assert_array_equal(without.centers, with_points.centers)
+    np.testing.assert_array_equal(without.sizes, with_points.sizes)
+    for label, low, high in zip(with_points.labels, with_points.centers - with_points.sizes / 2,
+                                with_points.centers + with_points.sizes / 2):
+        mine = with_points.points[with_points.point_labels == label]
+        np.testing.assert_allclose(mine.min(axis=0), low, atol=1e-6)
+        np.testing.assert_allclose(mine.max(axis=0), high, atol=1e-6)

@@ -46,7 +46,8 @@ def scene():
     depth = np.full((h, w), 2.0, np.float32)
     depth[:, 15:] = 3.0
     depth[18:] = np.nan  # instance 3 has no valid depth
-    boxes = boxes_3d(instances.instance_image, depth, Intrinsics(30.0, 30.0, 14.5, 9.5))
+    boxes = boxes_3d(instances.instance_image, depth, Intrinsics(30.0, 30.0, 14.5, 9.5),
+                     with_points=True)
     return instances, boxes, np.array([11, 12, 13], np.uint16)
 
 
