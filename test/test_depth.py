@@ -21,8 +21,9 @@ def test_units_and_invalid_values():
 def test_match_size_nearest_neighbour_same_aspect_only():
     depth = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert match_size(depth, (2, 3)) is depth
-    np.testing.assert_array_equal(match_size(depth, (4, 6)), np.repeat(np.repeat(depth, 2, 0), 2, 1))
-    np.testing.assert_array_equal(match_size(np.repeat(np.repeat(depth, 2, 0), 2, 1), (2, 3)), depth)
+    doubled = np.repeat(np.repeat(depth, 2, 0), 2, 1)
+    np.testing.assert_array_equal(match_size(depth, (4, 6)), doubled)
+    np.testing.assert_array_equal(match_size(doubled, (2, 3)), depth)
     with pytest.raises(DepthError, match="not the same aspect ratio"):
         match_size(depth, (3, 3))
 
@@ -51,8 +52,8 @@ def test_box_of_a_plane_by_hand():
     np.testing.assert_allclose(boxes.centers[0], [0.0, -0.005, 2.0], atol=1e-6)
     np.testing.assert_allclose(boxes.sizes[0], [0.08, 0.01, 0.0], atol=1e-6)
     assert boxes.points.shape == (10, 3) and boxes.point_labels.tolist() == [3] * 10
-    np.testing.assert_allclose(sorted(boxes.points[:, 0]), sorted([(u - 4) * 0.02 for u in range(2, 7)] * 2),
-                               atol=1e-6)
+    np.testing.assert_allclose(sorted(boxes.points[:, 0]),
+                               sorted([(u - 4) * 0.02 for u in range(2, 7)] * 2), atol=1e-6)
 
 
 def test_invalid_depth_is_skipped_and_labels_without_depth_are_left_out():
@@ -77,7 +78,8 @@ def test_flying_pixels_at_the_silhouette_are_cut():
     depth[5, 5:15] = 2.0  # flying pixels
     depth[14, 5:10] = 3.0  # background under the mask
     boxes = boxes_3d(labels, depth, Intrinsics(100.0, 100.0, 10.0, 10.0), with_points=True)
-    z_low, z_high = boxes.centers[0, 2] - boxes.sizes[0, 2] / 2, boxes.centers[0, 2] + boxes.sizes[0, 2] / 2
+    z_low = boxes.centers[0, 2] - boxes.sizes[0, 2] / 2
+    z_high = boxes.centers[0, 2] + boxes.sizes[0, 2] / 2
     assert z_low == pytest.approx(1.0, abs=1e-6) and z_high == pytest.approx(1.04, abs=1e-6)
     assert np.all(boxes.points[:, 2] < 1.05)
 

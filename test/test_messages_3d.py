@@ -1,4 +1,4 @@
-"""messages_3d: depth and camera messages -> arrays, 3D boxes -> Detection3DArray and PointCloud2."""
+"""messages_3d: depth and camera messages -> arrays, 3D boxes -> Detection3DArray, PointCloud2."""
 import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, PointField
@@ -77,5 +77,6 @@ def test_point_cloud(scene):
         ("instance", 12, PointField.UINT16), ("class", 14, PointField.UINT16)]
     cloud = np.frombuffer(bytes(msg.data), messages_3d.POINT_DTYPE)
     assert msg.point_step == 16 and msg.row_step == 16 * msg.width and len(cloud) == msg.width
-    assert sorted(set(zip(cloud["instance"].tolist(), cloud["class"].tolist()))) == [(11, 4), (12, 7)]
+    pairs = set(zip(cloud["instance"].tolist(), cloud["class"].tolist()))
+    assert sorted(pairs) == [(11, 4), (12, 7)]
     np.testing.assert_allclose(cloud["z"][cloud["instance"] == 12], 3.0)

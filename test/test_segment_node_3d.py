@@ -8,45 +8,23 @@ leave the node running with its 2D outputs.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
-from ros_domain import unique_domain_id
 from ros_helpers import FAST_ENGINE, ROOT, Listener, NodeProcess, camera_image
-from saom_ros.classes import SAOM_CLASSES
 from saom_ros.image_codec import array_to_image, image_to_array
 from saom_ros.messages_3d import POINT_DTYPE
-from saom_ros.model import ModelConfig, build_saom, save_checkpoint
+# The fixtures ros (DDS in this process) and checkpoint (a tiny model) are test_segment_node's.
+from test_segment_node import ANSWER_TIMEOUT, START_TIMEOUT, checkpoint, ros  # noqa: F401
 
-START_TIMEOUT = 120
-ANSWER_TIMEOUT = 90
 H, W = 48, 64
 FX, FY, CX, CY = 50.0, 55.0, 31.5, 23.5
 NODE = "/d3/segment_node"
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init(domain_id=unique_domain_id())
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    import torch
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_saom.pt"
-    save_checkpoint(path, build_saom(ModelConfig.preset("tiny", num_classes=len(SAOM_CLASSES)),
-                                     SAOM_CLASSES).eval())
-    return path
 
 
 class Camera:
