@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -19,8 +20,10 @@ from vision_msgs.msg import Detection3DArray
 from ros_helpers import FAST_ENGINE, ROOT, Listener, NodeProcess, camera_image
 from saom_ros.image_codec import array_to_image, image_to_array
 from saom_ros.messages_3d import POINT_DTYPE
-# The fixtures ros (DDS in this process) and checkpoint (a tiny model) are test_segment_node's.
-from test_segment_node import ANSWER_TIMEOUT, START_TIMEOUT, checkpoint, ros  # noqa: F401
+# The fixtures ros (DDS in this process), context (a private one) and checkpoint (a tiny model)
+# are test_segment_node's.
+from test_segment_node import (ANSWER_TIMEOUT, START_TIMEOUT, checkpoint, context,  # noqa: F401
+                               make_node, ros)
 
 H, W = 48, 64
 FX, FY, CX, CY = 50.0, 55.0, 31.5, 23.5
@@ -100,6 +103,32 @@ def camera(ros, node_process):
     assert lis.wait_for_subscriber(START_TIMEOUT, node_process), node_process.output
     yield Camera(lis)
     lis.close()
+
+
+def test_depth_inputs_3d_outputs_and_tracks_follow_the_lifecycle(context, checkpoint):
+    node = make_node(context, checkpoint, use_depth=True, publish_points=True)
+    ok = TransitionCallbackReturn.SUCCESS
+
+    def subscribed(topic: str) -> bool:
+        return bool(node.get_subscriptions_info_by_topic(topic))
+
+    try:
+        assert subscribed("/depth") and subscribed("/camera_info")
+        for topic in ("/segment_node/detections_3d", "/segment_node/points"):
+            assert node.get_publishers_info_by_topic(topic)
+        footprint = np.ones((8, 8), np.uint16)
+        (first,) = node._tracker.assign(footprint, 1).tolist()
+        assert node._tracker.assign(footprint, 1).tolist() == [first]  # the same object
+        assert node.trigger_deactivate() == ok
+        assert not subscribed("/depth") and not subscribed("/camera_info")
+        assert node.trigger_activate() == ok
+        assert node._tracker.assign(footprint, 1).tolist() != [first]  # tracks were forgotten
+        assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
+        assert node._tracker is None and node._depth is None
+        assert not node.get_publishers_info_by_topic("/segment_node/detections_3d")
+    finally:
+        node.close()
+        node.destroy_node()
 
 
 def expected_boxes(labels: np.ndarray, depth_m: np.ndarray) -> dict[int, tuple]:
