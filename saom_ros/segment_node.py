@@ -13,6 +13,7 @@ the node configures and activates itself.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import statistics
 import sys
 import threading
@@ -363,7 +364,7 @@ class SegmentNode(LifecycleNode):
                         f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}): {err}",
                         throttle_duration_sec=_WARN_EVERY_S)
                 except Exception as err:  # keep serving the next frame whatever went wrong
-                    if self._frames.closed:  # publishers may be gone while shutting down
+                    if self._frames.closed or not self.context.ok():  # shutting down
                         return
                     self.get_logger().error(f"processing failed: {type(err).__name__}: {err}",
                                             throttle_duration_sec=_WARN_EVERY_S)
@@ -467,8 +468,17 @@ def start(node: SegmentNode) -> bool:
             and node.trigger_activate() == TransitionCallbackReturn.SUCCESS)
 
 
+def _stop_quietly(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: rclpy's own handler, which runs first, has shut the context down, so spin
+    returns and main cleans up. Python's default (raising KeyboardInterrupt) would break into
+    that clean-up when a second signal comes, as a non-interactive ``ros2 launch`` sends it."""
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """Run the node until shut down; exit status 1 if it cannot start (autostart)."""
+    """Run the node until shut down (exit 0, also on any number of SIGINT/SIGTERM); exit status 1
+    if it cannot start (autostart)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_quietly)
     rclpy.init(args=args)
     try:
         node = SegmentNode()
@@ -476,7 +486,7 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {err}")
         rclpy.try_shutdown()
         return 1
-    if node.params["autostart"] and not start(node):
+    if node.params["autostart"] and not start(node) and rclpy.ok():  # not ok: stopped meanwhile
         node.get_logger().fatal(f"cannot start: {node.configure_error or 'activation failed'}")
         node.close()
         node.destroy_node()
@@ -484,7 +494,7 @@ def main(args: Optional[list[str]] = None) -> int:
         return 1
     try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # a signal, or the context shut down otherwise
         pass
     finally:
         node.close()

@@ -1,0 +1,150 @@
+"""segment_node as a managed node, over real DDS from this process: the lifecycle services drive
+it through every state while camera frames arrive, and only an active node answers; it stops
+cleanly (exit 0, no traceback) on any number of SIGINT and on SIGTERM."""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+
+from ros_helpers import FAST_ENGINE, Listener, NodeProcess, camera_image
+from saom_ros.image_codec import array_to_image
+from test_segment_node import (START_TIMEOUT, checkpoint, header, request,  # noqa: F401 (fixtures)
+                               ros)
+
+SILENCE_S = 4.0  # how long a frame may go unanswered before we call it "not answered"
+
+
+class Lifecycle:
+    """Client of <node>/change_state and <node>/get_state, as a lifecycle manager uses them."""
+
+    def __init__(self, listener: Listener, node: str, process: NodeProcess) -> None:
+        self.listener, self.process = listener, process
+        self._change = listener.node.create_client(ChangeState, f"{node}/change_state")
+        self._get = listener.node.create_client(GetState, f"{node}/get_state")
+        end = time.monotonic() + START_TIMEOUT
+        while not (self._change.service_is_ready() and self._get.service_is_ready()):
+            assert time.monotonic() < end and process.alive(), process.output
+            listener.spin_until(lambda: False, 0.2)
+
+    def _call(self, client, request):
+        future = client.call_async(request)
+        assert self.listener.spin_until(future.done, 60, self.process), self.process.output
+        return future.result()
+
+    def change(self, transition: int) -> bool:
+        return self._call(self._change, ChangeState.Request(
+            transition=Transition(id=transition))).success
+
+    def state(self) -> int:
+        return self._call(self._get, GetState.Request()).current_state.id
+
+
+def answered(listener: Listener, process: NodeProcess, seq: int) -> bool:
+    """Publish frame ``seq`` (a few times, SILENCE_S in all); True if detections came back."""
+    msg = array_to_image(camera_image(seq), "rgb8", header(seq))
+    end = time.monotonic() + SILENCE_S
+    while time.monotonic() < end:
+        listener.pub.publish(msg)
+        if listener.spin_until(lambda: listener.by_stamp("detections", msg.header.stamp), 1.0,
+                               process):
+            return True
+    return False
+
+
+def diagnostics_state(listener: Listener, process: NodeProcess, wanted: str) -> bool:
+    """True once /diagnostics reports lifecycle_state ``wanted``."""
+    return listener.spin_until(
+        lambda: listener.diagnostics_values().get("lifecycle_state") == wanted, 10, process)
+
+
+def test_only_an_active_node_answers_through_the_whole_lifecycle(ros, checkpoint, tmp_path):
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, "autostart": False, **FAST_ENGINE},
+                       {"image": "/cam/managed", "__ns": "/managed"})
+    lis = Listener("/cam/managed", node="/managed/segment_node")
+    try:
+        life = Lifecycle(lis, "/managed/segment_node", proc)
+        assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert diagnostics_state(lis, proc, "unconfigured")
+        assert not answered(lis, proc, 100)
+        assert not life.change(Transition.TRANSITION_ACTIVATE)  # not from unconfigured
+
+        assert life.change(Transition.TRANSITION_CONFIGURE)
+        assert life.state() == State.PRIMARY_STATE_INACTIVE
+        assert diagnostics_state(lis, proc, "inactive")
+        assert not answered(lis, proc, 101)
+
+        assert life.change(Transition.TRANSITION_ACTIVATE)
+        assert life.state() == State.PRIMARY_STATE_ACTIVE
+        assert lis.wait_for_subscriber(30, proc)
+        request(lis, array_to_image(camera_image(102), "rgb8", header(102)), proc)
+        assert diagnostics_state(lis, proc, "active")
+
+        assert life.change(Transition.TRANSITION_DEACTIVATE)
+        assert life.state() == State.PRIMARY_STATE_INACTIVE
+        assert not answered(lis, proc, 103)
+
+        assert life.change(Transition.TRANSITION_CLEANUP)
+        assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert not answered(lis, proc, 104)
+
+        assert life.change(Transition.TRANSITION_CONFIGURE)  # the model loads again
+        assert life.change(Transition.TRANSITION_ACTIVATE)
+        assert lis.wait_for_subscriber(30, proc)
+        request(lis, array_to_image(camera_image(105), "rgb8", header(105)), proc)
+
+        assert life.change(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert life.state() == State.PRIMARY_STATE_FINALIZED
+        assert not answered(lis, proc, 106)
+        assert proc.alive()
+    finally:
+        lis.close()
+        proc.stop()
+    assert "Traceback" not in proc.output, proc.output
+
+
+def test_a_failed_configure_over_the_service_stays_unconfigured(ros, tmp_path):
+    missing = tmp_path / "no_model.pt"
+    proc = NodeProcess(tmp_path, {"checkpoint": missing, "autostart": False},
+                       {"__ns": "/broken"})
+    lis = Listener("/cam/broken", node="/broken/segment_node")
+    try:
+        life = Lifecycle(lis, "/broken/segment_node", proc)
+        assert not life.change(Transition.TRANSITION_CONFIGURE)
+        assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert lis.spin_until(lambda: str(missing) in proc.output, 10, proc)
+        assert diagnostics_state(lis, proc, "unconfigured")
+        assert proc.alive()
+    finally:
+        lis.close()
+        proc.stop()
+
+
+@pytest.mark.parametrize("signals", [
+    pytest.param((signal.SIGINT,), marks=pytest.mark.slow, id="INT"),
+    pytest.param((signal.SIGINT,) * 3, id="INTx3"),  # a non-interactive launch stopping twice+
+    pytest.param((signal.SIGTERM,), marks=pytest.mark.slow, id="TERM"),
+    pytest.param((signal.SIGTERM, signal.SIGINT, signal.SIGTERM), id="TERM-INT-TERM"),
+])
+def test_signals_stop_the_node_cleanly(ros, checkpoint, tmp_path, signals):
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, **FAST_ENGINE, "points_per_side": 8},
+                       {"image": "/cam/stop", "__ns": "/stop"})
+    lis = Listener("/cam/stop", node="/stop/segment_node")
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        request(lis, array_to_image(camera_image(1), "rgb8", header(1)), proc)
+        big = array_to_image(camera_image(2, 480, 640), "rgb8", header(2))
+        lis.pub.publish(big)  # inference in flight while the signals arrive
+        lis.spin_until(lambda: False, 0.3)
+        for sig in signals:
+            proc.proc.send_signal(sig)
+            time.sleep(0.1)
+        code = proc.proc.wait(timeout=60)
+    finally:
+        lis.close()
+        proc.stop()
+    assert code == 0, proc.output
+    assert "Traceback" not in proc.output and "KeyboardInterrupt" not in proc.output, proc.output
