@@ -12,10 +12,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from segment_anything.utils.amg import (
-    batched_mask_to_box, build_point_grid, calculate_stability_score, remove_small_regions)
-from torch.nn import functional as F
+from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 from torchvision.ops import nms
+
+from saom_ros import full_size
+from saom_ros.full_size import stability_scores
 
 from saom_ros.image_decode import MAX_IMAGE_PIXELS
 from saom_ros.model import Saom
@@ -24,8 +25,6 @@ from saom_ros.model import Saom
 # without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
 # (small masks, threshold 0.5; 0.015 above 0.9) in our measurements.
 STABILITY_MARGIN = 0.2
-# Masks upsampled to full size at once.
-UPSAMPLE_CHUNK = 128
 # The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
 LOW_RES_PER_EMBEDDING = 4
 
@@ -214,12 +213,13 @@ class EverythingEngine:
             iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
             if s.stability_score_thresh > 0:
                 # Cheap pre-screen on the low-res logits; survivors are decided at full size.
-                stab = calculate_stability_score(logits[:, :valid[0], :valid[1]],
-                                                 s.mask_threshold, s.stability_score_offset)
+                stab = stability_scores(logits[:, :valid[0], :valid[1]], s.mask_threshold,
+                                        s.stability_score_offset, (-2, -1))
                 keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
             logits, iou, cls = logits[keep], iou[keep], cls[keep]
-            for lg, io, cl in zip(*(t.split(UPSAMPLE_CHUNK) for t in (logits, iou, cls))):
-                self._full_size_filter(cand, lg, io, cl, input_hw, orig_hw)
+            for part in full_size.chunks(logits.shape[0]):
+                self._full_size_filter(cand, logits[part], iou[part], cls[part], input_hw,
+                                       orig_hw)
         return cand.cat()
 
     def _full_size_filter(self, cand: _Candidates, logits: torch.Tensor, iou: torch.Tensor,
@@ -228,13 +228,12 @@ class EverythingEngine:
         """Stability filter and boxes on full-resolution masks, as SamAutomaticMaskGenerator."""
         s = self.settings
         full = self._upsample(logits, input_hw, orig_hw)
-        stab = calculate_stability_score(full, s.mask_threshold, s.stability_score_offset)
-        boxes = batched_mask_to_box(full > s.mask_threshold).float()
+        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1))
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
         keep = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
             torch.ones_like(iou, dtype=torch.bool)
         cand.add(logits=logits[keep], iou=iou[keep], cls=cls[keep], stability=stab[keep],
-                 boxes=boxes[keep])
+                 boxes=full_size.boxes_of(full, s.mask_threshold)[keep])
 
     @staticmethod
     def _class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torch.Tensor:
@@ -246,15 +245,9 @@ class EverythingEngine:
 
     def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
                   orig_hw: tuple[int, int]) -> torch.Tensor:
-        """Full-resolution logits, exactly as Sam.postprocess_masks makes them from uncropped
-        logits: the first bilinear step has the same scale and reads only kept rows and columns."""
-        f = self.model.config.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res one
-        x = F.interpolate(logits[:, None], (f * logits.shape[-2], f * logits.shape[-1]),
-                          mode="bilinear", align_corners=False)
-        x = x[..., :input_hw[0], :input_hw[1]]
-        if x.shape[-2:] == orig_hw:  # bilinear to the same size is the identity
-            return x[:, 0]
-        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)[:, 0]
+        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
+        step = self.model.config.patch_size // LOW_RES_PER_EMBEDDING  # input px per low-res px
+        return full_size.upsample(logits, step, input_hw, orig_hw)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> Instances:
@@ -268,32 +261,15 @@ class EverythingEngine:
         c = self._decode_all(emb, self._points(orig_hw, input_hw), valid, input_hw, orig_hw)
         keep = nms(c["boxes"], c["iou"], s.box_nms_thresh)
         iou, cls, stability = c["iou"][keep], c["cls"][keep], c["stability"][keep]
-        masks = self._upsample(c["logits"][keep], input_hw, orig_hw) > s.mask_threshold
+        masks = (self._upsample(c["logits"][keep], input_hw, orig_hw) > s.mask_threshold
+                 ).permute(2, 0, 1).contiguous()
         if s.min_mask_region_area > 0:
-            masks, order = self._remove_small_regions(masks, iou)
+            masks, order = full_size.remove_small(masks, iou, s.min_mask_region_area,
+                                                  s.box_nms_thresh)
             iou, cls, stability = iou[order], cls[order], stability[order]
         if s.max_instances > 0:
             masks, iou, cls, stability = (t[:s.max_instances] for t in (masks, iou, cls, stability))
         return self._instances(masks, iou, stability, cls)
-
-    def _remove_small_regions(self, masks: torch.Tensor, iou: torch.Tensor
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SamAutomaticMaskGenerator.postprocess_small_regions on the surviving masks.
-
-        Returns the new masks and the indices (into the inputs) they came from, by descending IoU.
-        """
-        area = self.settings.min_mask_region_area
-        new, unchanged = [], []
-        for m in masks.cpu().numpy():
-            m, holes = remove_small_regions(m, area, mode="holes")
-            m, islands = remove_small_regions(m, area, mode="islands")
-            new.append(torch.as_tensor(m))
-            unchanged.append(float(not (holes or islands)))
-        out = torch.stack(new).to(masks.device) if new else masks
-        scores = torch.tensor(unchanged, device=masks.device)
-        keep = nms(batched_mask_to_box(out).float(), scores, self.settings.box_nms_thresh)
-        keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
-        return out[keep], keep
 
     def _instances(self, masks: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor,
                    cls: torch.Tensor) -> Instances:
@@ -302,14 +278,7 @@ class EverythingEngine:
         class_scores, class_idx = (iou, torch.zeros_like(iou, dtype=torch.long)) if agnostic \
             else cls.max(dim=1)
         class_ids = class_idx + 1
-        h, w = masks.shape[-2:]
-        if masks.shape[0]:
-            covered = masks.any(dim=0)
-            first = masks.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximum
-            inst = torch.where(covered, first + 1, 0)
-            sem = torch.where(covered, class_ids[first], 0)
-        else:
-            inst = sem = torch.zeros(h, w, dtype=torch.long, device=masks.device)
+        instance_image, semantic_image = full_size.label_images(masks, class_ids)
         return Instances(
             masks=masks.cpu().numpy(),
             boxes=batched_mask_to_box(masks).float().cpu().numpy().reshape(-1, 4),
@@ -317,6 +286,6 @@ class EverythingEngine:
             stability_score=stability.float().cpu().numpy(),
             class_ids=class_ids.to(torch.int32).cpu().numpy(),
             class_scores=class_scores.float().cpu().numpy(),
-            instance_image=inst.to(torch.int32).cpu().numpy().astype(np.uint16),
-            semantic_image=sem.to(torch.int32).cpu().numpy().astype(np.uint16),
+            instance_image=instance_image,
+            semantic_image=semantic_image,
         )

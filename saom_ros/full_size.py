@@ -1,0 +1,101 @@
+"""Full-resolution mask work of everything mode: bilinear upsampling, stability scores, boxes.
+
+Masks are kept channels last (memory [H, W, N]): PyTorch's bilinear kernel then vectorises
+across masks, ~10x faster on the CPU than upsampling one channels-first plane per mask, and the
+per-mask counts and extents are reductions over contiguous mask vectors. Masks go through in
+chunks of CHUNK so that a chunk's full-size logits stay in cache between those reductions.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+from torch.nn import functional as F
+from torchvision.ops import nms
+
+# Masks per pass (32 masks of 256x256 float logits = 8 MiB).
+CHUNK = 32
+
+
+def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+             orig_hw: tuple[int, int]) -> torch.Tensor:
+    """Full-resolution logits [H, W, N] of low-res logits [N, h, w], as Sam.postprocess_masks
+    makes them from uncropped logits: a bilinear step of ``step`` (the same scale as its resize
+    to img_size, reading only the rows and columns given), the crop to ``input_hw``, then
+    bilinear to ``orig_hw`` (skipped when that is the identity)."""
+    if logits.shape[0] == 0:  # the bilinear kernel refuses empty input
+        return logits.new_empty(orig_hw + (0,))
+    x = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # [1, N, h, w] viewing [h, w, N]
+    x = x.contiguous(memory_format=torch.channels_last)
+    x = F.interpolate(x, (step * logits.shape[-2], step * logits.shape[-1]), mode="bilinear",
+                      align_corners=False)[..., :input_hw[0], :input_hw[1]]
+    if x.shape[-2:] != orig_hw:
+        x = F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0)
+
+
+def chunks(n: int) -> Iterator[slice]:
+    """Slices of CHUNK masks covering range(n); one empty slice when n is 0."""
+    return (slice(i, min(i + CHUNK, n)) for i in range(0, max(n, 1), CHUNK))
+
+
+def stability_scores(logits: torch.Tensor, threshold: float, offset: float,
+                     dims: tuple[int, ...]) -> torch.Tensor:
+    """segment_anything's calculate_stability_score (IoU of the masks thresholded at
+    ``threshold`` +- ``offset``), reducing ``dims``; 0/0 stays NaN and fails any filter."""
+    inter = (logits > threshold + offset).sum(dims, dtype=torch.int32)
+    union = (logits > threshold - offset).sum(dims, dtype=torch.int32)
+    return inter / union
+
+
+def boxes_of(full: torch.Tensor, threshold: float) -> torch.Tensor:
+    """batched_mask_to_box(full > threshold) for channels-last logits [H, W, N]: float [N, 4]
+    inclusive x0, y0, x1, y1; all zero for an empty mask."""
+    rows = (full.amax(1) > threshold).T  # [N, H]
+    cols = (full.amax(0) > threshold).T  # [N, W]
+
+    def extent(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(hit.shape[1], device=hit.device)
+        return (torch.where(hit, idx, hit.shape[1]).amin(1),
+                torch.where(hit, idx, -1).amax(1))
+
+    (y0, y1), (x0, x1) = extent(rows), extent(cols)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return torch.where((y1 < 0)[:, None], 0, boxes).float()
+
+
+def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
+                 nms_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SamAutomaticMaskGenerator.postprocess_small_regions on masks [N, H, W] (bool).
+
+    Returns the new masks and the indices (into the inputs) they came from, by descending IoU.
+    """
+    new, unchanged = [], []
+    for m in masks.cpu().numpy():
+        m, holes = remove_small_regions(m, area, mode="holes")
+        m, islands = remove_small_regions(m, area, mode="islands")
+        new.append(torch.as_tensor(m))
+        unchanged.append(float(not (holes or islands)))
+    out = torch.stack(new).to(masks.device) if new else masks
+    scores = torch.tensor(unchanged, device=masks.device)
+    keep = nms(batched_mask_to_box(out).float(), scores, nms_thresh)
+    keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
+    return out[keep], keep
+
+
+def label_images(masks: torch.Tensor, class_ids: torch.Tensor
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Instance and semantic images (uint16 [H, W]) of masks [N, H, W] sorted best first: a pixel
+    goes to the first mask covering it (instance i + 1, its class id); 0 where none does."""
+    h, w = masks.shape[-2:]
+    if masks.shape[0]:
+        covered = masks.any(dim=0)
+        first = masks.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximum
+        inst = torch.where(covered, first + 1, 0)
+        sem = torch.where(covered, class_ids[first], 0)
+    else:
+        inst = sem = torch.zeros(h, w, dtype=torch.long, device=masks.device)
+    return (inst.to(torch.int32).cpu().numpy().astype(np.uint16),
+            sem.to(torch.int32).cpu().numpy().astype(np.uint16))
