@@ -23,12 +23,9 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "saom_ros" / "data"
-# Its ``demo`` section: the node parameters the demo runs the shipped model with.
-EXPERIMENT = ROOT / "config" / "experiment.yaml"
 REAL_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
 # Longest side of the real images as sent: the model sees 256 px anyway, and frames much larger
 # than ~300 KB did not reach the node's best-effort subscription here (see the node's
@@ -44,24 +41,16 @@ def ros_environment() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def node_parameters() -> dict[str, object]:
-    """The shipped model's everything-mode settings (config/experiment.yaml, ``demo``) as
-    segment_node parameters."""
-    from saom_ros.node_parameters import ENGINE_PARAMETERS
-    settings = yaml.safe_load(EXPERIMENT.read_text())["demo"]
-    return {name: settings[field] for name, field in ENGINE_PARAMETERS.items()
-            if field in settings}
+def node_command(checkpoint: Path) -> list[str]:
+    """``saom-segment --ros-args ...`` (the console script beside this Python, else ``-m``).
 
-
-def node_command(checkpoint: Path, params: dict[str, object]) -> list[str]:
-    """``saom-segment --ros-args ...`` (the console script beside this Python, else ``-m``)."""
+    No engine parameters: the node runs with the everything-mode settings the checkpoint carries.
+    """
     script = Path(sys.executable).parent / "saom-segment"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.segment_node"]
-    cmd += ["--ros-args", "-r", f"__node:={NODE}", "-r", f"image:=/{NODE}/camera/image",
-            "-p", f"checkpoint:={checkpoint}", "-p", "publish_overlay:=true", "-p", "device:=cpu"]
-    for key, value in params.items():
-        cmd += ["-p", f"{key}:={value}"]
-    return cmd
+    return cmd + ["--ros-args", "-r", f"__node:={NODE}", "-r", f"image:=/{NODE}/camera/image",
+                  "-p", f"checkpoint:={checkpoint}", "-p", "publish_overlay:=true",
+                  "-p", "device:=cpu"]
 
 
 class DemoClient:
@@ -193,11 +182,12 @@ def run(checkpoint: Path, frames_dir: Path, out_dir: Path, with_real: bool = Tru
         old.unlink()
     env = ros_environment()
     os.environ.update(env)  # this process joins the same private domain
-    params = node_parameters()
     log_path = out_dir / "segment_node.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(node_command(checkpoint, params), cwd=ROOT, env=env,
+        proc = subprocess.Popen(node_command(checkpoint), cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
+    from saom_ros.model import load_model  # while the node starts
+    carried = load_model(checkpoint).everything
     alive = lambda: proc.poll() is None  # noqa: E731
     client = None
     try:
@@ -208,7 +198,7 @@ def run(checkpoint: Path, frames_dir: Path, out_dir: Path, with_real: bool = Tru
               f"{time.monotonic() - start:.1f} s; ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}")
         summary = {"checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT)
                                      else checkpoint),
-                   "node_parameters": params, "frames": [], "real_images": []}
+                   "everything_settings": carried, "frames": [], "real_images": []}
         for i, path in enumerate(frames):
             rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
             result = client.segment(rgb, path.stem, alive)
