@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,12 @@ def grid_points(points_per_side: int, image_hw: tuple[int, int]) -> np.ndarray:
     """The everything-mode prompt grid in the image frame, float32[P, 2] (x, y)."""
     h, w = image_hw
     return (make_point_grid(points_per_side) * np.array([w, h])).astype(np.float32)
+
+
+def grid_pixels(grid: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row of the pixel each grid point falls in (clipped to the image)."""
+    ix = np.clip(np.floor(grid).astype(np.int64), 0, [image_hw[1] - 1, image_hw[0] - 1])
+    return ix[:, 0], ix[:, 1]
 
 
 def to_model_frame(points: np.ndarray, image_hw: tuple[int, int], img_size: int) -> np.ndarray:
@@ -98,10 +105,9 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     rh, rw = resized_hw(image_hw, img_size)
     xy_model = np.stack([(cell % gw + 0.5) * img_size / gw, (cell // gw + 0.5) * img_size / gh], 1)
     xy = xy_model * np.array([image_hw[1] / rw, image_hw[0] / rh])
-    grid_ix = np.clip(np.floor(grid).astype(np.int64), 0, [image_hw[1] - 1, image_hw[0] - 1])
     dist = ((xy[:, None, :] - grid[None]) ** 2).sum(-1)  # [K, P]
     keep_np = keep.cpu().numpy()
-    gx, gy = (torch.as_tensor(grid_ix[:, i], device=masks.device) for i in (0, 1))
+    gx, gy = (torch.as_tensor(ix, device=masks.device) for ix in grid_pixels(grid, image_hw))
     on_mask = masks[keep][:, gy, gx].cpu().numpy()  # [K, P]: grid point lies on the mask
     dist = np.where(on_mask.any(1, keepdims=True) & ~on_mask, np.inf, dist)
     chosen = dist.argmin(1)
@@ -119,3 +125,35 @@ def assign_random(masks: torch.Tensor, rng: np.random.Generator) -> Assignment:
             points.append((xs[j] + 0.5, ys[j] + 0.5))
     return Assignment(np.asarray(keep, np.int64), np.asarray(points, np.float32).reshape(-1, 2),
                       np.full(len(keep), -1, np.int64))
+
+
+def add_interior_points(base: Assignment, masks: torch.Tensor, points_per_side: int,
+                        points_per_mask: int, rng: np.random.Generator) -> Assignment:
+    """Multi-point assignment: every mask of ``base`` (a nearest-neighbour assignment) also gets up to ``points_per_mask - 1`` more
+    grid points lying on it, each trained to return the whole mask.
+
+    Why: everything mode prompts every grid point on an object, but the single nearest-neighbour
+    point trains only one of them; the others return parts that compete with the whole object.
+    Extra points are drawn without replacement with probability proportional to their distance
+    from the mask's edge, so interior points (unambiguous about which object they are on) come
+    first. The result lists ``base``'s prompts first, then the extra ones (``keep`` repeats).
+    """
+    image_hw = (int(masks.shape[-2]), int(masks.shape[-1]))
+    grid = grid_points(points_per_side, image_hw)
+    gx, gy = grid_pixels(grid, image_hw)
+    keep, chosen = [base.keep], [base.grid_index]
+    masks_np = masks.cpu().numpy().astype(np.uint8)
+    for k, g0 in zip(base.keep.tolist(), base.grid_index.tolist()):
+        # distance to the nearest pixel off the mask; 0 for grid points off the mask
+        depth = cv2.distanceTransform(masks_np[k], cv2.DIST_L2, 3)[gy, gx]
+        depth[g0] = 0.0  # already the mask's prompt
+        candidates = np.flatnonzero(depth > 0)
+        n = min(points_per_mask - 1, len(candidates))
+        if n <= 0:
+            continue
+        w = depth[candidates]
+        extra = rng.choice(candidates, n, replace=False, p=w / w.sum())
+        keep.append(np.full(n, k, np.int64))
+        chosen.append(np.sort(extra).astype(np.int64))
+    grid_index = np.concatenate(chosen)
+    return Assignment(np.concatenate(keep), grid[grid_index], grid_index)

@@ -38,7 +38,8 @@ from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.everything import carried_settings, settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model, save_checkpoint
 from saom_ros.training.assignment import (
-    Assignment, assign_nearest, assign_random, mask_coverage, resized_hw, to_model_frame)
+    Assignment, add_interior_points, assign_nearest, assign_random, mask_coverage, resized_hw,
+    to_model_frame)
 from saom_ros.training.datasets import CocoInstances, DatasetError, SaomMetadataDataset
 from saom_ros.training.losses import LossWeights, mask_losses
 from saom_ros.training.process_lifetime import dataloader_worker_init
@@ -94,12 +95,12 @@ def _merge(base: dict, update: dict, where: str) -> dict:
     return out
 
 
-_CHOICES = {("assignment", "prompt_mode"): ("nearest", "random"),
+_CHOICES = {("assignment", "prompt_mode"): ("nearest", "random", "multi"),
             ("loss", "mask_selection"): ("best_gt_iou", "max_pred_iou"),
             ("train", "cache_dtype"): ("float16", "bfloat16", "float32")}
 _POSITIVE_INTS = (("train", "batch_size"), ("train", "grad_accum"), ("train", "log_every"),
                   ("train", "checkpoint_every"), ("assignment", "points_per_side"),
-                  ("data", "max_prompts_per_image"))
+                  ("assignment", "points_per_mask"), ("data", "max_prompts_per_image"))
 
 
 def validate_config(cfg: dict) -> None:
@@ -241,14 +242,18 @@ class TrainStep(nn.Module):
     def assign(self, item: Prepared, embedding: torch.Tensor) -> Assignment:
         rng = sample_rng(self.seed, item.epoch, item.index)
         mode = self.assign_cfg["prompt_mode"]
-        if mode == "nearest":
+        pps = int(self.assign_cfg["points_per_side"])
+        if mode in ("nearest", "multi"):
             a = assign_nearest(embedding[0].detach(), item.masks, self.model.config.img_size,
-                               int(self.assign_cfg["points_per_side"]),
-                               float(self.assign_cfg["min_coverage"]))
+                               pps, float(self.assign_cfg["min_coverage"]))
+            if mode == "multi":
+                a = add_interior_points(a, item.masks, pps,
+                                        int(self.assign_cfg["points_per_mask"]), rng)
         elif mode == "random":
             a = assign_random(item.masks, rng)
         else:
-            raise ValueError(f"assignment.prompt_mode must be nearest or random, not {mode!r}")
+            raise ValueError(f"assignment.prompt_mode must be nearest, random or multi, "
+                             f"not {mode!r}")
         if len(a.keep) > self.max_prompts:
             pick = np.sort(rng.choice(len(a.keep), self.max_prompts, replace=False))
             a = Assignment(a.keep[pick], a.points[pick], a.grid_index[pick])

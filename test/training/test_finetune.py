@@ -213,6 +213,27 @@ def test_unfrozen_class_agnostic_random_prompts(dataset, tmp_path):
         assert all(float(r["ce"]) == 0.0 for r in csv.DictReader(f))
 
 
+def test_multi_point_prompts_with_the_encoder_training(dataset, tmp_path):
+    """The shipped recipe: several grid points per object (more prompts than the nearest
+    assignment's one per object), class head, encoder trained."""
+    prompts = {}
+    for mode in ("nearest", "multi"):
+        cfg = tiny_config(dataset, tmp_path / mode, "train.max_steps=2",
+                          "model.freeze_encoder=false", f"assignment.prompt_mode={mode}",
+                          "assignment.points_per_mask=4")
+        finetune.train(cfg, progress=False)
+        with open(tmp_path / mode / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        prompts[mode] = sum(float(r["prompts"]) for r in rows)
+        assert all(float(r["ce"]) > 0.0 for r in rows)
+    assert prompts["nearest"] < prompts["multi"] <= 4 * prompts["nearest"]
+    key = "sam.image_encoder.patch_embed.proj.weight"
+    torch.manual_seed(0)
+    start = build_saom(ModelConfig.preset("tiny", len(CLASSES)), CLASSES)
+    assert not torch.equal(start.state_dict()[key],
+                           _final_model(tmp_path / "multi").state_dict()[key])
+
+
 def test_init_from_official_sam_file_adds_a_class_head(dataset, tmp_path):
     torch.manual_seed(1)
     sam = build_saom(ModelConfig.preset("tiny")).sam
