@@ -16,7 +16,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
-        (f"share/{package_name}/config", glob("config/*.yaml")),
+        (f"share/{package_name}/config", glob("config/*.yaml") + glob("config/*.xml")),
         # ros2 run / launch_ros look for executables in lib/<package>; pip ignores setup.cfg's
         # install_scripts, so ship small launchers there as data files.
         (f"lib/{package_name}", glob("scripts/lib/*")),
