@@ -9,17 +9,16 @@ checkpoint's everything-mode settings (``everything.settings_for``), else the ge
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Optional
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from saom_ros.engine_loader import DEFAULT_CHECKPOINT
 from saom_ros.everything import RUNTIME_FIELDS, EverythingSettings
 from saom_ros.input_qos import RELIABILITY_SETTINGS
 from saom_ros.model import PRESETS
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "saom_small.pt"
 # Node parameter -> EverythingSettings field. These apply to the next frame when set at run time.
 ENGINE_PARAMETERS = {
     "points_per_side": "points_per_side",

@@ -18,7 +18,6 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -37,14 +36,14 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
 from saom_ros import image_codec, messages
-from saom_ros.classes import load_class_file
 from saom_ros.depth_stage import DepthStage
-from saom_ros.everything import EverythingEngine, settings_for
+from saom_ros.engine_loader import StartupError, load_engine
+from saom_ros.everything import EverythingEngine
 from saom_ros.input_qos import FollowingSubscription
 from saom_ros.input_watchdog import InputWatchdog, Level
-from saom_ros.model import CheckpointError, load_model
-from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, FROM_CHECKPOINT,
-                                      engine_fields, parameter_table, validate)
+from saom_ros.latest_frame import LatestFrame
+from saom_ros.node_parameters import (ENGINE_PARAMETERS, FROM_CHECKPOINT, engine_fields,
+                                      parameter_table, validate)
 from saom_ros.tracking import Tracker, track_image
 
 NODE_NAME = "segment_node"
@@ -58,62 +57,6 @@ def compressed_topic(node: LifecycleNode) -> str:
     if explicit != node.resolve_topic_name("image/compressed", only_expand=True):
         return explicit
     return node.resolve_topic_name("image") + "/compressed"
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why (a missing file, an unavailable device...)."""
-
-
-def resolve_device(spec: str) -> torch.device:
-    """The torch device for a ``device`` parameter; StartupError if CUDA is asked for but absent."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StartupError(f"device {spec!r} requested but CUDA is not available on this "
-                               "machine (torch.cuda.is_available() is False); use cpu or auto")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise StartupError(f"device {spec!r} requested but only {count} CUDA device(s) exist")
-    return device
-
-
-class LatestFrame:
-    """A one-slot buffer: ``put`` never blocks and replaces a frame nobody took (a drop)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._closed = False
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            self.dropped += self._item is not None
-            self._item = item
-            self._cond.notify()
-
-    def take(self) -> Any:
-        """The newest item, waiting for one; None once closed."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._item is not None or self._closed)
-            item, self._item = self._item, None
-            return None if self._closed else item
-
-    def discard(self) -> None:
-        """Forget a frame nobody took (not counted as a drop)."""
-        with self._cond:
-            self._item = None
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 @dataclasses.dataclass
@@ -242,31 +185,10 @@ class SegmentNode(LifecycleNode):
     def _load(self) -> None:
         """Load the model and build the engine from the parameters; StartupError says why not."""
         p = self.params
-        device = resolve_device(p["device"])
-        checkpoint = Path(p["checkpoint"] or DEFAULT_CHECKPOINT)
-        if checkpoint == DEFAULT_CHECKPOINT and not checkpoint.is_file():
-            raise StartupError(f"checkpoint file {checkpoint} does not exist (the packaged "
-                               "default model is not installed; set the checkpoint parameter)")
-        try:
-            model = load_model(checkpoint, None if p["model_type"] == "auto" else p["model_type"],
-                               device)
-        except CheckpointError as err:
-            raise StartupError(str(err)) from None
-        class_names = model.class_names
-        if p["classes"]:
-            try:
-                class_names = load_class_file(p["classes"])
-            except ValueError as err:
-                raise StartupError(str(err)) from None
-            if len(class_names) != len(model.class_names):
-                raise StartupError(f"class file {p['classes']} names {len(class_names)} "
-                                   f"classes but {checkpoint} has {len(model.class_names)}")
-        try:
-            settings = settings_for(model, **engine_fields(p))
-        except ValueError as err:  # a checkpoint carrying settings of the wrong name or type
-            raise StartupError(f"{checkpoint}: {err}") from None
-        self.device, self.class_names = device, class_names
-        self._engine = EverythingEngine(model, settings, device)
+        loaded = load_engine(p["checkpoint"], p["model_type"], p["device"], p["classes"],
+                             engine_fields(p))
+        self._engine, self.device, self.class_names = (loaded.engine, loaded.device,
+                                                       loaded.class_names)
 
     def _show_checkpoint_settings(self) -> None:
         """Set the unset engine parameters to the values in use, so `ros2 param get` shows them."""

@@ -7,7 +7,6 @@ publishes the camera images and checks what comes back.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingSettings
 from saom_ros.image_codec import array_to_image, image_to_array
 from saom_ros.model import ModelConfig, build_saom, save_checkpoint
-from saom_ros.segment_node import LatestFrame, SegmentNode, StartupError, start
+from saom_ros.engine_loader import StartupError
+from saom_ros.segment_node import SegmentNode, start
 
 START_TIMEOUT = 120  # seconds for the node process to import torch and subscribe (2 busy cores)
 ANSWER_TIMEOUT = 90
@@ -204,35 +204,6 @@ def test_a_failed_configure_stays_unconfigured_and_keeps_the_reason(context, tmp
     finally:
         node.close()
         node.destroy_node()
-
-
-# --- the latest-frame buffer -------------------------------------------------------------------
-
-def test_latest_frame_keeps_the_newest_and_counts_drops():
-    slot = LatestFrame()
-    for i in range(5):
-        slot.put(i)  # never waits, nobody is taking
-    assert slot.take() == 4 and slot.dropped == 4
-    slot.put(5)
-    assert slot.take() == 5 and slot.dropped == 4
-
-
-def test_latest_frame_take_waits_for_a_frame_and_close_releases_it():
-    slot, got = LatestFrame(), []
-
-    def consume():
-        got.append(slot.take())
-        got.append(slot.take())  # waits until close()
-
-    worker = threading.Thread(target=consume)
-    worker.start()
-    slot.put("frame")
-    deadline = time.monotonic() + 10
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.01)
-    slot.close()
-    worker.join(timeout=10)
-    assert got == ["frame", None] and not worker.is_alive()
 
 
 # --- end to end over DDS ------------------------------------------------------------------------
