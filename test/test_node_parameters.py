@@ -35,6 +35,12 @@ def test_defaults_come_from_engine_settings_and_match_the_params_file():
     assert DEFAULT_CHECKPOINT.parent.name == "data" and DEFAULT_CHECKPOINT.name == "saom_small.pt"
 
 
+def test_the_readme_parameter_table_has_a_row_for_every_parameter():
+    readme = (PARAMS_FILE.parents[1] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", readme, re.M))
+    assert [name for name, _, _ in parameter_table() if name not in rows] == []
+
+
 def test_every_parameter_has_a_description():
     assert all(desc.description for _, _, desc in parameter_table())
 
