@@ -15,18 +15,13 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 from torchvision.ops import nms
 
-from saom_ros import full_size
-from saom_ros.full_size import stability_scores
+from saom_ros import full_size, prompts
+from saom_ros.candidates import Candidates, Frame, decode_candidates
 
 from saom_ros.image_decode import MAX_IMAGE_PIXELS
 from saom_ros.model import Saom
 
-# Masks whose low-res stability score is below the threshold by more than this are dropped
-# without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
-# (small masks, threshold 0.5; 0.015 above 0.9) in our measurements.
-STABILITY_MARGIN = 0.2
-# The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
-LOW_RES_PER_EMBEDDING = 4
+PROMPT_STRATEGIES = ("grid", "hierarchical", "streaming")
 
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
@@ -50,6 +45,26 @@ class EverythingSettings:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # images are also refused before decoding
     cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
     compile: bool = False  # torch.compile the image encoder and the decoder
+    # Which points prompt the decoder (PROMPT_STRATEGIES): grid = the generator's, exact.
+    prompt_strategy: str = "grid"
+    # hierarchical: the first, coarse grid; 0 = points_per_side // 4 (TinySAM's 1/16 of the
+    # points) ...
+    coarse_points_per_side: int = 0
+    # ... and the predicted IoU from which a kept coarse mask is confident: full-grid points
+    # inside a confident mask are not decoded (0 = every kept mask is confident).
+    confident_iou_thresh: float = 0.0
+    # streaming: the full grid every N frames ...
+    keyframe_interval: int = 10
+    # ... a sparse grid of N x N points where no previous instance is (0 = points_per_side // 4)
+    stream_points_per_side: int = 0
+    # ... and a keyframe at once when more than this fraction of the previous instances is lost
+    # (no new instance covers the point it was prompted with).
+    max_lost_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.prompt_strategy not in PROMPT_STRATEGIES:
+            raise ValueError(f"prompt_strategy must be one of {', '.join(PROMPT_STRATEGIES)}, "
+                             f"got {self.prompt_strategy!r}")
 
 
 # Fields that change only speed and memory, never which masks come out: checkpoints do not carry
@@ -103,6 +118,13 @@ class Instances:
     class_scores: np.ndarray  # float32 [N]
     instance_image: np.ndarray  # uint16 [H, W], 0 = none, i + 1 = masks[i]
     semantic_image: np.ndarray  # uint16 [H, W], 0 = unlabelled
+    # int32 [N]: for a mask prompted by an instance of the previous frame (streaming), that
+    # instance's index in the previous Instances; else -1. None given: all -1.
+    prompt_source: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_source is None:
+            self.prompt_source = np.full(len(self), -1, np.int32)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -124,24 +146,14 @@ def validate_image(image: object, max_pixels: int) -> np.ndarray:
     return image
 
 
-class _Candidates:
-    """Masks that passed the filters: low-res logits and per-mask values, on the device."""
-
-    KEYS = ("logits", "iou", "cls", "stability", "boxes")
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
-
-    def add(self, **values: torch.Tensor) -> None:
-        for k in self.KEYS:
-            self.parts[k].append(values[k])
-
-    def cat(self) -> dict[str, torch.Tensor]:
-        return {k: torch.cat(v) for k, v in self.parts.items()}
-
-
 class EverythingEngine:
-    """Turns one RGB image into whole-object, class-labelled instances."""
+    """Turns one RGB image into whole-object, class-labelled instances.
+
+    ``prompt_strategy`` picks the points: ``grid`` (the generator's full grid, exact),
+    ``hierarchical`` (a coarse grid, then only the full-grid points no confident mask covers) or
+    ``streaming`` (one point inside each of the previous frame's instances plus a sparse grid
+    over what they leave uncovered; the full grid on keyframes).
+    """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
                  device: torch.device | str = "cpu") -> None:
@@ -149,6 +161,7 @@ class EverythingEngine:
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
+        self._since_keyframe = 0  # streaming frames since the last full grid
 
     def _on_device(self, model: Saom) -> Saom:
         """The model on the device; on CUDA a copy in ``cuda_dtype`` (prompt encoder in float32,
@@ -162,10 +175,6 @@ class EverythingEngine:
             fast.sam.register_buffer(name, getattr(model.sam, name).to(self.device), False)
         return fast
 
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.model.sam.mask_decoder.iou_token.weight.dtype
-
     def _compiled(self, name: str) -> Callable:
         """The model's method ``name``, through torch.compile when ``compile`` is set."""
         fn = getattr(self.model, name)
@@ -175,117 +184,105 @@ class EverythingEngine:
             self._compiled_fns[name] = torch.compile(fn)
         return self._compiled_fns[name]
 
-    def _points(self, orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> torch.Tensor:
-        """Grid points in model input pixels, as SamAutomaticMaskGenerator computes them."""
-        grid = make_point_grid(self.settings.points_per_side)
-        scale = np.array([input_hw[1] / orig_hw[1], input_hw[0] / orig_hw[0]])
-        pts = grid * np.array(orig_hw[::-1]) * scale
-        return torch.as_tensor(pts, dtype=torch.float32, device=self.device)
+    def _frame(self, image: np.ndarray) -> Frame:
+        validate_image(image, self.settings.max_image_pixels)
+        x, input_hw = self.model.preprocess(image)
+        dtype = self.model.sam.mask_decoder.iou_token.weight.dtype
+        emb = self._compiled("embed")(x.to(dtype))
+        cfg = self.model.config
+        return Frame(emb, (int(image.shape[0]), int(image.shape[1])), input_hw, cfg.img_size,
+                     cfg.patch_size)
 
-    def _low_res_valid(self, input_hw: tuple[int, int], low_res: int) -> tuple[int, int]:
-        """Rows and columns of the low-res logits that cover the image (not the padding)."""
-        f = low_res / self.model.config.img_size
-        return int(np.ceil(input_hw[0] * f)), int(np.ceil(input_hw[1] * f))
+    def _candidates(self, frame: Frame, points: np.ndarray) -> Candidates:
+        return decode_candidates(self.model, frame, points, self.settings, self._compiled)
 
-    def _decode_all(self, emb: torch.Tensor, points: torch.Tensor, valid: tuple[int, int],
-                    input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Decode the grid in batches; keep masks passing the IoU and stability filters."""
-        s = self.settings
-        cand = _Candidates()
-        # Masks only where the image is, plus the low-res row and column beyond it that the
-        # bilinear upsampling reads; the padding's masks are never used.
-        extent = (min(emb.shape[-2], -(-(valid[0] + 1) // LOW_RES_PER_EMBEDDING)),
-                  min(emb.shape[-1], -(-(valid[1] + 1) // LOW_RES_PER_EMBEDDING)))
-        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=self.device)
-        for chunk, lab in zip(points.split(s.points_per_batch), labels.split(s.points_per_batch)):
-            state = self._compiled("decode_tokens")(emb, chunk[:, None, :], lab)
-            iou = state.iou_pred[:, 1:].float()
-            n_masks = iou.shape[1]
-            cls = self._class_probs(self.model.class_logits(state), iou)
-            # The IoU token decides before any mask exists: prompts whose masks all fail the
-            # IoU filter are never upscaled.
-            passed = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
-                iou, dtype=torch.bool)
-            prompts = passed.any(1).nonzero()[:, 0]
-            state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
-            logits = self._compiled("decode_masks")(state, True, extent).flatten(0, 1).float()
-            keep = passed[prompts].flatten()
-            iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
-            if s.stability_score_thresh > 0:
-                # Cheap pre-screen on the low-res logits; survivors are decided at full size.
-                stab = stability_scores(logits[:, :valid[0], :valid[1]], s.mask_threshold,
-                                        s.stability_score_offset, (-2, -1))
-                keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
-            logits, iou, cls = logits[keep], iou[keep], cls[keep]
-            for part in full_size.chunks(logits.shape[0]):
-                self._full_size_filter(cand, logits[part], iou[part], cls[part], input_hw,
-                                       orig_hw)
-        return cand.cat()
-
-    def _full_size_filter(self, cand: _Candidates, logits: torch.Tensor, iou: torch.Tensor,
-                          cls: torch.Tensor, input_hw: tuple[int, int],
-                          orig_hw: tuple[int, int]) -> None:
-        """Stability filter and boxes on full-resolution masks, as SamAutomaticMaskGenerator."""
-        s = self.settings
-        full = self._upsample(logits, input_hw, orig_hw)
-        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1))
-        # The generator drops boxes near crop edges; with one crop (the image) there are none.
-        keep = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
-            torch.ones_like(iou, dtype=torch.bool)
-        cand.add(logits=logits[keep], iou=iou[keep], cls=cls[keep], stability=stab[keep],
-                 boxes=full_size.boxes_of(full, s.mask_threshold)[keep])
-
-    @staticmethod
-    def _class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torch.Tensor:
-        """Per-prompt class probabilities [B, C]; for a class-agnostic model a placeholder
-        column (the packing scores such instances by IoU)."""
-        if class_logits is None:
-            return torch.ones_like(iou[:, :1])
-        return class_logits.float().softmax(-1)
-
-    def _upsample(self, logits: torch.Tensor, input_hw: tuple[int, int],
-                  orig_hw: tuple[int, int]) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
-        step = self.model.config.patch_size // LOW_RES_PER_EMBEDDING  # input px per low-res px
-        return full_size.upsample(logits, step, input_hw, orig_hw)
+    def _grid(self, frame: Frame, points_per_side: int) -> Candidates:
+        return self._candidates(frame, prompts.grid_points(points_per_side, frame.orig_hw))
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray) -> Instances:
-        s = self.settings
-        validate_image(image, s.max_image_pixels)
-        orig_hw = (int(image.shape[0]), int(image.shape[1]))
-        x, input_hw = self.model.preprocess(image)
-        emb = self._compiled("embed")(x.to(self._dtype))
-        low_res = 4 * emb.shape[-1]
-        valid = self._low_res_valid(input_hw, low_res)
-        c = self._decode_all(emb, self._points(orig_hw, input_hw), valid, input_hw, orig_hw)
-        keep = nms(c["boxes"], c["iou"], s.box_nms_thresh)
-        iou, cls, stability = c["iou"][keep], c["cls"][keep], c["stability"][keep]
-        masks = (self._upsample(c["logits"][keep], input_hw, orig_hw) > s.mask_threshold
-                 ).permute(2, 0, 1).contiguous()
-        if s.min_mask_region_area > 0:
-            masks, order = full_size.remove_small(masks, iou, s.min_mask_region_area,
-                                                  s.box_nms_thresh)
-            iou, cls, stability = iou[order], cls[order], stability[order]
-        if s.max_instances > 0:
-            masks, iou, cls, stability = (t[:s.max_instances] for t in (masks, iou, cls, stability))
-        return self._instances(masks, iou, stability, cls)
+    def __call__(self, image: np.ndarray, previous: Optional[Instances] = None) -> Instances:
+        """Instances of ``image``; ``previous`` (the last result on this camera) is used by the
+        streaming strategy only."""
+        frame = self._frame(image)
+        strategy = self.settings.prompt_strategy
+        if strategy == "hierarchical":
+            return self._finish(frame, self._hierarchical(frame))
+        if strategy == "streaming":
+            streamed = self._streaming(frame, previous)
+            if streamed is not None:
+                return streamed
+            self._since_keyframe = 0
+        return self._finish(frame, self._grid(frame, self.settings.points_per_side))
 
-    def _instances(self, masks: torch.Tensor, iou: torch.Tensor, stability: torch.Tensor,
-                   cls: torch.Tensor) -> Instances:
+    def _hierarchical(self, frame: Frame) -> Candidates:
+        """Coarse-grid candidates, plus those of the full-grid points that no confident kept
+        coarse mask covers. Confident: kept by NMS with predicted IoU >= confident_iou_thresh."""
+        s = self.settings
+        coarse = self._grid(frame, s.coarse_points_per_side or max(1, s.points_per_side // 4))
+        kept = coarse.select(nms(coarse.boxes, coarse.iou, s.box_nms_thresh))
+        confident = kept.select(kept.iou >= s.confident_iou_thresh)
+        coverage = (frame.upsample(confident.logits) > s.mask_threshold).any(-1)
+        points = prompts.grid_points(s.points_per_side, frame.orig_hw)
+        points = points[~prompts.covered(points, coverage.cpu().numpy())]
+        return Candidates.cat([coarse, self._candidates(frame, points)])
+
+    def _streaming(self, frame: Frame, previous: Optional[Instances]) -> Optional[Instances]:
+        """Instances from the previous ones' inside points and a sparse grid over the uncovered
+        area; None when this frame must be a keyframe (none before, a new image size, the
+        keyframe interval is over, or more than max_lost_fraction of the previous instances
+        are lost: no new instance covers their point)."""
+        s = self.settings
+        if previous is None or previous.instance_image.shape != frame.orig_hw or \
+                self._since_keyframe + 1 >= s.keyframe_interval:
+            return None
+        inside, valid = prompts.inside_points(previous.masks)
+        sparse = prompts.grid_points(s.stream_points_per_side or max(1, s.points_per_side // 4),
+                                     frame.orig_hw)
+        sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
+        source = np.concatenate([np.flatnonzero(valid), np.full(len(sparse), -1)])
+        points = np.concatenate([inside[valid], sparse]).reshape(-1, 2)
+        result = self._finish(frame, self._candidates(frame, points), source.astype(np.int32))
+        lost = ~prompts.covered(inside[valid], result.instance_image > 0)
+        if lost.sum() > s.max_lost_fraction * valid.sum():
+            return None
+        self._since_keyframe += 1
+        return result
+
+    def _finish(self, frame: Frame, cand: Candidates,
+                source: Optional[np.ndarray] = None) -> Instances:
+        """Box NMS, full-size masks, small-region removal, max_instances; ``source`` maps each
+        decoded point to a previous instance (or -1) for ``Instances.prompt_source``."""
+        s = self.settings
+        cand = cand.select(nms(cand.boxes, cand.iou, s.box_nms_thresh))
+        masks = (frame.upsample(cand.logits) > s.mask_threshold).permute(2, 0, 1).contiguous()
+        if s.min_mask_region_area > 0:
+            masks, order = full_size.remove_small(masks, cand.iou, s.min_mask_region_area,
+                                                  s.box_nms_thresh)
+            cand = cand.select(order)
+        if s.max_instances > 0:
+            masks, cand = masks[:s.max_instances], cand.select(slice(0, s.max_instances))
+        prompt = cand.prompt.cpu().numpy()
+        prompt_source = (np.full(len(prompt), -1, np.int32) if source is None
+                         else source[prompt].astype(np.int32))
+        return self._instances(masks, cand, prompt_source)
+
+    def _instances(self, masks: torch.Tensor, cand: Candidates,
+                   prompt_source: np.ndarray) -> Instances:
         """Pack results; a label-image pixel goes to the first (best) mask covering it."""
+        iou = cand.iou
         agnostic = self.model.class_head is None
         class_scores, class_idx = (iou, torch.zeros_like(iou, dtype=torch.long)) if agnostic \
-            else cls.max(dim=1)
+            else cand.cls.max(dim=1)
         class_ids = class_idx + 1
         instance_image, semantic_image = full_size.label_images(masks, class_ids)
         return Instances(
             masks=masks.cpu().numpy(),
             boxes=batched_mask_to_box(masks).float().cpu().numpy().reshape(-1, 4),
             predicted_iou=iou.float().cpu().numpy(),
-            stability_score=stability.float().cpu().numpy(),
+            stability_score=cand.stability.float().cpu().numpy(),
             class_ids=class_ids.to(torch.int32).cpu().numpy(),
             class_scores=class_scores.float().cpu().numpy(),
             instance_image=instance_image,
             semantic_image=semantic_image,
+            prompt_source=prompt_source,
         )

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from saom_ros.everything import EverythingEngine, EverythingSettings
+from saom_ros import prompts
+from saom_ros.candidates import Frame
 from saom_ros.training.assignment import (
     assign_nearest, assign_random, grid_points, mask_coverage, resized_hw, to_model_frame)
 
@@ -79,11 +80,9 @@ def test_identical_object_elsewhere_does_not_take_the_prompt():
 def test_grid_is_the_everything_mode_grid_in_the_image_frame():
     """The points everything mode prompts, mapped to the model frame, are our grid's points."""
     hw = (96, 128)
-    from saom_ros.model import ModelConfig, build_saom
-    engine = EverythingEngine(build_saom(ModelConfig.preset("tiny")),
-                              EverythingSettings(points_per_side=8), torch.device("cpu"))
+    frame = Frame(torch.zeros(1, 64, 16, 16), hw, resized_hw(hw, IMG_SIZE), IMG_SIZE, 16)
     ours = to_model_frame(grid_points(8, hw), hw, IMG_SIZE)
-    theirs = engine._points(hw, resized_hw(hw, IMG_SIZE)).reshape(-1, 2).cpu().numpy()
+    theirs = frame.to_input(prompts.grid_points(8, hw)).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 

@@ -1,0 +1,145 @@
+"""Candidate masks of everything mode: point prompts through the decoder and the generator's
+per-mask filters (predicted IoU, stability at full size), before box NMS.
+
+Prompts go through in ``points_per_batch`` chunks. The IoU token decides before any mask exists,
+so prompts whose three masks all fail the IoU filter are never upscaled; a low-res stability
+pre-screen drops masks that cannot pass at full size; survivors get the generator's full-size
+stability score and box. Nothing here knows which strategy chose the points.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+import torch
+
+from saom_ros import full_size
+from saom_ros.full_size import stability_scores
+from saom_ros.model import Saom
+
+if TYPE_CHECKING:  # everything.py imports this module
+    from saom_ros.everything import EverythingSettings
+
+# Masks whose low-res stability score is below the threshold by more than this are dropped
+# without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
+# (small masks, threshold 0.5; 0.015 above 0.9) in our measurements.
+STABILITY_MARGIN = 0.2
+# The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
+LOW_RES_PER_EMBEDDING = 4
+
+
+@dataclasses.dataclass
+class Frame:
+    """One image's embedding and the geometry that maps prompts and masks onto it."""
+
+    embedding: torch.Tensor  # [1, C, h, w]
+    orig_hw: tuple[int, int]
+    input_hw: tuple[int, int]  # the image resized by its longest side to the model's input
+    img_size: int
+    patch_size: int
+
+    @property
+    def valid(self) -> tuple[int, int]:
+        """Rows and columns of the low-res logits that cover the image (not the padding)."""
+        f = LOW_RES_PER_EMBEDDING * self.embedding.shape[-1] / self.img_size
+        return int(np.ceil(self.input_hw[0] * f)), int(np.ceil(self.input_hw[1] * f))
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Embedding rows and columns to make masks for: where the image is, plus the low-res
+        row and column beyond it that the bilinear upsampling reads."""
+        v = self.valid
+        return (min(self.embedding.shape[-2], -(-(v[0] + 1) // LOW_RES_PER_EMBEDDING)),
+                min(self.embedding.shape[-1], -(-(v[1] + 1) // LOW_RES_PER_EMBEDDING)))
+
+    def to_input(self, points: np.ndarray) -> torch.Tensor:
+        """(x, y) original-image pixels [n, 2] -> model input pixels, as the generator maps them."""
+        scale = np.array([self.input_hw[1] / self.orig_hw[1], self.input_hw[0] / self.orig_hw[0]])
+        return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
+
+    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
+        step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
+        return full_size.upsample(logits, step, self.input_hw, self.orig_hw)
+
+
+@dataclasses.dataclass
+class Candidates:
+    """Masks that passed the filters, on the device, one row per mask."""
+
+    logits: torch.Tensor  # [N, h, w] low-res
+    iou: torch.Tensor  # [N] predicted IoU
+    cls: torch.Tensor  # [N, C] class probabilities (one placeholder column if class-agnostic)
+    stability: torch.Tensor  # [N] full-size stability score
+    boxes: torch.Tensor  # [N, 4] float x0, y0, x1, y1 of the full-size mask
+    prompt: torch.Tensor  # [N] long: index of the point (in the decoded points) it came from
+
+    def __len__(self) -> int:
+        return int(self.iou.shape[0])
+
+    def select(self, index: torch.Tensor) -> "Candidates":
+        return Candidates(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+    @staticmethod
+    def cat(parts: list["Candidates"]) -> "Candidates":
+        return Candidates(*(torch.cat([getattr(p, f.name) for p in parts])
+                            for f in dataclasses.fields(Candidates)))
+
+
+def class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torch.Tensor:
+    """Per-prompt class probabilities [B, C]; for a class-agnostic model a placeholder column
+    (such instances are scored by IoU when packed)."""
+    if class_logits is None:
+        return torch.ones_like(iou[:, :1])
+    return class_logits.float().softmax(-1)
+
+
+def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
+                      settings: "EverythingSettings", method: Callable[[str], Callable]
+                      ) -> Candidates:
+    """Decode (x, y) original-pixel points [n, 2]; keep the masks passing the IoU and
+    stability filters. ``method(name)`` gives the model's (possibly compiled) method."""
+    s = settings
+    pts = frame.to_input(points)
+    labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
+    parts = []
+    for start in range(0, max(len(pts), 1), s.points_per_batch):
+        chunk = slice(start, start + s.points_per_batch)
+        parts += _decode_chunk(model, frame, pts[chunk], labels[chunk], start, s, method)
+    return Candidates.cat(parts)
+
+
+def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Tensor,
+                  offset: int, s: "EverythingSettings", method: Callable[[str], Callable]
+                  ) -> list[Candidates]:
+    """One batch of prompts: the token stage, the IoU filter, masks, then the full-size filter."""
+    state = method("decode_tokens")(frame.embedding, pts[:, None, :], labels)
+    iou = state.iou_pred[:, 1:].float()
+    n_masks = iou.shape[1]
+    cls = class_probs(model.class_logits(state), iou)
+    passed = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
+        iou, dtype=torch.bool)
+    prompts = passed.any(1).nonzero()[:, 0]
+    state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
+    logits = method("decode_masks")(state, True, frame.extent).flatten(0, 1).float()
+    keep = passed[prompts].flatten()
+    iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
+    prompt = (prompts + offset).repeat_interleave(n_masks)
+    if s.stability_score_thresh > 0:
+        # Cheap pre-screen on the low-res logits; survivors are decided at full size.
+        v = frame.valid
+        stab = stability_scores(logits[:, :v[0], :v[1]], s.mask_threshold,
+                                s.stability_score_offset, (-2, -1))
+        keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
+    logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
+    out = []
+    for part in full_size.chunks(logits.shape[0]):
+        full = frame.upsample(logits[part])
+        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1))
+        # The generator drops boxes near crop edges; with one crop (the image) there are none.
+        ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
+            torch.ones_like(stab, dtype=torch.bool)
+        out.append(Candidates(logits[part][ok], iou[part][ok], cls[part][ok], stab[ok],
+                              full_size.boxes_of(full, s.mask_threshold)[ok], prompt[part][ok]))
+    return out
