@@ -15,7 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 
 from saom_ros.engine_loader import DEFAULT_CHECKPOINT
-from saom_ros.everything import RUNTIME_FIELDS, EverythingSettings
+from saom_ros.everything import PROMPT_STRATEGIES, RUNTIME_FIELDS, EverythingSettings
 from saom_ros.input_qos import RELIABILITY_SETTINGS
 from saom_ros.model import PRESETS
 
@@ -28,6 +28,12 @@ ENGINE_PARAMETERS = {
     "min_mask_area": "min_mask_region_area",
     "max_instances": "max_instances",
     "compile": "compile",
+    "prompt_strategy": "prompt_strategy",
+    "coarse_points_per_side": "coarse_points_per_side",
+    "confident_iou_thresh": "confident_iou_thresh",
+    "keyframe_interval": "keyframe_interval",
+    "stream_points_per_side": "stream_points_per_side",
+    "max_lost_fraction": "max_lost_fraction",
 }
 # Engine parameters without a default of their own: the checkpoint's value unless set.
 FROM_CHECKPOINT = tuple(name for name, field in ENGINE_PARAMETERS.items()
@@ -84,6 +90,25 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("max_instances", engine("max_instances"), _d(
             "keep at most this many best-scoring instances (0: all)",
             integer_range=[_int_range(0, 65535)])),
+        ("prompt_strategy", engine("prompt_strategy"), _d(
+            f"which points prompt the decoder: {', '.join(PROMPT_STRATEGIES)} (grid: the full "
+            "grid, exact; hierarchical: coarse grid, then full-grid points outside confident "
+            "masks; streaming: previous instances' points plus a sparse grid, keyframes)")),
+        ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
+            "hierarchical: first-pass grid side (0: points_per_side // 4)",
+            integer_range=[_int_range(0, 256)])),
+        ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
+            "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "
+            "points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
+        ("keyframe_interval", engine("keyframe_interval"), _d(
+            "streaming: the full grid every N frames (1: every frame)",
+            integer_range=[_int_range(1, 1_000_000)])),
+        ("stream_points_per_side", engine("stream_points_per_side"), _d(
+            "streaming: sparse grid side over the area no previous instance covers "
+            "(0: points_per_side // 4)", integer_range=[_int_range(0, 256)])),
+        ("max_lost_fraction", engine("max_lost_fraction"), _d(
+            "streaming: a keyframe at once when more than this fraction of the previous "
+            "instances is lost", floating_point_range=[_unit_range()])),
         ("compile", engine("compile"), _d(
             "torch.compile encoder and decoder (CUDA: ~2.4x faster per frame after a slow first "
             "frame)", True)),
@@ -137,6 +162,8 @@ def validate(param: Parameter) -> Optional[str]:
         return f"device {value!r} must be auto, cpu, cuda or cuda:N"
     if param.name == "model_type" and value not in MODEL_TYPES:
         return f"model_type {value!r} must be one of {', '.join(MODEL_TYPES)}"
+    if param.name == "prompt_strategy" and value is not None and value not in PROMPT_STRATEGIES:
+        return f"prompt_strategy {value!r} must be one of {', '.join(PROMPT_STRATEGIES)}"
     if param.name == "input_reliability" and value not in RELIABILITY_SETTINGS:
         return f"input_reliability {value!r} must be one of {', '.join(RELIABILITY_SETTINGS)}"
     if param.name == "track_iou_thresh" and value <= 0.0:

@@ -38,7 +38,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from saom_ros import image_codec, messages
 from saom_ros.depth_stage import DepthStage
 from saom_ros.engine_loader import StartupError, load_engine
-from saom_ros.everything import EverythingEngine
+from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.input_qos import FollowingSubscription
 from saom_ros.input_watchdog import InputWatchdog, Level
 from saom_ros.latest_frame import LatestFrame
@@ -86,6 +86,7 @@ class SegmentNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._engine: Optional[EverythingEngine] = None
+        self._previous: Optional[Instances] = None  # the last result: streaming prompts
         self._outputs: dict[str, Any] = {}  # publishers, created by configure
         self._sub: Optional[FollowingSubscription] = None  # the camera, while active
         self._depth_subs: list[Any] = []  # depth and camera_info, while active with use_depth
@@ -231,7 +232,7 @@ class SegmentNode(LifecycleNode):
     def _unload(self) -> None:
         """Free the model (and its GPU memory) and destroy the output publishers."""
         with self._busy:
-            self._engine = self._tracker = self._depth = None
+            self._engine = self._tracker = self._depth = self._previous = None
             for pub in self._outputs.values():
                 self.destroy_publisher(pub)
             self._outputs = {}
@@ -294,7 +295,7 @@ class SegmentNode(LifecycleNode):
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
         rgb = self._decode(msg, self._engine.settings.max_image_pixels)
         start = time.monotonic()
-        instances = self._engine(rgb)
+        instances = self._previous = self._engine(rgb, self._previous)
         inference_ms = (time.monotonic() - start) * 1e3
         header, out = msg.header, self._outputs
         ids = self._tracker.update(instances) if self._tracker is not None else None

@@ -51,6 +51,8 @@ def test_validate_names_the_problem_and_accepts_good_values():
     assert "vit_h" in validate(Parameter("model_type", value="vit_q"))
     assert "best_effort" in validate(Parameter("input_reliability", value="sometimes"))
     assert validate(Parameter("pred_iou_thresh", value=0.3)) is None
+    assert "grid, hierarchical, streaming" in validate(Parameter("prompt_strategy", value="fast"))
+    assert validate(Parameter("prompt_strategy", value="streaming")) is None
 
 
 def test_engine_fields_maps_set_node_parameters_onto_engine_fields():

@@ -1,0 +1,195 @@
+"""Benchmark: everything-mode prompt strategies against the exact grid, on the embedded SAOM-small.
+
+- hierarchical vs grid on held-out synthetic scenes (``saom-train synth`` with a seed that no
+  training stage of config/experiment.yaml uses);
+- streaming vs grid on synthetic camera sequences made from such scenes: the camera pans, zooms,
+  or the objects move a few pixels per frame over an inpainted background.
+
+Both modes run with the settings the checkpoint carries (``settings_for``); mIoU comes from
+training/evaluate.py's everything-mode scoring (greedy IoU matching, per-class IoU sums); times
+are medians per frame, the exact engine and the mode alternating frame by frame in this process.
+The last line reads ``hierarchical_speedup=<x> hierarchical_miou_delta=<points>
+streaming_speedup=<x> streaming_miou_delta=<points>`` (deltas: mode minus exact).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from saom_ros.everything import EverythingEngine, Instances, settings_for
+from saom_ros.model import Saom, load_model
+from saom_ros.training.datasets import CocoInstances, Sample
+from saom_ros.training.evaluate import ClassStats, match_greedy, score_matches, summarize
+from saom_ros.training.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "saom_ros" / "data" / "saom_small.pt"
+
+
+def training_seeds() -> set[int]:
+    """Every dataset seed config/experiment.yaml trains on."""
+    data = yaml.safe_load((ROOT / "config" / "experiment.yaml").read_text())["data"]
+    return {int(v["seed"]) for v in data.values() if isinstance(v, dict) and "seed" in v}
+
+
+class Scorer:
+    """Everything-mode mIoU over many frames with training/evaluate.py's scoring."""
+
+    def __init__(self, model: Saom, class_names: Sequence[str]) -> None:
+        self.model, self.class_names = model, list(class_names)
+        self.stats: dict[str, ClassStats] = {}
+
+    def add(self, masks: np.ndarray, class_ids: np.ndarray, inst: Instances) -> None:
+        gt = masks.reshape(len(masks), masks[0].size).astype(np.float32)
+        pred = inst.masks.reshape(len(inst), masks[0].size).astype(np.float32)
+        inter = gt @ pred.T
+        union = gt.sum(1)[:, None] + pred.sum(1)[None] - inter
+        iou = inter / np.maximum(union, 1)
+        names = [self.model.class_names[c - 1] for c in inst.class_ids.tolist()]
+        gt_names = [self.class_names[int(c) - 1] for c in class_ids]
+        score_matches(self.stats, masks, gt_names, inst.masks, names, match_greedy(iou, 0.0))
+
+    @property
+    def miou(self) -> float:
+        return summarize(self.stats, True)["miou"]
+
+
+def _timed(fn: Callable[[], Instances]) -> tuple[Instances, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``mask`` moved by (dx, dy) pixels; what leaves the frame is cut."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
+def camera_sequence(sample: Sample, kind: str, frames: int, rng: np.random.Generator
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames (image, masks [N, H, W]) of one scene under ``kind`` motion: ``pan`` (a window
+    sliding 2 px per frame), ``zoom`` (a window shrinking 1.5 px per side per frame), each
+    resized back to the scene size, or ``objects`` (every object moves by its own velocity of
+    1-3 px per frame, painted back to front over the inpainted background)."""
+    image, masks = sample.image, sample.masks
+    h, w = image.shape[:2]
+    if kind == "objects":
+        background = cv2.inpaint(image, masks.any(0).astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+        velocity = rng.integers(-3, 4, (len(masks), 2))
+        for t in range(frames):
+            frame, owner = background.copy(), np.full((h, w), -1)
+            for k, m in enumerate(masks):
+                dx, dy = (velocity[k] * t).tolist()
+                moved = _shift(m, dx, dy)
+                frame[moved] = _shift(image * m[..., None], dx, dy)[moved]
+                owner[moved] = k
+            yield frame, np.stack([owner == k for k in range(len(masks))])
+        return
+    margin = 2 * frames if kind == "pan" else int(1.5 * frames) + 1
+    for t in range(frames):
+        if kind == "pan":
+            x0, y0, x1, y1 = 2 * t, margin // 2, w - margin + 2 * t, h - margin // 2
+        else:
+            s = int(1.5 * t)
+            x0, y0, x1, y1 = s, s, w - s, h - s
+        crop = image[y0:y1, x0:x1]
+        frame = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+        moved = np.stack([cv2.resize(m[y0:y1, x0:x1].astype(np.uint8), (w, h),
+                                     interpolation=cv2.INTER_NEAREST) > 0 for m in masks])
+        yield frame, moved
+
+
+def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int) -> tuple[float, float]:
+    """(speedup, mIoU delta in points) of hierarchical over the grid on ``n`` scenes."""
+    base = settings_for(model)
+    exact = EverythingEngine(model, base)
+    hier = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="hierarchical"))
+    scores = {"grid": Scorer(model, dataset.class_names),
+              "hierarchical": Scorer(model, dataset.class_names)}
+    times: dict[str, list[float]] = {k: [] for k in scores}
+    exact(dataset[0].image)  # warm-up
+    for i in range(n):
+        sample = dataset[i]
+        for name, engine in (("grid", exact), ("hierarchical", hier)):
+            inst, dt = _timed(lambda: engine(sample.image))
+            times[name].append(dt)
+            scores[name].add(sample.masks, sample.class_ids, inst)
+    return _report("hierarchical", times, scores)
+
+
+def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames: int,
+                    seed: int) -> tuple[float, float]:
+    """(speedup, mIoU delta in points) of streaming over the grid on camera sequences."""
+    base = settings_for(model)
+    exact = EverythingEngine(model, base)
+    names = ("grid", "streaming")
+    scores = {k: Scorer(model, dataset.class_names) for k in names}
+    times: dict[str, list[float]] = {k: [] for k in names}
+    rng = np.random.default_rng(seed)
+    kinds = ("pan", "zoom", "objects")
+    for s in range(sequences):
+        sample = dataset[len(dataset) - 1 - s]  # scenes the hierarchical part uses last
+        stream = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="streaming"))
+        previous: Optional[Instances] = None
+        for image, masks in camera_sequence(sample, kinds[s % len(kinds)], frames, rng):
+            inst, dt = _timed(lambda: exact(image))
+            times["grid"].append(dt)
+            scores["grid"].add(masks, sample.class_ids, inst)
+            previous, dt = _timed(lambda: stream(image, previous))
+            times["streaming"].append(dt)
+            scores["streaming"].add(masks, sample.class_ids, previous)
+    return _report("streaming", times, scores)
+
+
+def _report(mode: str, times: dict[str, list[float]], scores: dict[str, Scorer]
+            ) -> tuple[float, float]:
+    t_exact, t_mode = (statistics.median(times[k]) for k in ("grid", mode))
+    m_exact, m_mode = scores["grid"].miou, scores[mode].miou
+    print(f"{mode}: {len(times[mode])} frames; grid {t_exact * 1e3:.1f} ms, {mode} "
+          f"{t_mode * 1e3:.1f} ms median per frame; mIoU grid {100 * m_exact:.2f}%, "
+          f"{mode} {100 * m_mode:.2f}%")
+    return t_exact / t_mode, 100 * (m_mode - m_exact)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(CHECKPOINT))
+    p.add_argument("--seed", type=int, default=7, help="synthetic-scene seed (never trained on)")
+    p.add_argument("--scenes", type=int, default=40, help="scenes for hierarchical")
+    p.add_argument("--sequences", type=int, default=6, help="camera sequences for streaming")
+    p.add_argument("--frames", type=int, default=20, help="frames per sequence")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.seed in training_seeds():
+        raise SystemExit(f"seed {args.seed} is a training seed of config/experiment.yaml")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
+    print(f"checkpoint {args.checkpoint}; settings {settings_for(model)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = CocoInstances(write_dataset(tmp, args.scenes + args.sequences, args.seed)
+                                / "annotations.json")
+        with torch.inference_mode():
+            hs, hd = bench_hierarchical(model, dataset, args.scenes)
+            ss, sd = bench_streaming(model, dataset, args.sequences, args.frames, args.seed)
+    print(f"hierarchical_speedup={hs:.2f} hierarchical_miou_delta={hd:.2f} "
+          f"streaming_speedup={ss:.2f} streaming_miou_delta={sd:.2f}")
+
+
+if __name__ == "__main__":
+    main()
