@@ -89,7 +89,7 @@ class SegmentNode(LifecycleNode):
         self._previous: Optional[Instances] = None  # the last result: streaming prompts
         self._outputs: dict[str, Any] = {}  # publishers, created by configure
         self._sub: Optional[FollowingSubscription] = None  # the camera, while active
-        self._depth_subs: list[Any] = []  # depth and camera_info, while active with use_depth
+        self._depth_subs: list[FollowingSubscription] = []  # depth, camera_info (use_depth)
         self._depth: Optional[DepthStage] = None  # configured with use_depth
         self._tracker: Optional[Tracker] = None  # configured with track
         self.configure_error: Optional[str] = None  # why the last configure failed
@@ -151,11 +151,12 @@ class SegmentNode(LifecycleNode):
                                           self.params["input_reliability"],
                                           self.params["input_depth"])
         if self._depth is not None:  # a few frames deep: depth is buffered for stamp pairing
-            aux_qos = QoSProfile(depth=5, reliability=self._sub.reliability)
             self._depth_subs = [
-                self.create_subscription(Image, "depth", self._depth.add_depth, aux_qos),
-                self.create_subscription(CameraInfo, "camera_info", self._depth.set_camera_info,
-                                         aux_qos)]
+                FollowingSubscription(self, msg_type, topic, callback,
+                                      self.params["input_reliability"], 5)
+                for msg_type, topic, callback in (
+                    (Image, "depth", self._depth.add_depth),
+                    (CameraInfo, "camera_info", self._depth.set_camera_info))]
         self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__}, "
                                f"{self._sub.reliability_name})")
         return TransitionCallbackReturn.SUCCESS
@@ -220,7 +221,7 @@ class SegmentNode(LifecycleNode):
             self._sub.destroy()
             self._sub = None
         for sub in self._depth_subs:
-            self.destroy_subscription(sub)
+            sub.destroy()
         self._depth_subs = []
         self._frames.discard()
         with self._busy:
@@ -335,8 +336,8 @@ class SegmentNode(LifecycleNode):
     # --- diagnostics ------------------------------------------------------------------------
     def _on_timer(self) -> None:
         """Once a second: follow the camera's QoS, report diagnostics."""
-        if self._sub is not None:
-            self._sub.follow()
+        for sub in ([self._sub] if self._sub else []) + self._depth_subs:
+            sub.follow()
         self._publish_diagnostics()
 
     def _publish_diagnostics(self) -> None:
