@@ -1,4 +1,5 @@
-"""Nearest-neighbour assignment: one everything-mode grid point per ground-truth mask.
+"""Training prompts on the everything-mode grid: the nearest-neighbour assignment (one grid point
+per ground-truth mask, the paper's), multi-point (interior grid points added) and random pixels.
 
 Frames (one convention, so any image size works):
 - *image frame*: pixels of the original image, (x, y), the frame of the masks and of the
@@ -18,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from saom_ros.everything import make_point_grid
+# the everything-mode prompt grid in the image frame, float32[P, 2] (x, y): the one the engine uses
+from saom_ros.prompts import grid_points
 
 
 @dataclass
 class Assignment:
-    """Prompts for the masks that survived assignment (``keep`` indexes the input masks)."""
+    """Prompts for the masks that survived assignment (``keep`` indexes the input masks; a mask
+    with several prompts appears once per prompt)."""
 
     keep: np.ndarray  # int64[K]
     points: np.ndarray  # float32[K, 2], (x, y) in the image frame
@@ -33,12 +36,6 @@ class Assignment:
 def resized_hw(image_hw: tuple[int, int], img_size: int) -> tuple[int, int]:
     """Size of the image inside the model input (segment_anything's ResizeLongestSide)."""
     return ResizeLongestSide.get_preprocess_shape(image_hw[0], image_hw[1], img_size)
-
-
-def grid_points(points_per_side: int, image_hw: tuple[int, int]) -> np.ndarray:
-    """The everything-mode prompt grid in the image frame, float32[P, 2] (x, y)."""
-    h, w = image_hw
-    return (make_point_grid(points_per_side) * np.array([w, h])).astype(np.float32)
 
 
 def grid_pixels(grid: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,8 @@ import torch
 from saom_ros import prompts
 from saom_ros.candidates import Frame
 from saom_ros.training.assignment import (
-    assign_nearest, assign_random, grid_points, mask_coverage, resized_hw, to_model_frame)
+    add_interior_points, assign_nearest, assign_random, grid_points, mask_coverage, resized_hw,
+    to_model_frame)
 
 IMG_SIZE = 256   # model input; 16x16 embedding cells of 16 model pixels
 GRID = 16
@@ -127,3 +128,46 @@ def test_random_prompts_lie_inside_their_masks_and_are_reproducible():
     np.testing.assert_array_equal(a.points, b.points)
     for k, (x, y) in zip(a.keep, a.points):
         assert masks[k, int(y), int(x)]
+
+
+def _two_objects() -> tuple[np.ndarray, torch.Tensor]:
+    """A large object covering many grid points and a small one covering one or two."""
+    masks = np.zeros((2, 128, 128), bool)
+    masks[0, 8:120, 8:72] = True
+    masks[1, 88:104, 96:104] = True
+    feats = torch.randn(C, GRID, GRID, generator=torch.Generator().manual_seed(1))
+    return masks, feats
+
+
+def test_interior_points_lie_on_their_mask_after_the_nearest_prompts():
+    masks, feats = _two_objects()
+    base = assign_nearest(feats, torch.from_numpy(masks), IMG_SIZE, 16)
+    a = add_interior_points(base, torch.from_numpy(masks), 16, 6, np.random.default_rng(0))
+    n = len(base.keep)
+    np.testing.assert_array_equal(a.keep[:n], base.keep)
+    np.testing.assert_array_equal(a.grid_index[:n], base.grid_index)
+    np.testing.assert_allclose(a.points, grid_points(16, (128, 128))[a.grid_index])
+    assert np.bincount(a.keep).tolist() == [6, 2]  # the small object holds just 2 grid points
+    for k in (0, 1):
+        assert len(set(a.grid_index[a.keep == k].tolist())) == np.sum(a.keep == k)  # distinct
+    for k, (x, y) in zip(a.keep, a.points):
+        assert masks[k, int(y), int(x)]
+
+
+def test_interior_points_prefer_the_interior_and_are_reproducible():
+    masks, feats = _two_objects()
+    t = torch.from_numpy(masks[:1])
+    base = assign_nearest(feats, t, IMG_SIZE, 16)
+    draws = [add_interior_points(base, t, 16, 4, np.random.default_rng(s)) for s in range(200)]
+    np.testing.assert_array_equal(
+        draws[0].grid_index,
+        add_interior_points(base, t, 16, 4, np.random.default_rng(0)).grid_index)
+    extra = np.concatenate([d.points[1:] for d in draws])
+    # distance to the mask's nearest edge (x 8..71, y 8..119); grid points are 8 px apart
+    edge = np.minimum.reduce([extra[:, 0] - 8, 72 - extra[:, 0], extra[:, 1] - 8,
+                              120 - extra[:, 1]])
+    candidates = grid_points(16, (128, 128))
+    on = masks[0][candidates[:, 1].astype(int), candidates[:, 0].astype(int)]
+    c = candidates[on]
+    uniform_edge = np.minimum.reduce([c[:, 0] - 8, 72 - c[:, 0], c[:, 1] - 8, 120 - c[:, 1]])
+    assert edge.mean() > 1.2 * uniform_edge.mean()
