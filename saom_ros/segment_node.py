@@ -225,6 +225,7 @@ class SegmentNode(LifecycleNode):
         self._depth_subs = []
         self._frames.discard()
         with self._busy:
+            self._previous = None  # streaming prompts restart with the tracks: a new keyframe
             if self._tracker is not None:
                 self._tracker.reset()
             if self._depth is not None:

@@ -68,9 +68,7 @@ class Tracker:
         Every instance gets an id, also one that owns no pixel of the instance image (hidden by
         better-scoring ones; it appears in no message): finding those would cost a full pass.
         """
-        # getattr: prompt_source comes with streaming prompts; engines without them lack it.
-        return self.assign(instances.instance_image, len(instances),
-                           getattr(instances, "prompt_source", None))
+        return self.assign(instances.instance_image, len(instances), instances.prompt_source)
 
     def assign(self, instance_image: np.ndarray, count: int,
                prompt_source: Optional[np.ndarray] = None) -> np.ndarray:

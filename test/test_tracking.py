@@ -134,3 +134,22 @@ def test_track_image_relabels_instances():
     image = np.array([[0, 1, 2], [2, 2, 0]], np.uint16)
     np.testing.assert_array_equal(track_image(image, np.array([7, 65535], np.uint16)),
                                   [[0, 7, 65535], [65535, 65535, 0]])
+
+
+def test_update_takes_instances_and_their_prompt_sources():
+    from test_messages import make_instances
+
+    def instances(boxes, prompt_source=None):
+        masks = np.zeros((len(boxes), 60, 80), bool)
+        for m, (x0, y0, x1, y1) in zip(masks, boxes):
+            m[y0:y1, x0:x1] = True
+        result = make_instances(masks, [1] * len(boxes), [0.5] * len(boxes))
+        if prompt_source is not None:
+            result.prompt_source = np.asarray(prompt_source, np.int32)
+        return result
+
+    tracker = Tracker(max_missed=0)
+    a, b = tracker.update(instances(BOXES[:2])).tolist()
+    assert tracker.update(instances(shifted(BOXES[:2], 2))).tolist() == [a, b]  # by IoU (-1s)
+    far = shifted(BOXES[:2], 0, 30)
+    assert tracker.update(instances(far, prompt_source=[1, 0])).tolist() == [b, a]
