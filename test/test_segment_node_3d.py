@@ -215,11 +215,14 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
 
 
 @pytest.mark.slow
-def test_a_scene_shifting_a_few_pixels_per_frame_keeps_its_ids(ros, tmp_path):
+@pytest.mark.parametrize("prompt_strategy", ["grid", "streaming"])
+def test_a_scene_shifting_a_few_pixels_per_frame_keeps_its_ids(ros, tmp_path, prompt_strategy):
     """The packaged model on a demo frame whose content moves 3 px right per frame: a mask that
-    reappears (IoU > 0.5 with its predecessor moved by 3 px) keeps its id."""
+    reappears (IoU > 0.5 with its predecessor moved by 3 px) keeps its id. With streaming prompts
+    the tracker follows the engine's own association (Instances.prompt_source)."""
     import cv2
-    proc = NodeProcess(tmp_path, {}, {"image": "/cam3d/image", "__ns": "/d3"})
+    proc = NodeProcess(tmp_path, {"prompt_strategy": prompt_strategy},
+                       {"image": "/cam3d/image", "__ns": "/d3"})
     lis = Listener("/cam3d/image", node=NODE)
     try:
         assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
