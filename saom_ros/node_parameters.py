@@ -182,7 +182,7 @@ def launch_value(name: str, text: str, default: Any) -> Any:
             return {"true": True, "false": False}[text.strip().lower()]
         return kind(text)
     except (KeyError, ValueError):
-        raise ValueError(f"launch argument {name}:={text!r} must be a {kind.__name__}"
+        raise ValueError(f"launch argument {name}:={text!r} must be of type {kind.__name__}"
                          + (" (true or false)" if kind is bool else "")) from None
 
 

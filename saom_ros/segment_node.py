@@ -141,7 +141,8 @@ class SegmentNode(LifecycleNode):
         self._configure_3d_and_tracking(out_qos)
         self._publish_label_info()
         self.get_logger().info(
-            f"configured: {self.params['checkpoint']} ({len(self.class_names)} classes) on "
+            f"configured: {self.params['checkpoint'] or 'the packaged model'} "
+            f"({len(self.class_names)} classes) on "
             f"{self.device}; image conversion: {image_codec.backend()}")
         return TransitionCallbackReturn.SUCCESS
 

@@ -110,9 +110,10 @@ def test_given_arguments_override_with_the_parameter_type(monkeypatch):
 
 
 def test_a_value_of_the_wrong_type_is_an_error_naming_the_argument(monkeypatch):
-    with pytest.raises(ValueError, match="points_per_side:='many' must be a int"):
+    with pytest.raises(ValueError, match="points_per_side:='many' must be of type int"):
         run_launch(monkeypatch, {"points_per_side": "many"})
-    with pytest.raises(ValueError, match=r"autostart:='maybe' must be a bool \(true or false\)"):
+    with pytest.raises(ValueError,
+                       match=r"autostart:='maybe' must be of type bool \(true or false\)"):
         run_launch(monkeypatch, {"autostart": "maybe"})
     assert launch_value("pred_iou_thresh", "1", Parameter.Type.DOUBLE) == 1.0
 
