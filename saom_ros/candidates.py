@@ -74,6 +74,7 @@ class Candidates:
     stability: torch.Tensor  # [N] full-size stability score
     boxes: torch.Tensor  # [N, 4] float x0, y0, x1, y1 of the full-size mask
     prompt: torch.Tensor  # [N] long: index of the point (in the decoded points) it came from
+    point: torch.Tensor  # [N, 2] that point, x, y in original-image pixels
 
     def __len__(self) -> int:
         return int(self.iou.shape[0])
@@ -102,12 +103,15 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
     stability filters. ``method(name)`` gives the model's (possibly compiled) method."""
     s = settings
     pts = frame.to_input(points)
+    orig = torch.as_tensor(points, dtype=torch.float32, device=pts.device).reshape(-1, 2)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
     parts = []
     for start in range(0, max(len(pts), 1), s.points_per_batch):
         chunk = slice(start, start + s.points_per_batch)
         parts += _decode_chunk(model, frame, pts[chunk], labels[chunk], start, s, method)
-    return Candidates.cat(parts)
+    cand = Candidates.cat(parts)
+    cand.point = orig[cand.prompt]
+    return cand
 
 
 def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Tensor,
@@ -140,6 +144,8 @@ def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Te
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
         ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
             torch.ones_like(stab, dtype=torch.bool)
+        kept = prompt[part][ok]
         out.append(Candidates(logits[part][ok], iou[part][ok], cls[part][ok], stab[ok],
-                              full_size.boxes_of(full, s.mask_threshold)[ok], prompt[part][ok]))
+                              full_size.boxes_of(full, s.mask_threshold)[ok], kept,
+                              kept.new_empty(len(kept), 2, dtype=torch.float32)))
     return out

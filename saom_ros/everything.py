@@ -55,10 +55,14 @@ class EverythingSettings:
     confident_iou_thresh: float = 0.0
     # streaming: the full grid every N frames ...
     keyframe_interval: int = 10
-    # ... a sparse grid of N x N points where no previous instance is (0 = points_per_side // 4)
-    stream_points_per_side: int = 0
+    # ... up to N points well inside each previous instance, besides the point that gave it ...
+    points_per_instance: int = 1
+    # ... and the full grid's points where no previous instance is, at this stride: each frame
+    # one of the stride^2 interleaved sub-grids, so that all of the grid is visited every
+    # stride^2 frames ...
+    stream_stride: int = 2
     # ... and a keyframe at once when more than this fraction of the previous instances is lost
-    # (no new instance covers the point it was prompted with).
+    # (no new instance covers any point it was prompted with).
     max_lost_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -121,10 +125,14 @@ class Instances:
     # int32 [N]: for a mask prompted by an instance of the previous frame (streaming), that
     # instance's index in the previous Instances; else -1. None given: all -1.
     prompt_source: Optional[np.ndarray] = None
+    # float32 [N, 2]: the point (x, y pixels) whose prompt gave each mask. None given: NaN.
+    prompt_point: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         if self.prompt_source is None:
             self.prompt_source = np.full(len(self), -1, np.int32)
+        if self.prompt_point is None:
+            self.prompt_point = np.full((len(self), 2), np.nan, np.float32)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -151,8 +159,9 @@ class EverythingEngine:
 
     ``prompt_strategy`` picks the points: ``grid`` (the generator's full grid, exact),
     ``hierarchical`` (a coarse grid, then only the full-grid points no confident mask covers) or
-    ``streaming`` (one point inside each of the previous frame's instances plus a sparse grid
-    over what they leave uncovered; the full grid on keyframes).
+    ``streaming`` (points inside each of the previous frame's instances, among them the point
+    that gave it, plus one interleaved sub-grid of the full grid over what they leave
+    uncovered; the full grid on keyframes).
     """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
@@ -227,23 +236,32 @@ class EverythingEngine:
         return Candidates.cat([coarse, self._candidates(frame, points)])
 
     def _streaming(self, frame: Frame, previous: Optional[Instances]) -> Optional[Instances]:
-        """Instances from the previous ones' inside points and a sparse grid over the uncovered
+        """Instances from points inside the previous ones and a sub-grid over the uncovered
         area; None when this frame must be a keyframe (none before, a new image size, the
         keyframe interval is over, or more than max_lost_fraction of the previous instances
-        are lost: no new instance covers their point)."""
+        are lost: no new instance covers their points)."""
         s = self.settings
         if previous is None or previous.instance_image.shape != frame.orig_hw or \
                 self._since_keyframe + 1 >= s.keyframe_interval:
             return None
-        inside, valid = prompts.inside_points(previous.masks)
-        sparse = prompts.grid_points(s.stream_points_per_side or max(1, s.points_per_side // 4),
-                                     frame.orig_hw)
+        inside, owner = prompts.inside_points(previous.masks, s.points_per_instance)
+        # The points that gave the previous instances, where still inside them, too.
+        again = np.flatnonzero(prompts.covered(np.nan_to_num(previous.prompt_point, nan=-1.0),
+                                               previous.instance_image > 0)
+                               & ~np.isnan(previous.prompt_point[:, 0]))
+        inside = np.concatenate([inside, previous.prompt_point[again]])
+        owner = np.concatenate([owner, again])
+        sparse = prompts.grid_points(s.points_per_side, frame.orig_hw)
+        sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride,
+                                           self._since_keyframe)]
         sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
-        source = np.concatenate([np.flatnonzero(valid), np.full(len(sparse), -1)])
-        points = np.concatenate([inside[valid], sparse]).reshape(-1, 2)
+        source = np.concatenate([owner, np.full(len(sparse), -1)])
+        points = np.concatenate([inside, sparse]).reshape(-1, 2)
         result = self._finish(frame, self._candidates(frame, points), source.astype(np.int32))
-        lost = ~prompts.covered(inside[valid], result.instance_image > 0)
-        if lost.sum() > s.max_lost_fraction * valid.sum():
+        # An instance is lost when no new instance covers any of its points.
+        hit = prompts.covered(inside, result.instance_image > 0)
+        lost = len(np.unique(owner)) - len(np.unique(owner[hit]))
+        if lost > s.max_lost_fraction * len(np.unique(owner)):
             return None
         self._since_keyframe += 1
         return result
@@ -285,4 +303,5 @@ class EverythingEngine:
             instance_image=instance_image,
             semantic_image=semantic_image,
             prompt_source=prompt_source,
+            prompt_point=cand.point.cpu().numpy(),
         )

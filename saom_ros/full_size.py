@@ -89,13 +89,11 @@ def label_images(masks: torch.Tensor, class_ids: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Instance and semantic images (uint16 [H, W]) of masks [N, H, W] sorted best first: a pixel
     goes to the first mask covering it (instance i + 1, its class id); 0 where none does."""
-    h, w = masks.shape[-2:]
-    if masks.shape[0]:
-        covered = masks.any(dim=0)
-        first = masks.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximum
-        inst = torch.where(covered, first + 1, 0)
-        sem = torch.where(covered, class_ids[first], 0)
-    else:
-        inst = sem = torch.zeros(h, w, dtype=torch.long, device=masks.device)
-    return (inst.to(torch.int32).cpu().numpy().astype(np.uint16),
-            sem.to(torch.int32).cpu().numpy().astype(np.uint16))
+    inst = torch.zeros(masks.shape[-2:], dtype=torch.int32, device=masks.device)
+    # Painted worst first, so the best mask covering a pixel is written last (an argmax over
+    # the mask axis costs ~10x more on the CPU).
+    for i in range(masks.shape[0] - 1, -1, -1):
+        inst.masked_fill_(masks[i], i + 1)
+    lut = torch.cat([class_ids.new_zeros(1), class_ids]).to(torch.int32)
+    return (inst.cpu().numpy().astype(np.uint16),
+            lut[inst.long()].cpu().numpy().astype(np.uint16))

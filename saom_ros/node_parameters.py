@@ -32,7 +32,8 @@ ENGINE_PARAMETERS = {
     "coarse_points_per_side": "coarse_points_per_side",
     "confident_iou_thresh": "confident_iou_thresh",
     "keyframe_interval": "keyframe_interval",
-    "stream_points_per_side": "stream_points_per_side",
+    "points_per_instance": "points_per_instance",
+    "stream_stride": "stream_stride",
     "max_lost_fraction": "max_lost_fraction",
 }
 # Engine parameters without a default of their own: the checkpoint's value unless set.
@@ -93,7 +94,7 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("prompt_strategy", engine("prompt_strategy"), _d(
             f"which points prompt the decoder: {', '.join(PROMPT_STRATEGIES)} (grid: the full "
             "grid, exact; hierarchical: coarse grid, then full-grid points outside confident "
-            "masks; streaming: previous instances' points plus a sparse grid, keyframes)")),
+            "masks; streaming: previous instances' points plus part of the grid, keyframes)")),
         ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
             "hierarchical: first-pass grid side (0: points_per_side // 4)",
             integer_range=[_int_range(0, 256)])),
@@ -103,9 +104,12 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("keyframe_interval", engine("keyframe_interval"), _d(
             "streaming: the full grid every N frames (1: every frame)",
             integer_range=[_int_range(1, 1_000_000)])),
-        ("stream_points_per_side", engine("stream_points_per_side"), _d(
-            "streaming: sparse grid side over the area no previous instance covers "
-            "(0: points_per_side // 4)", integer_range=[_int_range(0, 256)])),
+        ("points_per_instance", engine("points_per_instance"), _d(
+            "streaming: points well inside each previous instance (besides the point that gave "
+            "it)", integer_range=[_int_range(0, 16)])),
+        ("stream_stride", engine("stream_stride"), _d(
+            "streaming: full-grid points outside the previous instances are decoded at this "
+            "stride, one interleaved sub-grid per frame", integer_range=[_int_range(1, 16)])),
         ("max_lost_fraction", engine("max_lost_fraction"), _d(
             "streaming: a keyframe at once when more than this fraction of the previous "
             "instances is lost", floating_point_range=[_unit_range()])),

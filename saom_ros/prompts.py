@@ -9,10 +9,21 @@ import cv2
 import numpy as np
 from segment_anything.utils.amg import build_point_grid
 
+# Pixels from the border a further point of a mask must lie (thinner parts get none).
+MIN_EXTRA_DEPTH = 3.0
+
 
 def grid_points(points_per_side: int, hw: tuple[int, int]) -> np.ndarray:
     """The everything-mode grid for an image of size ``hw``: [n*n, 2] x, y pixels."""
     return (build_point_grid(points_per_side) * np.array(hw[::-1])).astype(np.float32)
+
+
+def grid_phase(points_per_side: int, stride: int, phase: int) -> np.ndarray:
+    """bool [n*n] over the grid's points (row-major): the points of one of the stride^2
+    interleaved sub-grids of step ``stride``; phases 0 .. stride^2 - 1 together cover the grid."""
+    rows, cols = np.divmod(np.arange(points_per_side ** 2), points_per_side)
+    phase %= stride * stride
+    return (rows % stride == phase // stride) & (cols % stride == phase % stride)
 
 
 def covered(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
@@ -25,21 +36,26 @@ def covered(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
     return coverage[ys, xs]
 
 
-def inside_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One point well inside each mask of ``masks`` (bool [N, H, W]): the pixel farthest from
-    the mask's border (maximum of the L2 distance transform), its centre in x, y.
+def inside_points(masks: np.ndarray, per_mask: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_mask`` points well inside each mask of ``masks`` (bool [N, H, W]): the pixel
+    farthest from the mask's border (maximum of the L2 distance transform), then the farthest
+    outside the disc of that distance around the points already taken; pixel centres, x, y.
 
-    Returns the points [N, 2] and bool [N], False for empty masks (their point is meaningless).
+    Returns the points [K, 2] and the index of the mask each belongs to [K]; empty masks (and
+    parts too thin to hold another point) give none.
     """
-    points = np.zeros((len(masks), 2), np.float32)
-    valid = np.zeros(len(masks), bool)
+    points, owner = [], []
     for i, mask in enumerate(masks):
         if not mask.any():
             continue
         # A one-pixel zero border: distances are to the border of the mask, including the
         # image edge, so the point stays inside a mask cut by the frame.
         dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        points[i] = (x - 1 + 0.5, y - 1 + 0.5)
-        valid[i] = True
-    return points, valid
+        for k in range(per_mask):
+            y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            if dist[y, x] < (1.0 if k == 0 else MIN_EXTRA_DEPTH):
+                break
+            points.append((x - 1 + 0.5, y - 1 + 0.5))
+            owner.append(i)
+            cv2.circle(dist, (int(x), int(y)), int(np.ceil(dist[y, x])), 0.0, -1)
+    return (np.asarray(points, np.float32).reshape(-1, 2), np.asarray(owner, np.int64))

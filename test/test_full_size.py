@@ -1,0 +1,50 @@
+"""Tests for saom_ros.full_size: the channels-last full-resolution work equals segment_anything's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+from torch.nn import functional as F
+
+from saom_ros.full_size import boxes_of, chunks, label_images, stability_scores, upsample
+
+
+def _logits(n: int = 5, size: int = 16) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = F.avg_pool2d(torch.randn(n, 1, 4 * size, 4 * size) * 20, 4)[:, 0]
+    x[-1] = -5.0  # an empty mask
+    return x
+
+
+@pytest.mark.parametrize("input_hw, orig_hw", [((64, 64), (64, 64)), ((48, 64), (90, 120))])
+def test_upsample_is_sams_postprocessing(input_hw: tuple, orig_hw: tuple) -> None:
+    low = _logits()
+    ref = F.interpolate(low[:, None], (64, 64), mode="bilinear", align_corners=False)
+    ref = F.interpolate(ref[..., :input_hw[0], :input_hw[1]], orig_hw, mode="bilinear",
+                        align_corners=False)[:, 0]
+    ours = upsample(low, 4, input_hw, orig_hw)
+    assert ours.shape == orig_hw + (5,)
+    torch.testing.assert_close(ours.permute(2, 0, 1), ref, atol=1e-5, rtol=1e-5)
+    assert upsample(low[:0], 4, input_hw, orig_hw).shape == orig_hw + (0,)
+
+
+def test_stability_and_boxes_match_segment_anything() -> None:
+    full = upsample(_logits(), 4, (64, 64), (64, 64))
+    planes = full.permute(2, 0, 1)
+    torch.testing.assert_close(stability_scores(full, 0.0, 1.0, (0, 1)),
+                               calculate_stability_score(planes, 0.0, 1.0), equal_nan=True)
+    torch.testing.assert_close(boxes_of(full, 0.0), batched_mask_to_box(planes > 0).float())
+
+
+def test_chunks_cover_everything_once() -> None:
+    assert [(s.start, s.stop) for s in chunks(70)] == [(0, 32), (32, 64), (64, 70)]
+    assert [(s.start, s.stop) for s in chunks(0)] == [(0, 0)]
+
+
+def test_label_images_give_each_pixel_to_the_first_mask() -> None:
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :2], masks[1, 1:3] = True, True
+    inst, sem = label_images(masks, torch.tensor([7, 3]))
+    assert inst[:, 0].tolist() == [1, 1, 2, 0] and sem[:, 0].tolist() == [7, 7, 3, 0]
+    assert inst.dtype == np.uint16 and sem.dtype == np.uint16
