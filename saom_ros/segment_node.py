@@ -66,6 +66,7 @@ class _Stats:
     received: int = 0
     processed: int = 0
     malformed: int = 0
+    without_3d: int = 0  # processed frames that got no ~/detections_3d (use_depth)
     window_processed: int = 0
     window_malformed: int = 0
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
@@ -327,6 +328,8 @@ class SegmentNode(LifecycleNode):
         try:
             detections_3d, cloud = self._depth.outputs(instances, ids, header)
         except ValueError as err:  # DepthError, ImageDecodeError: the 2D outputs are out already
+            with self._stats_lock:
+                self._stats.without_3d += 1
             self.get_logger().warning(
                 f"no 3D output (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): {err}",
                 throttle_duration_sec=_WARN_EVERY_S)
@@ -375,6 +378,7 @@ class SegmentNode(LifecycleNode):
             "frames_processed": str(stats.processed),
             "frames_dropped": str(self._frames.dropped),
             "frames_malformed": str(stats.malformed),
+            **({"frames_without_3d": str(stats.without_3d)} if self._depth is not None else {}),
         }
         status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), message=text,
                                   hardware_id=str(self.device),

@@ -199,6 +199,9 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
     truncated = array_to_image(good_depth, "32FC1", header(4))
     truncated.data = bytes(truncated.data)[:100]
     wrong_encoding = array_to_image(camera_image(0), "rgb8", header(5))
+    lis = camera.listener
+    lis.spin_until(lambda: False, 1.5)  # a /diagnostics report that counts every earlier frame
+    before = int(lis.diagnostics_values()["frames_without_3d"])
     for seq, depth, info in ((4, truncated, camera_info(4)),
                              (5, wrong_encoding, camera_info(5)),
                              (6, array_to_image(good_depth, "32FC1", header(6)),
@@ -208,6 +211,9 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
         labels, dets, _ = camera.send(seq, depth, info, node_process, want_3d=False)
         assert dets is None and labels.shape == (H, W)
     assert node_process.alive()
+    # The warnings are throttled; the count shows that each of the four frames was skipped.
+    assert lis.spin_until(lambda: int(lis.diagnostics_values()["frames_without_3d"]) >= before + 4,
+                          15, node_process), lis.diagnostics_values()
     labels, dets, cloud = camera.send(8, array_to_image(good_depth, "32FC1", header(8)),
                                       camera_info(8), node_process)
     check_3d(labels, dets, cloud, good_depth, header(8))
