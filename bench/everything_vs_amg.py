@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-amg", action="store_true", help="time the engine only")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for both (default: torch's; 1 is steadier on a "
+                        "busy machine)")
     p.add_argument("--quick", action="store_true",
                    help="tiny model, 256 px, loose thresholds, 3 runs (< 60 s on 2 CPU cores)")
     args = p.parse_args(argv)
@@ -192,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.pred_iou_thresh, args.stability_thresh = 0.25, 0.5
     if args.fit_steps is None:
         args.fit_steps = 300 if args.model == "tiny" and not args.checkpoint else 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = _model(args).to(device)
     settings = EverythingSettings(
@@ -205,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_eng, inst = _median_s(lambda: engine(image), args.runs, sync)
-    print(f"device={device} model={args.model} image={args.height}x{args.width} "
+    print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
+          f"image={args.height}x{args.width} "
           f"grid={args.points_per_side}^2 batch={settings.points_per_batch} "
           f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh}")
     print(f"engine: median {t_eng * 1e3:.1f} ms over {args.runs} runs, {len(inst)} masks")

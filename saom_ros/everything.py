@@ -52,7 +52,7 @@ class EverythingSettings:
     coarse_points_per_side: int = 0
     # ... and the predicted IoU from which a kept coarse mask is confident: full-grid points
     # inside a confident mask are not decoded (0 = every kept mask is confident).
-    confident_iou_thresh: float = 0.0
+    confident_iou_thresh: float = 0.5
     # streaming: the full grid every N frames ...
     keyframe_interval: int = 10
     # ... up to N points well inside each previous instance, besides the point that gave it ...
