@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from saom_ros.label_runs import grouped_pixels, label_runs
+
 # encoding -> stored units per metre (REP 118: 16UC1 in millimetres, 32FC1 in metres)
 DEPTH_SCALES: dict[str, float] = {"16UC1": 1000.0, "mono16": 1000.0, "32FC1": 1.0}
 # Tukey's fences: kept depths lie within FENCE interquartile ranges beyond the quartiles...
@@ -137,18 +139,15 @@ def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
     h, w = labels.shape
     flat_labels, flat_depth = labels.ravel(), depth_m.ravel()
     with np.errstate(invalid="ignore"):  # NaN > 0 is False: invalid depth drops out here
-        pixels = np.flatnonzero((flat_labels > 0) & (flat_depth > 0))
-    pixel_labels = flat_labels.take(pixels)
-    counts = np.bincount(pixel_labels, minlength=1)[1:]
-    # Group pixels by label: a stable argsort of 16-bit keys is a radix sort (linear time).
+        valid = (flat_labels > 0) & (flat_depth > 0)
+    # Pixels grouped by label through the image's row runs: no per-pixel sort.
     # (take, not fancy indexing: the same gather, faster on 1-D arrays.)
-    order = pixels.take(np.argsort(pixel_labels, kind="stable"))
-    z = flat_depth.take(order)
-    present = np.flatnonzero(counts)
+    order, present, counts = grouped_pixels(label_runs(labels), valid)
     if not len(present):
         return Boxes3D(np.zeros(0, np.intp), np.zeros((0, 3)), np.zeros((0, 3)),
                        np.zeros((0, 3), np.float32), np.zeros(0, np.uint16))
-    counts = counts[present]
+    z = flat_depth.take(order)
+    present = present.astype(np.intp)
     starts = _starts(counts)
 
     low, high = _fences(z, starts, counts)
@@ -162,11 +161,11 @@ def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
     if with_points:
         keep = ~np.isnan(z)
         points = np.stack([x[keep], y[keep], z[keep]], axis=1)
-        point_labels = np.repeat(present + 1, np.add.reduceat(keep, starts, dtype=np.intp))
+        point_labels = np.repeat(present, np.add.reduceat(keep, starts, dtype=np.intp))
         point_labels = point_labels.astype(np.uint16)
     else:
         points, point_labels = np.zeros((0, 3), np.float32), np.zeros(0, np.uint16)
-    return Boxes3D(labels=present + 1, centers=(low + high) / 2, sizes=high - low,
+    return Boxes3D(labels=present, centers=(low + high) / 2, sizes=high - low,
                    points=points, point_labels=point_labels)
 
 

@@ -20,6 +20,7 @@ from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo, ObjectHyp
 
 from saom_ros.classes import UNLABELLED_ID, id_to_name
 from saom_ros.image_codec import array_to_image
+from saom_ros.label_runs import group_by_label, label_runs
 
 if TYPE_CHECKING:  # everything.py imports torch; this module must not.
     from saom_ros.everything import Instances
@@ -28,23 +29,21 @@ if TYPE_CHECKING:  # everything.py imports torch; this module must not.
 def instance_boxes(instance_image: np.ndarray, num_ids: int) -> tuple[np.ndarray, np.ndarray]:
     """Ids 1..num_ids owning pixels, and their pixel-inclusive boxes ``int[K, 4]`` (x0, y0, x1, y1).
 
-    One pass over the image (a scatter into per-id row and column occupancy), so the cost does not
-    grow with the number of instances.
+    From the image's row runs (``label_runs``): one pass over the pixels, then work on the few
+    thousand runs, so the cost does not grow with the number of instances.
     """
-    h, w = instance_image.shape
-    labels = instance_image.astype(np.intp)
-    # rows[id, y] / cols[id, x]: id has a pixel in row y / column x. Flat indices scatter faster.
-    rows = np.zeros((num_ids + 1) * h, dtype=bool)
-    cols = np.zeros((num_ids + 1) * w, dtype=bool)
-    rows[(labels * h + np.arange(h)[:, None]).ravel()] = True
-    cols[(labels * w + np.arange(w)).ravel()] = True
-    rows, cols = rows.reshape(-1, h)[1:], cols.reshape(-1, w)[1:]
-    ids = np.flatnonzero(rows.any(axis=1))
-    rows, cols = rows[ids], cols[ids]
-    boxes = np.stack([cols.argmax(axis=1), rows.argmax(axis=1),
-                      w - 1 - cols[:, ::-1].argmax(axis=1), h - 1 - rows[:, ::-1].argmax(axis=1)],
-                     axis=1)
-    return ids + 1, boxes
+    runs = label_runs(instance_image)
+    keep = np.flatnonzero((runs.labels > 0) & (runs.labels <= num_ids))
+    if not len(keep):
+        return np.zeros(0, np.intp), np.zeros((0, 4), np.intp)
+    order, first = group_by_label(runs.labels.take(keep))
+    run = keep.take(order)
+    starts, lengths = runs.starts.take(run), runs.lengths.take(run)
+    x0, rows = starts % runs.width, starts // runs.width
+    last = np.append(first[1:], len(run)) - 1  # a label's runs are in row order: first is top
+    boxes = np.stack([np.minimum.reduceat(x0, first), rows.take(first),
+                      np.maximum.reduceat(x0 + lengths - 1, first), rows.take(last)], axis=1)
+    return runs.labels.take(run.take(first)).astype(np.intp), boxes
 
 
 def detections(instances: Instances, header: Header,

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from saom_ros.depth import (MIN_BAND_M, DepthError, Intrinsics, boxes_3d, depth_in_metres,
-                            match_size)
+from saom_ros.depth import (FENCE, FENCE_SAMPLES, MIN_BAND_M, DepthError, Intrinsics, boxes_3d,
+                            depth_in_metres, match_size)
 
 K = Intrinsics(fx=100.0, fy=200.0, cx=4.0, cy=2.0)
 
@@ -138,3 +138,44 @@ def test_points_only_when_asked_for_and_the_same_boxes_either_way():
         mine = with_points.points[with_points.point_labels == label]
         np.testing.assert_allclose(mine.min(axis=0), low, atol=1e-6)
         np.testing.assert_allclose(mine.max(axis=0), high, atol=1e-6)
+
+
+def _reference_boxes(labels, depth, intr):
+    """The documented rule, one label at a time: row-major valid pixels, quartiles of
+    FENCE_SAMPLES evenly spaced ones, fences, min/max of the kept back-projected points."""
+    out = {}
+    v, u = np.mgrid[:labels.shape[0], :labels.shape[1]]
+    for label in np.unique(labels[labels > 0]):
+        sel = (labels == label) & (depth > 0)
+        z = depth[sel]
+        if not len(z):
+            continue
+        s = np.sort(z[np.arange(FENCE_SAMPLES) * len(z) // FENCE_SAMPLES])
+        q1, med, q3 = (s[FENCE_SAMPLES * k // 4] for k in (1, 2, 3))
+        low = min(q1 - FENCE * (q3 - q1), med - MIN_BAND_M)
+        high = max(q3 + FENCE * (q3 - q1), med + MIN_BAND_M)
+        keep = (z >= low) & (z <= high)
+        z = z[keep]
+        x = np.float32((u[sel][keep] - intr.cx) / intr.fx) * z
+        y = np.float32((v[sel][keep] - intr.cy) / intr.fy) * z
+        pts = np.stack([x, y, z], axis=1).astype(np.float64)
+        out[int(label)] = (pts.min(axis=0), pts.max(axis=0))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boxes_equal_the_rule_applied_label_by_label(seed):
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 8, (8, 10))
+    labels = np.kron(blocks, np.ones((5, 6), int))[:37, :53].astype(np.uint16)
+    depth = rng.uniform(0.5, 3.0, labels.shape).astype(np.float32)
+    depth[rng.random(labels.shape) < 0.1] = np.nan
+    depth[rng.random(labels.shape) < 0.05] = 9.0  # outliers for the fences to cut
+    intr = Intrinsics(40.0, 45.0, 26.0, 18.0)
+    boxes = boxes_3d(labels, depth, intr)
+    expected = _reference_boxes(labels, depth, intr)
+    assert boxes.labels.tolist() == sorted(expected)
+    for label, center, size in zip(boxes.labels.tolist(), boxes.centers, boxes.sizes):
+        low, high = expected[label]
+        np.testing.assert_allclose(center, (low + high) / 2, atol=1e-6)
+        np.testing.assert_allclose(size, high - low, atol=1e-6)
