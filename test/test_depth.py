@@ -179,3 +179,12 @@ def test_boxes_equal_the_rule_applied_label_by_label(seed):
         low, high = expected[label]
         np.testing.assert_allclose(center, (low + high) / 2, atol=1e-6)
         np.testing.assert_allclose(size, high - low, atol=1e-6)
+
+
+def test_every_16bit_value_converts_as_a_float32_division():
+    mm = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    metres = depth_in_metres(mm, "16UC1")
+    assert metres.dtype == np.float32 and np.isnan(metres[0, 0])
+    expected = mm.astype(np.float32) / np.float32(1000.0)
+    assert np.array_equal(metres.ravel()[1:], expected.ravel()[1:])
+    assert np.array_equal(depth_in_metres(mm.astype(">u2"), "16UC1"), metres, equal_nan=True)
