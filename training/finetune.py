@@ -238,6 +238,7 @@ class TrainStep(nn.Module):
         self.weights = LossWeights(dice=lc["dice"], focal=lc["focal"], ce=lc["ce"], iou=lc["iou"],
                                    focal_alpha=lc["focal_alpha"], focal_gamma=lc["focal_gamma"])
         self.selection = lc["mask_selection"]
+        self.per_object = bool(lc["per_object"])
 
     def assign(self, item: Prepared, embedding: torch.Tensor) -> Assignment:
         rng = sample_rng(self.seed, item.epoch, item.index)
@@ -274,8 +275,13 @@ class TrainStep(nn.Module):
         oh, ow = -(-rh * low // size), -(-rw * low // size)  # drop the padding, as at inference
         targets = (mask_coverage(item.masks[keep], item.image_hw, size, low) >= 0.5).float()
         class_ids = item.class_ids[keep] if self.model.class_head is not None else None
+        weights = None
+        if self.per_object:  # each object weighs 1 / objects, shared by its prompts
+            counts = torch.bincount(keep)[keep].float()
+            weights = 1.0 / (counts * len(torch.unique(keep)))
         losses = mask_losses(out.low_res_logits[..., :oh, :ow], out.iou_pred, out.class_logits,
-                             targets[:, :oh, :ow], class_ids, self.weights, self.selection)
+                             targets[:, :oh, :ow], class_ids, self.weights, self.selection,
+                             weights)
         return {**losses, "prompts": len(a.keep)}
 
     def forward(self, items: list[Prepared]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +21,25 @@ class LossWeights:
     focal_gamma: float = 2.0
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def _mean(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of per-mask ``values`` [N], or their sum weighted by ``weights`` [N] (sums to 1)."""
+    return values.mean() if weights is None else (values * weights).sum()
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0,
+              weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over masks of 1 - (2|P.T| + eps) / (|P| + |T| + eps), P = sigmoid(logits). [N,H,W]."""
     p = logits.sigmoid().flatten(1)
     t = targets.flatten(1)
-    return (1.0 - (2.0 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+    return _mean(1.0 - (2.0 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps), weights)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-               gamma: float = 2.0) -> torch.Tensor:
+               gamma: float = 2.0, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sigmoid focal loss (torchvision), mean over pixels and masks."""
-    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="mean")
+    per_mask = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma,
+                                  reduction="none").flatten(1).mean(1)
+    return _mean(per_mask, weights)
 
 
 @torch.no_grad()
@@ -47,7 +56,8 @@ def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def mask_losses(low_res_logits: torch.Tensor, iou_pred: torch.Tensor,
                 class_logits: torch.Tensor | None, targets: torch.Tensor,
                 class_ids: torch.Tensor | None, weights: LossWeights,
-                selection: str = "best_gt_iou") -> dict[str, torch.Tensor]:
+                selection: str = "best_gt_iou",
+                prompt_weights: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """All loss terms for one image's prompt batch.
 
     low_res_logits [N, M, h, w] (M mask outputs per prompt), iou_pred [N, M], class_logits
@@ -56,7 +66,9 @@ def mask_losses(low_res_logits: torch.Tensor, iou_pred: torch.Tensor,
     ground truth, SAM's own minimum-loss rule) or ``max_pred_iou`` (the reference code's rule,
     which early on follows an uncalibrated IoU head). The IoU loss trains every output's
     predicted IoU towards its actual IoU, so part-masks learn low scores and everything mode's
-    pred_iou filter drops them. Returns the weighted ``total`` and each unweighted term.
+    pred_iou filter drops them. ``prompt_weights`` [N] (summing to 1) weigh the prompts in
+    every term instead of a plain mean (e.g. each object equally however many prompts it has).
+    Returns the weighted ``total`` and each unweighted term.
     """
     logits = low_res_logits.float()
     actual_iou = mask_iou(logits, targets[:, None])  # [N, M]
@@ -66,11 +78,13 @@ def mask_losses(low_res_logits: torch.Tensor, iou_pred: torch.Tensor,
     best = score.argmax(1)
     chosen = logits[torch.arange(len(best), device=best.device), best]
     terms = {
-        "dice": dice_loss(chosen, targets),
-        "focal": focal_loss(chosen, targets, weights.focal_alpha, weights.focal_gamma),
-        "iou": F.mse_loss(iou_pred.float(), actual_iou),
+        "dice": dice_loss(chosen, targets, weights=prompt_weights),
+        "focal": focal_loss(chosen, targets, weights.focal_alpha, weights.focal_gamma,
+                            prompt_weights),
+        "iou": _mean(((iou_pred.float() - actual_iou) ** 2).mean(1), prompt_weights),
     }
     if class_logits is not None and class_ids is not None:
-        terms["ce"] = F.cross_entropy(class_logits.float(), class_ids.long() - 1)
+        terms["ce"] = _mean(F.cross_entropy(class_logits.float(), class_ids.long() - 1,
+                                            reduction="none"), prompt_weights)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return {"total": total, **{k: v.detach() for k, v in terms.items()}}

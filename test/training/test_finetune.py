@@ -216,17 +216,21 @@ def test_unfrozen_class_agnostic_random_prompts(dataset, tmp_path):
 def test_multi_point_prompts_with_the_encoder_training(dataset, tmp_path):
     """The shipped recipe: several grid points per object (more prompts than the nearest
     assignment's one per object), class head, encoder trained."""
-    prompts = {}
-    for mode in ("nearest", "multi"):
-        cfg = tiny_config(dataset, tmp_path / mode, "train.max_steps=2",
+    prompts, losses = {}, {}
+    for name, mode, per_object in (("nearest", "nearest", "false"), ("multi", "multi", "false"),
+                                   ("per_object", "multi", "true")):
+        cfg = tiny_config(dataset, tmp_path / name, "train.max_steps=2",
                           "model.freeze_encoder=false", f"assignment.prompt_mode={mode}",
-                          "assignment.points_per_mask=4")
+                          "assignment.points_per_mask=4", f"loss.per_object={per_object}")
         finetune.train(cfg, progress=False)
-        with open(tmp_path / mode / "metrics.csv") as f:
+        with open(tmp_path / name / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        prompts[mode] = sum(float(r["prompts"]) for r in rows)
+        prompts[name] = sum(float(r["prompts"]) for r in rows)
+        losses[name] = float(rows[0]["loss"])
         assert all(float(r["ce"]) > 0.0 for r in rows)
     assert prompts["nearest"] < prompts["multi"] <= 4 * prompts["nearest"]
+    # the same prompts, weighed per object instead of per prompt
+    assert prompts["per_object"] == prompts["multi"] and losses["per_object"] != losses["multi"]
     key = "sam.image_encoder.patch_embed.proj.weight"
     torch.manual_seed(0)
     start = build_saom(ModelConfig.preset("tiny", len(CLASSES)), CLASSES)

@@ -103,3 +103,21 @@ def test_gradients_reach_logits_iou_and_classes():
     cls = torch.randn(2, 4, requires_grad=True)
     mask_losses(logits, iou, cls, t, torch.tensor([2, 3]), LossWeights())["total"].backward()
     assert logits.grad.abs().sum() > 0 and iou.grad.abs().sum() > 0 and cls.grad.abs().sum() > 0
+
+
+def test_prompt_weights_weigh_every_term():
+    t = torch.zeros(3, 8, 8)
+    t[:, 2:6, 2:6] = 1
+    logits = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    iou = torch.rand(3, 3, generator=torch.Generator().manual_seed(1))
+    cls = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([1, 2, 4])
+    plain = mask_losses(logits, iou, cls, t, ids, LossWeights())
+    uniform = mask_losses(logits, iou, cls, t, ids, LossWeights(),
+                          prompt_weights=torch.full((3,), 1 / 3))
+    only_last = mask_losses(logits, iou, cls, t, ids, LossWeights(),
+                            prompt_weights=torch.tensor([0.0, 0.0, 1.0]))
+    alone = mask_losses(logits[2:], iou[2:], cls[2:], t[2:], ids[2:], LossWeights())
+    for k in ("total", "dice", "focal", "iou", "ce"):
+        assert uniform[k].item() == pytest.approx(plain[k].item(), rel=1e-5)
+        assert only_last[k].item() == pytest.approx(alone[k].item(), rel=1e-5)
