@@ -79,14 +79,12 @@ class Tracker:
         grid = instance_image[::MATCH_STRIDE, ::MATCH_STRIDE]
         if self._memory is not None and self._memory.shape != grid.shape:
             self.reset()  # another camera resolution: nothing can be matched by pixels
-        labels = grid.astype(np.intp).ravel()
-        areas = np.bincount(labels, minlength=count + 1)[1:count + 1]
         ids = np.zeros(count, np.uint16)
         slot_of = np.full(count, -1, np.intp)  # matched old slot per instance
         if prompt_source is not None:
             self._follow_prompts(prompt_source, ids, slot_of)
         if self._memory is not None and (ids == 0).any() and len(self._slot_ids):
-            self._match_by_iou(labels, areas, ids, slot_of)
+            self._match_by_iou(grid, ids, slot_of)
         live = set(self._slot_ids.tolist())
         for i in np.flatnonzero(ids == 0).tolist():
             ids[i] = self._allocate(live)
@@ -107,15 +105,19 @@ class Tracker:
                     taken.add(track_id)
                     ids[i], slot_of[i] = track_id, slot_by_id[track_id]
 
-    def _match_by_iou(self, labels: np.ndarray, areas: np.ndarray, ids: np.ndarray,
-                      slot_of: np.ndarray) -> None:
+    def _match_by_iou(self, grid: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
         """Match the instances still without id to the unclaimed tracks by footprint IoU."""
         slots, count = len(self._slot_ids), len(ids)
-        # Intersections of every (slot, instance) pair from one joint histogram of the two images.
-        joint = np.bincount(self._memory.ravel().astype(np.intp) * (count + 1) + labels,
-                            minlength=(slots + 1) * (count + 1)).reshape(slots + 1, count + 1)
+        # Intersections of every (slot, instance) pair from one joint histogram of the two images
+        # (built in place: one temporary), areas from its margins.
+        code = self._memory.astype(np.intp)
+        code *= count + 1
+        code += grid
+        joint = np.bincount(code.ravel(), minlength=(slots + 1) * (count + 1)
+                            ).reshape(slots + 1, count + 1)
         inter = joint[1:, 1:]
         slot_areas = joint[1:].sum(axis=1)
+        areas = joint[:, 1:].sum(axis=0)
         union = slot_areas[:, None] + areas[None, :] - inter
         iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
         free_slots = np.setdiff1d(np.arange(slots), slot_of[slot_of >= 0])
@@ -137,12 +139,12 @@ class Tracker:
         keep = keep[np.argsort(-self._slot_seen[keep], kind="stable")][:MAX_ID - len(ids)]
         for s in np.setdiff1d(missing, keep).tolist():
             self._retire(int(self._slot_ids[s]))
-        memory = grid.astype(np.uint16)  # a copy
         if len(keep):
             remap = np.zeros(len(self._slot_ids) + 1, np.uint16)
             remap[keep + 1] = len(ids) + 1 + np.arange(len(keep))
-            free = memory == 0
-            memory[free] = remap[self._memory[free]]
+            memory = np.where(grid == 0, remap.take(self._memory), grid)  # uint16
+        else:
+            memory = grid.astype(np.uint16)  # a copy
         seen = np.full(len(ids), self._frame, np.int64)
         self._slot_ids = np.concatenate([ids, self._slot_ids[keep]])
         self._slot_seen = np.concatenate([seen, self._slot_seen[keep]])
