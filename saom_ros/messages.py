@@ -55,20 +55,28 @@ def detections(instances: Instances, header: Header,
     cut each object's mask out of the instance image.
     """
     ids, boxes = instance_boxes(instances.instance_image, len(instances))
-    msg = Detection2DArray(header=header)
-    for inst_id, (x0, y0, x1, y1) in zip(ids.tolist(), boxes.tolist()):
-        det = Detection2D(header=header, id=str(
-            inst_id if track_ids is None else int(track_ids[inst_id - 1])))
-        det.bbox.center.position.x = (x0 + x1) / 2.0
-        det.bbox.center.position.y = (y0 + y1) / 2.0
-        det.bbox.size_x = float(x1 - x0 + 1)
-        det.bbox.size_y = float(y1 - y0 + 1)
+    index = ids - 1
+    # Every number at once in numpy; the loop only fills messages (attribute access is the cost).
+    names = (ids if track_ids is None else track_ids.take(index)).tolist()
+    classes = instances.class_ids.take(index).tolist()
+    scores = instances.class_scores.take(index).tolist()
+    x0, y0, x1, y1 = boxes.T
+    centers_x, centers_y = ((x0 + x1) / 2.0).tolist(), ((y0 + y1) / 2.0).tolist()
+    sizes_x, sizes_y = (x1 - x0 + 1.0).tolist(), (y1 - y0 + 1.0).tolist()
+    found = []
+    for name, class_id, score, cx, cy, sx, sy in zip(names, classes, scores, centers_x, centers_y,
+                                                     sizes_x, sizes_y):
+        det = Detection2D(header=header, id=str(name))
+        bbox = det.bbox
+        position = bbox.center.position
+        position.x, position.y = cx, cy
+        bbox.size_x, bbox.size_y = sx, sy
         hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = str(int(instances.class_ids[inst_id - 1]))
-        hyp.hypothesis.score = float(instances.class_scores[inst_id - 1])
-        det.results.append(hyp)
-        msg.detections.append(det)
-    return msg
+        hypothesis = hyp.hypothesis
+        hypothesis.class_id, hypothesis.score = str(class_id), score
+        det.results = [hyp]
+        found.append(det)
+    return Detection2DArray(header=header, detections=found)
 
 
 UNLABELED = 65535  # vision_msgs: the label image type's maximum is the UNLABELED class
