@@ -101,12 +101,15 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
                       ) -> Candidates:
     """Decode (x, y) original-pixel points [n, 2]; keep the masks passing the IoU and
     stability filters. ``method(name)`` gives the model's (possibly compiled) method."""
+    if len(points) == 0:  # the decoder needs a prompt: decode one, keep none of its masks
+        one = decode_candidates(model, frame, np.zeros((1, 2)), settings, method)
+        return one.select(slice(0, 0))
     s = settings
     pts = frame.to_input(points)
     orig = torch.as_tensor(points, dtype=torch.float32, device=pts.device).reshape(-1, 2)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
     parts = []
-    for start in range(0, max(len(pts), 1), s.points_per_batch):
+    for start in range(0, len(pts), s.points_per_batch):
         chunk = slice(start, start + s.points_per_batch)
         parts += _decode_chunk(model, frame, pts[chunk], labels[chunk], start, s, method)
     cand = Candidates.cat(parts)
