@@ -54,23 +54,32 @@ def detections_3d(boxes: Boxes3D, ids: np.ndarray, instances: Instances,
                   header: Header) -> Detection3DArray:
     """One Detection3D per boxed instance, in score order: ``id`` as in ~/detections, the class
     hypothesis with its pose at the box centre, an axis-aligned box (identity orientation)."""
-    msg = Detection3DArray(header=header)
-    for label, center, size in zip(boxes.labels.tolist(), boxes.centers.tolist(),
-                                   boxes.sizes.tolist()):
-        index = label - 1
-        det = Detection3D(header=header, id=str(int(ids[index])))
+    index = boxes.labels - 1
+    # Every number at once in numpy; the loop only fills messages (attribute access is the cost).
+    names = ids.take(index).tolist()
+    classes = instances.class_ids.take(index).tolist()
+    scores = instances.class_scores.take(index).tolist()
+    found = []
+    for name, class_id, score, (x, y, z), (sx, sy, sz) in zip(
+            names, classes, scores, boxes.centers.tolist(), boxes.sizes.tolist()):
+        det = Detection3D(header=header, id=str(name))
         box = det.bbox
-        box.center.position.x, box.center.position.y, box.center.position.z = center
-        box.center.orientation.w = 1.0
-        box.size.x, box.size.y, box.size.z = size
+        center = box.center
+        position = center.position
+        position.x, position.y, position.z = x, y, z
+        center.orientation.w = 1.0
+        size = box.size
+        size.x, size.y, size.z = sx, sy, sz
         hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = str(int(instances.class_ids[index]))
-        hyp.hypothesis.score = float(instances.class_scores[index])
-        hyp.pose.pose.position.x, hyp.pose.pose.position.y, hyp.pose.pose.position.z = center
-        hyp.pose.pose.orientation.w = 1.0
-        det.results.append(hyp)
-        msg.detections.append(det)
-    return msg
+        hypothesis = hyp.hypothesis
+        hypothesis.class_id, hypothesis.score = str(class_id), score
+        pose = hyp.pose.pose
+        position = pose.position
+        position.x, position.y, position.z = x, y, z
+        pose.orientation.w = 1.0
+        det.results = [hyp]
+        found.append(det)
+    return Detection3DArray(header=header, detections=found)
 
 
 def point_cloud(boxes: Boxes3D, ids: np.ndarray, instances: Instances,
