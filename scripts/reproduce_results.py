@@ -184,6 +184,9 @@ def report(results: dict, summary: dict, exp: dict, timings: dict, environment: 
     per_class_hyp = ", ".join(
         f"{c} {pct(p['per_class_iou'][c])} -> {pct(m['per_class_iou'][c])}"
         for c in sorted(p["per_class_iou"]))
+    specs = stage_specs(exp)
+    shipped_extra = ", ".join(f"`{o}`" for o in specs["saom"]["overrides"]
+                              if o not in specs["saom_paper"]["overrides"])
     targets = summary["targets"]
     labels = {"miou": ("mIoU", "%"), "min_class_iou": ("worst class IoU", "%"),
               "class_accuracy": ("class accuracy", "%"),
@@ -242,8 +245,8 @@ With the everything-mode settings it carries (below), on the held-out test scene
   nearest-neighbour point and gets up to `points_per_mask - 1` more grid points lying on it,
   drawn with probability proportional to their distance from its edge; every one is trained
   to return the whole object with its class.
-- SAOM-small, the shipped recipe: the overrides of stage `saom` in `config/experiment.yaml`
-  on top of the paper's.
+- SAOM-small, the shipped recipe: the paper's with {shipped_extra} (stage `saom` of
+  `config/experiment.yaml`).
 - Ablations of the paper's recipe: a random pixel inside each mask as its prompt (no
   nearest-neighbour assignment), and no IoU loss.
 - Evaluation: everything mode with the settings the shipped model carries, the same for every
