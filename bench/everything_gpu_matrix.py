@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--sizes", default="640x480,1280x720", help="WxH,...")
     p.add_argument("--runs", type=int, default=5, help="timed frames, grid and hierarchical")
     p.add_argument("--stream-frames", type=int, default=20, help="timed frames, streaming")
-    p.add_argument("--points-per-batch", type=int, default=1024)
+    p.add_argument("--points-per-batch", type=int, default=0, help="0: the engine's choice")
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
