@@ -22,8 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-from saom_ros.label_runs import grouped_pixels, label_runs
-
 # encoding -> stored units per metre (REP 118: 16UC1 in millimetres, 32FC1 in metres)
 DEPTH_SCALES: dict[str, float] = {"16UC1": 1000.0, "mono16": 1000.0, "32FC1": 1.0}
 # Tukey's fences: kept depths lie within FENCE interquartile ranges beyond the quartiles...
@@ -85,8 +83,6 @@ def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
     if encoding not in DEPTH_SCALES:
         raise DepthError(f"unsupported depth encoding {encoding!r}; supported: "
                          f"{', '.join(DEPTH_SCALES)}")
-    if depth.dtype.kind == "u" and depth.dtype.itemsize == 2:  # 16UC1: one lookup per pixel
-        return _metres_of_uint16(DEPTH_SCALES[encoding]).take(depth)
     metres = depth.astype(np.float32)  # a copy
     if np.issubdtype(depth.dtype, np.integer):
         metres[depth == 0] = np.nan  # integers: only 0 is invalid (one pass instead of three)
@@ -96,14 +92,6 @@ def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
     # Divided, not multiplied by 0.001: 1500 mm is exactly the float32 nearest 1.5 m.
     metres /= np.float32(DEPTH_SCALES[encoding])
     return metres
-
-
-@functools.lru_cache(maxsize=2)
-def _metres_of_uint16(scale: float) -> np.ndarray:
-    """float32 metres of every uint16 value (0 -> NaN), computed as ``depth_in_metres`` does."""
-    table = np.arange(65536, dtype=np.float32) / np.float32(scale)
-    table[0] = np.nan
-    return table
 
 
 def match_size(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -149,15 +137,21 @@ def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
     h, w = labels.shape
     flat_labels, flat_depth = labels.ravel(), depth_m.ravel()
     with np.errstate(invalid="ignore"):  # NaN > 0 is False: invalid depth drops out here
-        valid = (flat_labels > 0) & (flat_depth > 0)
-    # Pixels grouped by label through the image's row runs: no per-pixel sort.
-    # (take, not fancy indexing: the same gather, faster on 1-D arrays.)
-    order, present, counts = grouped_pixels(label_runs(labels), valid)
-    if not len(present):
+        pixels = np.flatnonzero((flat_labels > 0) & (flat_depth > 0))
+    pixel_labels = flat_labels.take(pixels)
+    if not len(pixels):
         return Boxes3D(np.zeros(0, np.intp), np.zeros((0, 3)), np.zeros((0, 3)),
                        np.zeros((0, 3), np.float32), np.zeros(0, np.uint16))
+    # Group pixels by label: a stable argsort of 16-bit keys is a radix sort (linear time).
+    # (take, not fancy indexing: the same gather, faster on 1-D arrays.)
+    sort = np.argsort(pixel_labels, kind="stable")
+    order = pixels.take(sort)
+    # Counts from the sorted labels (a binary search per label, not a histogram of every pixel).
+    sorted_labels = pixel_labels.take(sort)
+    counts = np.diff(np.searchsorted(sorted_labels, np.arange(1, int(sorted_labels[-1]) + 2)))
     z = flat_depth.take(order)
-    present = present.astype(np.intp)
+    present = np.flatnonzero(counts)
+    counts = counts[present]
     starts = _starts(counts)
 
     low, high = _fences(z, starts, counts)
@@ -171,11 +165,11 @@ def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
     if with_points:
         keep = ~np.isnan(z)
         points = np.stack([x[keep], y[keep], z[keep]], axis=1)
-        point_labels = np.repeat(present, np.add.reduceat(keep, starts, dtype=np.intp))
+        point_labels = np.repeat(present + 1, np.add.reduceat(keep, starts, dtype=np.intp))
         point_labels = point_labels.astype(np.uint16)
     else:
         points, point_labels = np.zeros((0, 3), np.float32), np.zeros(0, np.uint16)
-    return Boxes3D(labels=present, centers=(low + high) / 2, sizes=high - low,
+    return Boxes3D(labels=present + 1, centers=(low + high) / 2, sizes=high - low,
                    points=points, point_labels=point_labels)
 
 

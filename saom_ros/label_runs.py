@@ -1,9 +1,9 @@
-"""Row runs of a label image: each label's pixels, grouped without sorting the pixels.
+"""Row runs of a label image: per-label work on a few thousand runs instead of every pixel.
 
 A run is a maximal stretch of one label within one image row. A label image of objects has few
 runs (about 6,000 for 640x480 with 50 instances, against 307,200 pixels), so work per run is cheap:
-2D boxes come from the runs alone, and grouping pixels by label (for 3D extents) sorts the runs,
-not the pixels, then lays out each run's pixels in one vectorised pass.
+2D boxes come from the runs alone (a box's rows from its first and last run, its columns from the
+runs' ends).
 No ROS, no torch.
 """
 from __future__ import annotations
@@ -21,10 +21,6 @@ class Runs:
     lengths: np.ndarray  # intp [R], pixels in each run
     labels: np.ndarray  # [R], the label of each run (the image's dtype)
     width: int  # the image's width: a run's row is start // width
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self.starts // self.width
 
 
 def label_runs(labels: np.ndarray) -> Runs:
@@ -46,25 +42,3 @@ def group_by_label(run_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = np.flatnonzero(np.concatenate(([True], sorted_labels[1:] != sorted_labels[:-1])))
     return order, first
 
-
-def grouped_pixels(runs: Runs, selected: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The flat indices of the ``selected`` pixels (flat bool, False wherever the label is 0)
-    grouped by label, row-major within a label (the order of a stable sort by label), with the
-    labels that have any, in increasing order, and how many each has."""
-    pixels = np.flatnonzero(selected)
-    before = np.searchsorted(pixels, runs.starts)  # selected pixels before each run
-    per_run = np.diff(before, append=len(pixels))
-    used = np.flatnonzero(per_run)
-    if not len(used):
-        return pixels, np.zeros(0, runs.labels.dtype), np.zeros(0, np.intp)
-    order, first = group_by_label(runs.labels.take(used))
-    run = used.take(order)
-    count = per_run.take(run)
-    # Run r's pixels are pixels[before[r]:before[r] + count[r]]; place them after the runs
-    # that precede it in label order.
-    shift = before.take(run) - (np.cumsum(count) - count)
-    index = np.repeat(shift, count)
-    index += np.arange(len(pixels))
-    grouped = pixels.take(index)
-    return grouped, runs.labels.take(run.take(first)), np.add.reduceat(count, first)

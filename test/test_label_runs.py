@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from saom_ros.label_runs import group_by_label, grouped_pixels, label_runs
+from saom_ros.label_runs import group_by_label, label_runs
 
 
 def test_runs_cover_the_image_and_end_with_their_row():
@@ -12,7 +12,7 @@ def test_runs_cover_the_image_and_end_with_their_row():
     assert runs.starts.tolist() == [0, 2, 4, 7, 8, 10]
     assert runs.lengths.tolist() == [2, 2, 3, 1, 2, 2]
     assert runs.labels.tolist() == [0, 1, 1, 2, 2, 0]
-    assert runs.rows.tolist() == [0, 0, 1, 1, 2, 2]
+    assert (runs.starts // runs.width).tolist() == [0, 0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -29,22 +29,3 @@ def test_group_by_label_keeps_row_order_within_a_label():
     assert order.tolist() == [1, 3, 0, 2, 4]
     assert first.tolist() == [0, 2, 4]
 
-
-@pytest.mark.parametrize("seed", range(10))
-def test_grouped_pixels_equal_a_stable_sort_by_label(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 6, (9, 13)).astype(np.uint16)
-    selected = (labels > 0) & (rng.random(labels.shape) < 0.7)
-    order, present, counts = grouped_pixels(label_runs(labels), selected.ravel())
-    pixels = np.flatnonzero(selected)
-    expected = pixels[np.argsort(labels.ravel()[pixels], kind="stable")]
-    assert order.tolist() == expected.tolist()
-    ids, expected_counts = np.unique(labels.ravel()[pixels], return_counts=True)
-    assert present.tolist() == ids.tolist()
-    assert counts.tolist() == expected_counts.tolist()
-
-
-def test_grouped_pixels_of_nothing():
-    order, present, counts = grouped_pixels(label_runs(np.ones((2, 3), np.uint16)),
-                                            np.zeros(6, bool))
-    assert len(order) == len(present) == len(counts) == 0
