@@ -89,6 +89,7 @@ def test_end_to_end_in_miniature(tmp_path: Path):
         assert set(results[name]["per_class_iou"]) <= set(SYNTH_CLASSES)
     assert set(results["evaluation"]["models"]) == set(script.TITLES)
     assert set(results["targets"]) == set(script.TARGETS)
+    assert set(results["former_settings"]) == {"settings", *script.FORMER}
     assert not results["evaluation"]["models"]["baseline"]["class_aware"]
     model = load_model(out / "saom_ros" / "data" / "saom_small.pt")
     assert model.class_names == SYNTH_CLASSES
