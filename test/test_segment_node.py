@@ -99,11 +99,39 @@ def test_thresholds_change_while_running_and_bad_values_are_rejected(context, ch
         node.destroy_node()
 
 
+def test_streaming_gets_the_previous_result_and_the_strategy_changes_while_running(
+        context, checkpoint):
+    node = make_node(context, checkpoint, prompt_strategy="streaming", **FAST_ENGINE)
+    try:
+        engine, calls = node._engine, []
+
+        class Spy:  # records what the node passes and returns
+            settings = engine.settings
+
+            def __call__(self, image, previous=None):
+                calls.append((previous, engine(image, previous)))
+                return calls[-1][1]
+        node._engine = Spy()
+        for seed in (1, 2):
+            node._process(array_to_image(camera_image(seed), "rgb8", Header()), time.monotonic())
+        assert calls[0][0] is None and calls[1][0] is calls[0][1]  # the last result goes back in
+        node._engine = engine
+        assert node.set_parameters([Parameter("prompt_strategy", value="hierarchical")])[0] \
+            .successful
+        assert engine.settings.prompt_strategy == "hierarchical"
+        bad = node.set_parameters([Parameter("prompt_strategy", value="fast")])[0]
+        assert not bad.successful and "grid, hierarchical, streaming" in bad.reason
+    finally:
+        node.close()
+        node.destroy_node()
+
+
 @pytest.mark.parametrize("name, value, words", [
     ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
     ("model_type", "vit_q", "must be one of auto, vit_h"),
     ("input_reliability", "sometimes", "must be one of auto, reliable, best_effort"),
     ("pred_iou_thresh", 2.0, "out of range"),
+    ("prompt_strategy", "fast", "must be one of grid, hierarchical, streaming"),
 ])
 def test_bad_start_up_values_are_rejected_with_a_reason(context, checkpoint, name, value, words):
     with pytest.raises(ParameterException, match=words):
