@@ -68,13 +68,23 @@ def _head_weights(linear: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, to
     return w.view(heads, w.shape[0] // heads, w.shape[1]), linear.bias.view(heads, -1)
 
 
-def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor,
-                     v: torch.Tensor) -> torch.Tensor:
-    """Attention of token queries [B, T, C] to per-prompt image keys/values [B, P, C], folded.
+def _add_bmm(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``base + a @ b`` (batched); in place on a per-prompt ``base`` when no gradient is
+    recorded, which saves a pass over the largest tensor."""
+    if torch.is_grad_enabled() or base.shape[0] != a.shape[0]:
+        return torch.baddbmm(base, a, b)
+    return base.baddbmm_(a, b)
 
-    Head h's score of query t and pixel p is ``(Wk_h^T q_h) . k_p`` (the key bias adds the same
-    value to all pixels of a row and cancels in the softmax); its output is
-    ``Wv_h (sum_p a_p v_p) + bv_h`` because the weights sum to one.
+
+def _tokens_to_image(attn: Attention, q: torch.Tensor, image: torch.Tensor,
+                     image_pe: torch.Tensor) -> torch.Tensor:
+    """Attention of token queries [B, T, C] to per-prompt keys ``image + image_pe`` and values
+    ``image`` ([B, P, C], pe [1, P, C]), folded.
+
+    Head h's score of query t and pixel p is ``(Wk_h^T q_h) . (x_p + pe_p)`` (the key bias adds
+    the same value to all pixels of a row and cancels in the softmax): the pe part is one GEMM
+    against the shared pe, so ``image + image_pe`` is never formed. The output is
+    ``Wv_h (sum_p a_p x_p) + bv_h`` because the weights sum to one.
     """
     b, t, _ = q.shape
     heads = attn.num_heads
@@ -82,17 +92,22 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor,
     wv, bv = _head_weights(attn.v_proj, heads)
     qh = attn.q_proj(q).view(b, t, heads, -1) * (1.0 / math.sqrt(wk.shape[1]))
     q_img = torch.einsum("bthi,hic->bhtc", qh, wk).reshape(b, heads * t, -1)
-    a = torch.bmm(q_img, k.transpose(1, 2)).softmax(-1)  # [B, H*T, P]
-    pooled = torch.bmm(a, v).view(b, heads, t, -1)  # [B, H, T, C]
+    scores = _add_bmm(torch.matmul(q_img, image_pe[0].T), q_img, image.transpose(1, 2))
+    pooled = torch.bmm(scores.softmax(-1), image).view(b, heads, t, -1)  # [B, H, T, C]
     out = torch.einsum("bhtc,hic->bthi", pooled, wv) + bv
     return attn.out_proj(out.reshape(b, t, -1))
 
 
-def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     residual: torch.Tensor) -> torch.Tensor:
-    """``residual + Attention(q, k, v)`` for image queries [1 or B, P, C] and token keys and
-    values [B, T, C], folded: scores are ``q_p . (Wq_h^T k_h) + bq_h . k_h`` and the output
-    projection is applied to the T values before the weighted sum."""
+def _image_to_tokens(attn: Attention, image: torch.Tensor, image_pe: torch.Tensor,
+                     k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``image + Attention(image + image_pe, k, v)`` for the image side [1 or B, P, C] (pe
+    [1, P, C]) and token keys and values [B, T, C], folded.
+
+    Scores are ``(x_p + pe_p) . (Wq_h^T k_h) + bq_h . k_h``, the pe part one GEMM against the
+    shared pe. The output projection is applied to the T values before the weighted sum, and
+    its bias is added to them divided by the number of heads: each head's weights sum to one
+    over the tokens, so every pixel receives the bias exactly once.
+    """
     b, t, _ = k.shape
     heads = attn.num_heads
     wq, bq = _head_weights(attn.q_proj, heads)
@@ -102,14 +117,25 @@ def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
     bias = torch.einsum("bthi,hi->bht", kh, bq).reshape(b, heads * t, 1)
     vh = attn.v_proj(v).view(b, t, heads, -1)
     v_img = torch.einsum("bthi,chi->bhtc", vh, wo).reshape(b, heads * t, -1)  # [B, H*T, C]
+    v_img = v_img + attn.out_proj.bias / heads
     # Scores as [B, H*T, P]: the softmax over T then runs along a non-contiguous dimension,
     # vectorised over pixels (~6x faster than a softmax over a last dimension of 7).
-    if q.shape[0] == 1:
-        scores = torch.addmm(bias.flatten(0, 1), k_img.flatten(0, 1), q[0].T).view(b, -1, q.shape[1])
+    if image.shape[0] == 1:
+        scores = torch.addmm(bias.flatten(0, 1), k_img.flatten(0, 1),
+                             (image + image_pe)[0].T).view(b, -1, image.shape[1])
     else:
-        scores = torch.baddbmm(bias, k_img, q.transpose(1, 2))
+        scores = _add_bmm(torch.matmul(k_img, image_pe[0].T) + bias, k_img, image.transpose(1, 2))
     a = scores.view(b, heads, t, -1).softmax(2).view(b, heads * t, -1)
-    return torch.baddbmm(residual + attn.out_proj.bias, a.transpose(1, 2), v_img)
+    return _add_bmm(image, a.transpose(1, 2), v_img)
+
+
+def _token_attention(attn: Attention, q: torch.Tensor, image: torch.Tensor,
+                     image_pe: torch.Tensor) -> torch.Tensor:
+    """Token queries attending to keys ``image + image_pe`` and values ``image``: the
+    long-sequence form while the image side is shared (batch 1), else the folded one."""
+    if image.shape[0] == 1:
+        return _attend(attn, q, image + image_pe, image)
+    return _tokens_to_image(attn, q, image, image_pe)
 
 
 def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
@@ -126,16 +152,13 @@ def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torc
             q = queries + tokens
             queries = queries + _attend(layer.self_attn, q, q, queries)
         queries = layer.norm1(queries)
-        k = keys + image_pe
-        t2i = _attend if keys.shape[0] == 1 else _tokens_to_image
-        queries = layer.norm2(queries + t2i(layer.cross_attn_token_to_image,
-                                            queries + tokens, k, keys))
+        queries = layer.norm2(queries + _token_attention(layer.cross_attn_token_to_image,
+                                                         queries + tokens, keys, image_pe))
         queries = layer.norm3(queries + layer.mlp(queries))
         keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token,
-                                            k, queries + tokens, queries, keys))
-    t2i = _attend if keys.shape[0] == 1 else _tokens_to_image
-    queries = transformer.norm_final_attn(queries + t2i(
-        transformer.final_attn_token_to_image, queries + tokens, keys + image_pe, keys))
+                                            keys, image_pe, queries + tokens, queries))
+    queries = transformer.norm_final_attn(queries + _token_attention(
+        transformer.final_attn_token_to_image, queries + tokens, keys, image_pe))
     return queries, keys
 
 

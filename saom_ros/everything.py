@@ -17,6 +17,7 @@ from torchvision.ops import nms
 
 from saom_ros import full_size, prompts
 from saom_ros.candidates import Candidates, Frame, decode_candidates
+from saom_ros.encoder_attention import fuse_attention
 
 from saom_ros.image_decode import MAX_IMAGE_PIXELS
 from saom_ros.model import Saom
@@ -176,15 +177,15 @@ class EverythingEngine:
 
     def _on_device(self, model: Saom) -> Saom:
         """The model on the device; on CUDA a copy in ``cuda_dtype`` (prompt encoder in float32,
-        its Fourier features need the precision)."""
-        dtype = getattr(torch, self.settings.cuda_dtype)
-        if self.device.type != "cuda" or dtype == torch.float32:
+        its Fourier features need the precision) whose image encoder uses fused attention."""
+        if self.device.type != "cuda":
             return model.to(self.device).eval()
-        fast = copy.deepcopy(model).to(self.device, dtype).eval()
+        fast = copy.deepcopy(model).to(self.device, getattr(torch, self.settings.cuda_dtype))
+        fuse_attention(fast.sam.image_encoder)
         fast.sam.prompt_encoder.float()
         for name in ("pixel_mean", "pixel_std"):  # normalise in float32
             fast.sam.register_buffer(name, getattr(model.sam, name).to(self.device), False)
-        return fast
+        return fast.eval()
 
     def _compiled(self, name: str) -> Callable:
         """The model's method ``name``, through torch.compile when ``compile`` is set."""

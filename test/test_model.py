@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.functional import resize, to_pil_image
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
-    CheckpointError, ModelConfig, Saom, build_saom, load_model, save_checkpoint)
+    CheckpointError, ModelConfig, Saom, build_saom, load_model, resize_on_device, save_checkpoint)
 
 
 def _decode(model: Saom, seed: int = 0):
@@ -260,3 +261,16 @@ def test_malformed_everything_settings(tiny_model: Saom, tiny_checkpoint: Path, 
     with pytest.raises(CheckpointError, match="'everything' must map"):
         save_checkpoint(tiny_checkpoint.parent / "never.pt", tiny_model, everything=bad)
     assert not (tiny_checkpoint.parent / "never.pt").exists()
+
+
+@pytest.mark.parametrize("hw, size", [((480, 640), (768, 1024)), ((1080, 1920), (144, 256)),
+                                      ((300, 200), (256, 171))])
+def test_resize_on_device_is_within_one_grey_level_of_pil(hw: tuple, size: tuple) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    image[hw[0] // 3:hw[0] // 2, hw[1] // 4:hw[1] // 2] = 200  # flat regions and edges too
+    ref = np.array(resize(to_pil_image(image), list(size))).astype(np.int16)
+    out = resize_on_device(torch.as_tensor(image), size)[0].permute(1, 2, 0).numpy()
+    assert out.shape == ref.shape
+    diff = np.abs(out.astype(np.int16) - ref)
+    assert diff.max() <= 1 and diff.mean() < 0.3
