@@ -26,6 +26,8 @@ from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from torch.nn import functional as F
 
+from saom_ros import decoder_kernels as kernels
+
 # Upscaling steps of the decoder (two stride-2 transposed convolutions).
 UPSCALE = 4
 
@@ -76,57 +78,91 @@ def _add_bmm(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return base.baddbmm_(a, b)
 
 
+def _t2i_queries(attn: Attention, q: torch.Tensor) -> torch.Tensor:
+    """Token queries [B, T, C] folded onto the image side: head h's row t is ``Wk_h^T q_h``
+    (scaled), so that its score with pixel p is a dot product with the pixel itself: [B, H, T, C].
+    The key bias adds the same value to all pixels of a row and cancels in the softmax."""
+    b, t, _ = q.shape
+    wk, _ = _head_weights(attn.k_proj, attn.num_heads)
+    qh = attn.q_proj(q).view(b, t, attn.num_heads, -1) * (1.0 / math.sqrt(wk.shape[1]))
+    return torch.einsum("bthi,hic->bhtc", qh, wk)
+
+
+def _t2i_output(attn: Attention, pooled: torch.Tensor) -> torch.Tensor:
+    """The attention's output [B, T, C] from the pooled pixels [B, H, T, C] of each head's
+    weights: ``Wv_h (sum_p a_p x_p) + bv_h`` because the weights sum to one."""
+    b, _, t, _ = pooled.shape
+    wv, bv = _head_weights(attn.v_proj, attn.num_heads)
+    return attn.out_proj((torch.einsum("bhtc,hic->bthi", pooled, wv) + bv).reshape(b, t, -1))
+
+
 def _tokens_to_image(attn: Attention, q: torch.Tensor, image: torch.Tensor,
                      image_pe: torch.Tensor) -> torch.Tensor:
     """Attention of token queries [B, T, C] to per-prompt keys ``image + image_pe`` and values
-    ``image`` ([B, P, C], pe [1, P, C]), folded.
-
-    Head h's score of query t and pixel p is ``(Wk_h^T q_h) . (x_p + pe_p)`` (the key bias adds
-    the same value to all pixels of a row and cancels in the softmax): the pe part is one GEMM
-    against the shared pe, so ``image + image_pe`` is never formed. The output is
-    ``Wv_h (sum_p a_p x_p) + bv_h`` because the weights sum to one.
-    """
+    ``image`` ([B, P, C], pe [1, P, C]), folded; the pe part of the scores is one GEMM against
+    the shared pe, so ``image + image_pe`` is never formed."""
     b, t, _ = q.shape
-    heads = attn.num_heads
-    wk, _ = _head_weights(attn.k_proj, heads)
-    wv, bv = _head_weights(attn.v_proj, heads)
-    qh = attn.q_proj(q).view(b, t, heads, -1) * (1.0 / math.sqrt(wk.shape[1]))
-    q_img = torch.einsum("bthi,hic->bhtc", qh, wk).reshape(b, heads * t, -1)
+    q_img = _t2i_queries(attn, q)
+    if kernels.available(image, q_img.shape[-1], attn.num_heads):
+        tpad = kernels.padded_tokens(t)
+        pooled = kernels.tokens_to_image(_pad_tokens(q_img, tpad, 0.0).flatten(1, 2),
+                                         image.contiguous(), image_pe[0].contiguous())
+        return _t2i_output(attn, pooled.view(b, attn.num_heads, tpad, -1)[:, :, :t])
+    q_img = q_img.reshape(b, -1, q_img.shape[-1])
     scores = _add_bmm(torch.matmul(q_img, image_pe[0].T), q_img, image.transpose(1, 2))
-    pooled = torch.bmm(scores.softmax(-1), image).view(b, heads, t, -1)  # [B, H, T, C]
-    out = torch.einsum("bhtc,hic->bthi", pooled, wv) + bv
-    return attn.out_proj(out.reshape(b, t, -1))
+    pooled = torch.bmm(scores.softmax(-1), image)
+    return _t2i_output(attn, pooled.view(b, attn.num_heads, t, -1))
 
 
-def _image_to_tokens(attn: Attention, image: torch.Tensor, image_pe: torch.Tensor,
-                     k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``image + Attention(image + image_pe, k, v)`` for the image side [1 or B, P, C] (pe
-    [1, P, C]) and token keys and values [B, T, C], folded.
+def _pad_tokens(x: torch.Tensor, tpad: int, fill: float) -> torch.Tensor:
+    """[B, H, T, ...] -> [B, H, tpad, ...], the new rows set to ``fill``."""
+    out = x.new_full((x.shape[0], x.shape[1], tpad) + x.shape[3:], fill)
+    out[:, :, :x.shape[2]] = x
+    return out
 
-    Scores are ``(x_p + pe_p) . (Wq_h^T k_h) + bq_h . k_h``, the pe part one GEMM against the
-    shared pe. The output projection is applied to the T values before the weighted sum, and
-    its bias is added to them divided by the number of heads: each head's weights sum to one
-    over the tokens, so every pixel receives the bias exactly once.
-    """
+
+def _i2t_operands(attn: Attention, k: torch.Tensor, v: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image-to-token attention folded onto the image side, for token keys and values
+    [B, T, C]: keys ``Wq_h^T k_h`` and biases ``bq_h . k_h`` (scaled) so that a pixel's score is
+    ``(x_p + pe_p) . key + bias``; values with the output projection applied, plus its bias
+    divided by the number of heads: each head's weights sum to one over the tokens, so every
+    pixel receives the bias exactly once. Shapes [B, H, T, C], [B, H, T], [B, H, T, C]."""
     b, t, _ = k.shape
     heads = attn.num_heads
     wq, bq = _head_weights(attn.q_proj, heads)
     wo = attn.out_proj.weight.view(-1, heads, wq.shape[1])  # [C, H, d]
     kh = attn.k_proj(k).view(b, t, heads, -1) * (1.0 / math.sqrt(wq.shape[1]))
-    k_img = torch.einsum("bthi,hic->bhtc", kh, wq).reshape(b, heads * t, -1)  # [B, H*T, C]
-    bias = torch.einsum("bthi,hi->bht", kh, bq).reshape(b, heads * t, 1)
     vh = attn.v_proj(v).view(b, t, heads, -1)
-    v_img = torch.einsum("bthi,chi->bhtc", vh, wo).reshape(b, heads * t, -1)  # [B, H*T, C]
-    v_img = v_img + attn.out_proj.bias / heads
+    return (torch.einsum("bthi,hic->bhtc", kh, wq), torch.einsum("bthi,hi->bht", kh, bq),
+            torch.einsum("bthi,chi->bhtc", vh, wo) + attn.out_proj.bias / heads)
+
+
+def _image_to_tokens(attn: Attention, norm: torch.nn.LayerNorm, image: torch.Tensor,
+                     image_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``norm(image + Attention(image + image_pe, k, v))`` for the image side [1 or B, P, C]
+    (pe [1, P, C]) and token keys and values [B, T, C], folded (``_i2t_operands``)."""
+    b, t, _ = k.shape
+    heads = attn.num_heads
+    keys, bias, values = _i2t_operands(attn, k, v)
+    c = keys.shape[-1]
+    if kernels.available(image, c, heads):
+        tpad = kernels.padded_tokens(t)
+        return kernels.image_to_tokens(
+            image.contiguous(), image_pe[0].contiguous(), _pad_tokens(keys, tpad, 0.0).flatten(1, 2),
+            _pad_tokens(bias, tpad, float("-inf")).flatten(1, 2),
+            _pad_tokens(values, tpad, 0.0).flatten(1, 2), heads, norm)
+    keys, bias, values = keys.reshape(b, heads * t, c), bias.reshape(b, heads * t, 1), \
+        values.reshape(b, heads * t, c)
     # Scores as [B, H*T, P]: the softmax over T then runs along a non-contiguous dimension,
     # vectorised over pixels (~6x faster than a softmax over a last dimension of 7).
     if image.shape[0] == 1:
-        scores = torch.addmm(bias.flatten(0, 1), k_img.flatten(0, 1),
+        scores = torch.addmm(bias.flatten(0, 1), keys.flatten(0, 1),
                              (image + image_pe)[0].T).view(b, -1, image.shape[1])
     else:
-        scores = _add_bmm(torch.matmul(k_img, image_pe[0].T) + bias, k_img, image.transpose(1, 2))
+        scores = _add_bmm(torch.matmul(keys, image_pe[0].T) + bias, keys, image.transpose(1, 2))
     a = scores.view(b, heads, t, -1).softmax(2).view(b, heads * t, -1)
-    return _add_bmm(image, a.transpose(1, 2), v_img)
+    return norm(_add_bmm(image, a.transpose(1, 2), values))
 
 
 def _token_attention(attn: Attention, q: torch.Tensor, image: torch.Tensor,
@@ -155,8 +191,8 @@ def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torc
         queries = layer.norm2(queries + _token_attention(layer.cross_attn_token_to_image,
                                                          queries + tokens, keys, image_pe))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token,
-                                            keys, image_pe, queries + tokens, queries))
+        keys = _image_to_tokens(layer.cross_attn_image_to_token, layer.norm4, keys, image_pe,
+                                queries + tokens, queries)
     queries = transformer.norm_final_attn(queries + _token_attention(
         transformer.final_attn_token_to_image, queries + tokens, keys, image_pe))
     return queries, keys

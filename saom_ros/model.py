@@ -133,7 +133,7 @@ class Saom(nn.Module):
         dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
         return run_tokens(self.sam.mask_decoder, image_embeddings,
                           self.sam.prompt_encoder.get_dense_pe().to(dtype),
-                          sparse.to(dtype), dense.to(dtype))
+                          sparse.to(dtype), broadcast_to_dtype(dense, dtype))
 
     def decode_masks(self, state: DecoderTokens, multimask: bool = True,
                      extent: Optional[tuple[int, int]] = None) -> torch.Tensor:
@@ -175,6 +175,15 @@ class Saom(nn.Module):
         else:
             x = resize_on_device(torch.as_tensor(image).to(self.device, non_blocking=True), target)
         return self.sam.preprocess(x), (x.shape[-2], x.shape[-1])
+
+
+def broadcast_to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``, except that a batch broadcast (stride 0, like the no-mask embedding of
+    every prompt) stays one: converting it whole makes one copy per prompt, and the decoder then
+    runs its first layer once per prompt instead of once for all (3x slower on an H100)."""
+    if x.dim() and x.shape[0] > 1 and x.stride(0) == 0:
+        return x[:1].to(dtype).expand(x.shape)
+    return x.to(dtype)
 
 
 def resize_on_device(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

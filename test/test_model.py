@@ -12,7 +12,8 @@ from torchvision.transforms.functional import resize, to_pil_image
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
-    CheckpointError, ModelConfig, Saom, build_saom, load_model, resize_on_device, save_checkpoint)
+    CheckpointError, ModelConfig, Saom, broadcast_to_dtype, build_saom, load_model,
+    resize_on_device, save_checkpoint)
 
 
 def _decode(model: Saom, seed: int = 0):
@@ -274,3 +275,14 @@ def test_resize_on_device_is_within_one_grey_level_of_pil(hw: tuple, size: tuple
     assert out.shape == ref.shape
     diff = np.abs(out.astype(np.int16) - ref)
     assert diff.max() <= 1 and diff.mean() < 0.3
+
+
+def test_broadcast_to_dtype_keeps_the_no_mask_broadcast(tiny_model: Saom) -> None:
+    _, dense = tiny_model.sam.prompt_encoder(
+        points=(torch.zeros(5, 1, 2), torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+    assert dense.stride(0) == 0
+    out = broadcast_to_dtype(dense, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and out.stride(0) == 0
+    assert torch.equal(out, dense.to(torch.bfloat16))
+    per_prompt = torch.randn(3, 4)
+    assert broadcast_to_dtype(per_prompt, torch.bfloat16).stride(0) == 4
