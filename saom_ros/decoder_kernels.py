@@ -35,8 +35,10 @@ SPLITS = 4  # parallel parts of each prompt's pixels in tokens_to_image
 
 
 def available(image: torch.Tensor, channels: int, heads: int) -> bool:
-    """Whether the fused kernels can run the image side ``image``."""
+    """Whether the fused kernels can run the image side ``image``. Not under torch.compile,
+    which compiles the decoder's PyTorch form instead."""
     return (triton is not None and (image.is_cuda or INTERPRET) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
             and channels >= 16 and channels & (channels - 1) == 0
             and heads & (heads - 1) == 0)
 

@@ -69,4 +69,7 @@ def load_engine(checkpoint: str, model_type: str = "auto", device: str = "auto",
         settings = settings_for(model, **(explicit or {}))
     except ValueError as err:  # a checkpoint carrying settings of the wrong name or type
         raise StartupError(f"{path}: {err}") from None
-    return LoadedEngine(EverythingEngine(model, settings, torch_device), torch_device, class_names)
+    engine = EverythingEngine(model, settings, torch_device)
+    if torch_device.type == "cuda":  # kernel autotuning at start-up, not on the first frame
+        engine.warm_up()
+    return LoadedEngine(engine, torch_device, class_names)

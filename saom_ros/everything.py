@@ -211,6 +211,13 @@ class EverythingEngine:
     def _grid(self, frame: Frame, points_per_side: int) -> Candidates:
         return self._candidates(frame, prompts.grid_points(points_per_side, frame.orig_hw))
 
+    def warm_up(self) -> None:
+        """Segment one blank frame, so that one-time work (on CUDA the decoder kernels'
+        autotuning and compilation, with ``compile`` torch.compile) happens now instead of on
+        the first camera frame."""
+        size = self.model.config.img_size
+        self(np.zeros((size * 3 // 4, size, 3), np.uint8))
+
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, previous: Optional[Instances] = None) -> Instances:
         """Instances of ``image``; ``previous`` (the last result on this camera) is used by the

@@ -45,9 +45,16 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float,
                      dims: tuple[int, ...]) -> torch.Tensor:
     """segment_anything's calculate_stability_score (IoU of the masks thresholded at
     ``threshold`` +- ``offset``), reducing ``dims``; 0/0 stays NaN and fails any filter."""
-    inter = (logits > threshold + offset).sum(dims, dtype=torch.int32)
-    union = (logits > threshold - offset).sum(dims, dtype=torch.int32)
-    return inter / union
+    return _count_above(logits, threshold + offset, dims) / \
+        _count_above(logits, threshold - offset, dims)
+
+
+def _count_above(logits: torch.Tensor, threshold: float, dims: tuple[int, ...]) -> torch.Tensor:
+    """Elements above ``threshold`` along ``dims``, as float32. Comparing into a float tensor
+    and summing it is ~35% faster on the CPU than summing booleans (which are converted
+    first); float32 counts are exact up to 2^24 pixels (the default max_image_pixels)."""
+    above = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    return torch.gt(logits, threshold, out=above).sum(dims)
 
 
 def boxes_of(full: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -114,8 +114,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "streaming: a keyframe at once when more than this fraction of the previous "
             "instances is lost", floating_point_range=[_unit_range()])),
         ("compile", engine("compile"), _d(
-            "torch.compile encoder and decoder (CUDA: about 10% faster per frame after a slow "
-            "first frame)", True)),
+            "torch.compile the encoder and the decoder's PyTorch form at start-up (CUDA; the "
+            "default fused decoder kernels were faster in our measurements)", True)),
         ("classes", "", _d("YAML class-name list overriding the checkpoint's names "
                            "(same count); empty: the checkpoint's", True)),
         ("input_reliability", "auto", _d(

@@ -234,3 +234,17 @@ def test_streaming_without_previous_or_after_a_resize_is_a_keyframe(shapes_model
 def test_unknown_prompt_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match="grid, hierarchical, streaming"):
         EverythingSettings(prompt_strategy="random")
+
+
+def test_warm_up_changes_no_result(shapes_model: Saom) -> None:
+    settings = EverythingSettings(**LOOSE, prompt_strategy="streaming", keyframe_interval=3)
+    warmed, fresh = EverythingEngine(shapes_model, settings), EverythingEngine(shapes_model, settings)
+    warmed.warm_up()
+    previous = {"warmed": None, "fresh": None}
+    for step in range(3):  # a keyframe, then streamed frames
+        image = np.roll(_scene(128, 160), 2 * step, axis=1)
+        previous = {name: engine(image, previous=previous[name])
+                    for name, engine in (("warmed", warmed), ("fresh", fresh))}
+        np.testing.assert_array_equal(previous["warmed"].instance_image,
+                                      previous["fresh"].instance_image)
+        assert len(previous["fresh"]) > 0
