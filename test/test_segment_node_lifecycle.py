@@ -29,6 +29,10 @@ class Lifecycle:
         while not (self._change.service_is_ready() and self._get.service_is_ready()):
             assert time.monotonic() < end and process.alive(), process.output
             listener.spin_until(lambda: False, 0.2)
+        # Ready means the node's request readers match our clients; its response writers may
+        # not have matched our response readers yet, and a response sent before that is lost
+        # ("failed to send response (timeout)" on a busy machine). Let discovery finish.
+        listener.spin_until(lambda: False, 1.0)
 
     def _call(self, client, request):
         future = client.call_async(request)
