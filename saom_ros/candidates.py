@@ -9,17 +9,15 @@ stability score and box. Nothing here knows which strategy chose the points.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from saom_ros import full_size
+from saom_ros.everything_settings import EverythingSettings
 from saom_ros.full_size import stability_scores
 from saom_ros.model import Saom
-
-if TYPE_CHECKING:  # everything.py imports this module
-    from saom_ros.everything import EverythingSettings
 
 # Masks whose low-res stability score is below the threshold by more than this are dropped
 # without computing it at full size. Full-size scores exceeded low-res ones by at most 0.15
@@ -99,7 +97,7 @@ def class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torc
 
 
 def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
-                      settings: "EverythingSettings", method: Callable[[str], Callable]
+                      settings: EverythingSettings, method: Callable[[str], Callable]
                       ) -> Candidates:
     """Decode (x, y) original-pixel points [n, 2]; keep the masks passing the IoU and
     stability filters. ``method(name)`` gives the model's (possibly compiled) method."""
@@ -121,7 +119,7 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
 
 
 def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Tensor,
-                  offset: int, s: "EverythingSettings", method: Callable[[str], Callable]
+                  offset: int, s: EverythingSettings, method: Callable[[str], Callable]
                   ) -> list[Candidates]:
     """One batch of prompts: the token stage, the IoU filter, masks, then the full-size filter."""
     state = method("decode_tokens")(frame.embedding, pts[:, None, :], labels)

@@ -10,10 +10,10 @@ from typing import Any, Mapping, Optional
 import torch
 
 from saom_ros.classes import load_class_file
-from saom_ros.everything import EverythingEngine, settings_for
+from saom_ros.everything import EverythingEngine
+from saom_ros.everything_settings import settings_for
 from saom_ros.model import CheckpointError, load_model
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "saom_small.pt"
+from saom_ros.model_config import DEFAULT_CHECKPOINT
 
 
 class StartupError(RuntimeError):

@@ -23,6 +23,7 @@ from torchvision.transforms.functional import resize, to_pil_image
 from saom_ros.atomic import atomic_open
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.decoder import DecoderTokens, run_tokens, upscale_masks
+from saom_ros.model_config import PRESETS, ModelConfig
 
 FORMAT = "saom"
 FORMAT_VERSION = 1
@@ -31,40 +32,6 @@ _SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded; the message names the file and the problem."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a SAM/SAOM model (the decoder follows segment_anything's build_sam)."""
-
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
-    window_size: int
-    img_size: int = 1024
-    patch_size: int = 16
-    prompt_embed_dim: int = 256
-    num_classes: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "encoder_global_attn_indexes",
-                           tuple(int(i) for i in self.encoder_global_attn_indexes))
-
-    @staticmethod
-    def preset(name: str, num_classes: int = 0) -> "ModelConfig":
-        """The named architecture: vit_h, vit_l, vit_b or tiny."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model type {name!r}; expected one of {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], num_classes=num_classes)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "vit_h": ModelConfig(1280, 32, 16, (7, 15, 23, 31), 14),
-    "vit_l": ModelConfig(1024, 24, 16, (5, 11, 17, 23), 14),
-    "vit_b": ModelConfig(768, 12, 12, (2, 5, 8, 11), 14),
-    "tiny": ModelConfig(96, 2, 3, (1,), 8, img_size=256, patch_size=16, prompt_embed_dim=64),
-}
 
 
 class DecoderOutput(NamedTuple):

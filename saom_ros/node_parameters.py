@@ -14,10 +14,9 @@ from typing import Any, Optional
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from saom_ros.engine_loader import DEFAULT_CHECKPOINT
-from saom_ros.everything import PROMPT_STRATEGIES, RUNTIME_FIELDS, EverythingSettings
+from saom_ros.everything_settings import PROMPT_STRATEGIES, RUNTIME_FIELDS, EverythingSettings
 from saom_ros.input_qos import RELIABILITY_SETTINGS
-from saom_ros.model import PRESETS
+from saom_ros.model_config import DEFAULT_CHECKPOINT, PRESETS
 
 # Node parameter -> EverythingSettings field. These apply to the next frame when set at run time.
 ENGINE_PARAMETERS = {

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import yaml
 from rclpy.parameter import Parameter
 
 from ros_helpers import PARAMS_FILE
-from saom_ros.everything import EverythingSettings
+from saom_ros.everything_settings import EverythingSettings
 from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, FROM_CHECKPOINT,
                                       engine_fields, parameter_table, validate)
 
@@ -59,3 +61,11 @@ def test_engine_fields_maps_set_node_parameters_onto_engine_fields():
     fields = engine_fields({"min_mask_area": 25, "pred_iou_thresh": 0.3, "device": "cpu",
                             "box_nms_thresh": None})  # None: unset
     assert fields == {"min_mask_region_area": 25, "pred_iou_thresh": 0.3}
+
+
+def test_the_parameter_table_loads_without_torch() -> None:
+    """The launch file builds its arguments from this table: it must not pay torch's import."""
+    code = ("import sys, saom_ros.node_parameters as p; p.parameter_table(); "
+            "print(sorted(m for m in ('torch', 'segment_anything', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

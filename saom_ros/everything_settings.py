@@ -1,0 +1,99 @@
+"""Everything-mode settings: the generator's defaults, what a checkpoint carries, and what is given.
+
+Imports neither torch nor segment_anything, so that the node's parameter table (and with it the
+launch file) loads without them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from saom_ros.image_decode import MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    from saom_ros.model import Saom
+
+PROMPT_STRATEGIES = ("grid", "hierarchical", "streaming")
+
+
+@dataclasses.dataclass
+class EverythingSettings:
+    """Everything-mode settings; defaults are SamAutomaticMaskGenerator's."""
+
+    points_per_side: int = 32
+    # Prompts per decoder pass; 0 = by device: 64 on the CPU (the per-batch image-side tensors
+    # then stay in cache: 25% faster than 256 for the tiny model), 256 elsewhere.
+    points_per_batch: int = 0
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+    max_instances: int = 0  # 0 = all
+    mask_threshold: float = 0.0
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # images are also refused before decoding
+    cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
+    compile: bool = False  # torch.compile the image encoder and the decoder
+    # Which points prompt the decoder (PROMPT_STRATEGIES): grid = the generator's, exact.
+    prompt_strategy: str = "grid"
+    # hierarchical: the first, coarse grid; 0 = points_per_side // 4 (TinySAM's 1/16 of the
+    # points) ...
+    coarse_points_per_side: int = 0
+    # ... and the predicted IoU from which a kept coarse mask is confident: full-grid points
+    # inside a confident mask are not decoded (0 = every kept mask is confident).
+    confident_iou_thresh: float = 0.5
+    # streaming: the full grid every N frames ...
+    keyframe_interval: int = 10
+    # ... up to N points well inside each previous instance, besides the point that gave it ...
+    points_per_instance: int = 1
+    # ... and the full grid's points where no previous instance is, at this stride: each frame
+    # one of the stride^2 interleaved sub-grids, so that all of the grid is visited every
+    # stride^2 frames ...
+    stream_stride: int = 2
+    # ... and a keyframe at once when more than this fraction of the previous instances is lost
+    # (no new instance covers any point it was prompted with).
+    max_lost_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.prompt_strategy not in PROMPT_STRATEGIES:
+            raise ValueError(f"prompt_strategy must be one of {', '.join(PROMPT_STRATEGIES)}, "
+                             f"got {self.prompt_strategy!r}")
+
+
+# Fields that change only speed and memory, never which masks come out: checkpoints do not carry
+# them, so every machine keeps its own.
+RUNTIME_FIELDS = frozenset({"points_per_batch", "max_image_pixels", "cuda_dtype", "compile"})
+
+
+def _typed(name: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` as the type of the field's default (an int is a valid float); else ValueError."""
+    kind = type(default)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def settings_for(model: Saom, **explicit: Any) -> EverythingSettings:
+    """Generator defaults, then the settings the model's checkpoint carries (``model.everything``),
+    then the ``explicit`` ones (a None value counts as not given).
+
+    Unknown field names and values of the wrong type raise ValueError naming their source.
+    """
+    defaults = dataclasses.asdict(EverythingSettings())
+    values: dict[str, Any] = {}
+    for source, given in (("the checkpoint's everything-mode settings", model.everything),
+                          ("everything-mode settings",
+                           {k: v for k, v in explicit.items() if v is not None})):
+        for name, value in given.items():
+            if name not in defaults:
+                raise ValueError(f"{source}: unknown setting {name!r}; known: "
+                                 f"{', '.join(defaults)}")
+            values[name] = _typed(name, value, defaults[name], source)
+    return EverythingSettings(**{**defaults, **values})
+
+
+def carried_settings(settings: EverythingSettings) -> dict[str, Any]:
+    """What a checkpoint carries of ``settings``: every field but the RUNTIME_FIELDS."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUNTIME_FIELDS}
