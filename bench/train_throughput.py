@@ -19,21 +19,22 @@ from pathlib import Path
 
 import torch
 
-from saom_ros.training import finetune
+from saom_ros.training.config import load_config
+from saom_ros.training.finetune import train
 from saom_ros.training.synthetic import write_dataset
 
 
 def measure(data: Path, run_dir: Path, args: argparse.Namespace, cache: str | bool,
             steps: int) -> float:
     """Median images/s over ``steps`` logged steps after ``args.warmup`` unlogged ones."""
-    cfg = finetune.load_config(None, [
+    cfg = load_config(None, [
         f"data.train={data / 'annotations.json'}", f"train.run_dir={run_dir}",
         f"model.model_type={args.model_type}", f"train.device={args.device}",
         f"train.batch_size={args.batch_size}", "train.log_every=1", "train.checkpoint_every=100000",
         f"train.max_steps={args.warmup + steps}", f"train.embedding_cache={cache}",
         f"data.num_workers={args.num_workers}", f"assignment.points_per_side={args.points_per_side}",
         f"train.amp={args.device == 'cuda'}"])
-    finetune.train(cfg, progress=False)
+    train(cfg, progress=False)
     with open(run_dir / "metrics.csv") as f:
         rates = [float(r["images_per_s"]) for r in csv.DictReader(f)][args.warmup:]
     return statistics.median(rates)

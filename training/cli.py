@@ -47,7 +47,7 @@ def _everything_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def _everything_values(items: Sequence[str]) -> dict:
     """``--everything FIELD=VALUE`` options as a dict (values parsed as YAML)."""
-    from saom_ros.training.finetune import parse_override
+    from saom_ros.training.config import parse_override
     out: dict = {}
     for item in items:
         if "." in item.split("=", 1)[0]:
@@ -113,22 +113,25 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
                                       description=_DELEGATED[command][1])
         module.add_arguments(sub)
         return int(module.run(sub.parse_args(rest)) or 0)
-    from saom_ros.training import finetune
+    from saom_ros.training.config import load_config
     if command == "train":
-        cfg = finetune.load_config(args.config, [*args.overrides, *_train_overrides(args)])
-        last = finetune.train(cfg, resume=args.resume, stop_after=args.stop_after,
-                              progress=not args.no_progress)
+        from saom_ros.training.finetune import train
+        cfg = load_config(args.config, [*args.overrides, *_train_overrides(args)])
+        last = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                     progress=not args.no_progress)
         print(f"checkpoint: {last}")
         return 0
     if command == "export":
-        out = finetune.export(args.source, args.out, _everything_values(args.everything))
+        from saom_ros.training.export import export
+        out = export(args.source, args.out, _everything_values(args.everything))
         print(f"wrote {out}")
         return 0
     from saom_ros.training import evaluate
-    cfg = finetune.load_config(args.config, [
+    from saom_ros.training.finetune import open_dataset
+    cfg = load_config(args.config, [
         *args.overrides, {"evaluate": {"everything": _everything_values(args.everything)}}])
     names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])
-    dataset = finetune.open_dataset(args.data, args.split)
+    dataset = open_dataset(args.data, args.split)
     evaluate.evaluate_checkpoints(args.checkpoint, names, dataset, cfg, args.out,
                                   device=_device(args.device), model_type=args.model_type,
                                   protocols=[p for p in args.protocol.split(",") if p],

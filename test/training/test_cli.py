@@ -10,9 +10,9 @@ import torch
 
 from saom_ros.everything import RUNTIME_FIELDS, EverythingEngine, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom, load_model
-from saom_ros.training import finetune
 from saom_ros.training.cli import main
 from saom_ros.training.datasets import CocoInstances
+from saom_ros.training.train_state import load_train_state
 from test_ai2thor_collect import Simulators, free_ports
 from test_finetune import make_dataset
 
@@ -70,7 +70,7 @@ def test_synth_then_train_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "synth/annotations.json"), "--run-dir",
                  str(run), "--max-steps", "1", *TRAIN_SETTINGS]) == 0
-    state = finetune.load_train_state(run / "checkpoints/last.pt")
+    state = load_train_state(run / "checkpoints/last.pt")
     assert state["step"] == 1 and state["config"]["model"]["model_type"] == "tiny"
 
 
@@ -79,7 +79,7 @@ def test_config_file_and_overrides(tmp_path):
     (tmp_path / "my.yaml").write_text("optim:\n  lr: 0.002\ntrain:\n  max_steps: 1\n")
     assert main(["train", "-c", str(tmp_path / "my.yaml"), "--data", str(data), "--run-dir",
                  str(tmp_path / "run"), *TRAIN_SETTINGS, "--set", "loss.iou=0"]) == 0
-    cfg = finetune.load_train_state(tmp_path / "run/checkpoints/last.pt")["config"]
+    cfg = load_train_state(tmp_path / "run/checkpoints/last.pt")["config"]
     assert cfg["optim"]["lr"] == 0.002 and cfg["loss"]["iou"] == 0
     assert cfg["train"]["max_steps"] == 1 and cfg["assignment"]["points_per_side"] == 8
 

@@ -10,9 +10,11 @@ import torch
 
 from saom_ros.everything import EverythingSettings
 from saom_ros.model import ModelConfig, build_saom, load_model, save_checkpoint
-from saom_ros.training import evaluate, finetune
+from saom_ros.training import evaluate
+from saom_ros.training.config import load_config
 from saom_ros.training.evaluate import (
     ClassStats, coco_mask_ap, match_greedy, score_matches, summarize)
+from saom_ros.training.finetune import open_dataset
 from test_finetune import CLASSES, make_dataset
 
 
@@ -79,10 +81,10 @@ def two_checkpoints(tmp_path_factory):
 
 
 def test_side_by_side_report(two_checkpoints, tmp_path):
-    data = finetune.open_dataset(make_dataset(tmp_path / "d", n=2))
-    cfg = finetune.load_config(None, ["evaluate.points_per_side=8",
-                                      "evaluate.everything.pred_iou_thresh=0",
-                                      "evaluate.everything.stability_score_thresh=0"])
+    data = open_dataset(make_dataset(tmp_path / "d", n=2))
+    cfg = load_config(None, ["evaluate.points_per_side=8",
+                             "evaluate.everything.pred_iou_thresh=0",
+                             "evaluate.everything.stability_score_thresh=0"])
     results = evaluate.evaluate_checkpoints(two_checkpoints, ["SAM", "SAOM"], data, cfg,
                                             tmp_path / "out", progress=False)
     assert json.loads((tmp_path / "out/results.json").read_text()) == results
@@ -104,11 +106,11 @@ def test_side_by_side_report(two_checkpoints, tmp_path):
 
 
 def test_bad_arguments(two_checkpoints, tmp_path):
-    data = finetune.open_dataset(make_dataset(tmp_path / "d", n=1))
-    cfg = finetune.load_config()
+    data = open_dataset(make_dataset(tmp_path / "d", n=1))
+    cfg = load_config()
     with pytest.raises(ValueError, match="2 checkpoints but 1 names"):
         evaluate.evaluate_checkpoints(two_checkpoints, ["SAM"], data, cfg, tmp_path)
-    bad = finetune.load_config(None, ["evaluate.everything.pred_iou=0.5"])
+    bad = load_config(None, ["evaluate.everything.pred_iou=0.5"])
     with pytest.raises(ValueError, match="evaluate.everything"):
         evaluate.evaluate_checkpoints(two_checkpoints[:1], ["SAM"], data, bad, tmp_path)
     with pytest.raises(ValueError, match="unknown protocol"):
@@ -117,7 +119,7 @@ def test_bad_arguments(two_checkpoints, tmp_path):
 
 
 def test_each_checkpoint_runs_with_its_own_settings_unless_set(two_checkpoints, tmp_path):
-    data = finetune.open_dataset(make_dataset(tmp_path / "d", n=1))
+    data = open_dataset(make_dataset(tmp_path / "d", n=1))
     sam, saom = two_checkpoints
     carrying = tmp_path / "carrying.pt"
     save_checkpoint(carrying, load_model(saom), everything={
@@ -125,7 +127,7 @@ def test_each_checkpoint_runs_with_its_own_settings_unless_set(two_checkpoints, 
 
     def settings(*overrides: str) -> dict:
         results = evaluate.evaluate_checkpoints(
-            [sam, carrying], ["SAM", "SAOM"], data, finetune.load_config(None, overrides),
+            [sam, carrying], ["SAM", "SAOM"], data, load_config(None, overrides),
             tmp_path / "out", protocols=["everything"], progress=False)
         return {n: m["everything_settings"] for n, m in results["models"].items()}
 

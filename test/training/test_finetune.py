@@ -16,9 +16,12 @@ import torch
 
 from processes import alive, children, wait_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
-from saom_ros.training import finetune
+from saom_ros.training.config import load_config
 from saom_ros.training.datasets import (
     coco_categories, mask_to_annotation, write_coco, write_image)
+from saom_ros.training.export import export
+from saom_ros.training.finetune import Trainer, init_model, open_dataset, train
+from saom_ros.training.train_state import load_train_state, model_from_state
 
 CLASSES = ("Mug", "Vase", "Laptop")
 COLOURS = {1: (210, 60, 50), 2: (50, 200, 70), 3: (60, 80, 220)}
@@ -55,7 +58,7 @@ def make_dataset(root: Path, n: int = 4, hw: tuple[int, int] = (96, 128), seed: 
 
 
 def tiny_config(data: Path, run_dir: Path, *overrides: str) -> dict:
-    return finetune.load_config(None, [
+    return load_config(None, [
         "model.model_type=tiny", f"data.train={data}", f"train.run_dir={run_dir}",
         "data.num_workers=0", "assignment.points_per_side=8", "train.log_every=1",
         "train.checkpoint_every=100", "train.amp=false", "train.device=cpu", "optim.lr=1e-3",
@@ -72,7 +75,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _final_model(run_dir: Path) -> Saom:
-    return finetune.model_from_state(finetune.load_train_state(run_dir / "checkpoints/last.pt"))
+    return model_from_state(load_train_state(run_dir / "checkpoints/last.pt"))
 
 
 def _assert_same(a: Saom, b: Saom, atol: float = 0.0) -> None:
@@ -89,7 +92,7 @@ def test_training_lowers_the_loss_and_keeps_the_encoder_frozen(dataset, tmp_path
     cfg = tiny_config(dataset, tmp_path / "run", "train.max_steps=40", "train.batch_size=2")
     torch.manual_seed(0)
     start = build_saom(ModelConfig.preset("tiny", len(CLASSES)), CLASSES)
-    finetune.train(cfg, progress=False)
+    train(cfg, progress=False)
     end = _final_model(tmp_path / "run")
     with open(tmp_path / "run/metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -109,14 +112,14 @@ def test_training_lowers_the_loss_and_keeps_the_encoder_frozen(dataset, tmp_path
 
 def test_resumed_run_equals_unbroken_run(dataset, tmp_path):
     straight = tiny_config(dataset, tmp_path / "a", "train.max_steps=6", "optim.warmup_steps=2")
-    finetune.train(straight, progress=False)
+    train(straight, progress=False)
     broken = tiny_config(dataset, tmp_path / "b", "train.max_steps=6", "optim.warmup_steps=2")
-    first = finetune.train(broken, stop_after=3, progress=False)
+    first = train(broken, stop_after=3, progress=False)
     assert first.name == "step_00000003.pt"
-    finetune.train(broken, resume=True, progress=False)
+    train(broken, resume=True, progress=False)
     _assert_same(_final_model(tmp_path / "a"), _final_model(tmp_path / "b"))
-    a_state = finetune.load_train_state(tmp_path / "a/checkpoints/last.pt")
-    b_state = finetune.load_train_state(tmp_path / "b/checkpoints/last.pt")
+    a_state = load_train_state(tmp_path / "a/checkpoints/last.pt")
+    b_state = load_train_state(tmp_path / "b/checkpoints/last.pt")
     assert a_state["step"] == b_state["step"] == 6
     assert a_state["scheduler"] == b_state["scheduler"]
     with open(tmp_path / "b/metrics.csv") as f:
@@ -124,25 +127,25 @@ def test_resumed_run_equals_unbroken_run(dataset, tmp_path):
 
 
 def test_resume_refuses_a_different_config(dataset, tmp_path):
-    finetune.train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1"), progress=False)
+    train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1"), progress=False)
     other = tiny_config(dataset, tmp_path / "r", "train.max_steps=1", "optim.lr=5e-4")
     with pytest.raises(ValueError, match="optim.lr"):
-        finetune.train(other, resume=True, progress=False)
+        train(other, resume=True, progress=False)
 
 
 def test_resume_and_pruning_remove_temp_files_of_killed_writes(dataset, tmp_path):
     run = tmp_path / "r"
     cfg = tiny_config(dataset, run, "train.max_steps=4", "train.checkpoint_every=2")
-    finetune.train(cfg, stop_after=2, progress=False)
+    train(cfg, stop_after=2, progress=False)
     # What SIGKILL inside an atomic write leaves (mkstemp's names), and files that are not ours.
     stale = [run / "checkpoints/.step_00000004.pt.q8w_2kz1.tmp", run / ".metrics.csv.a1b2c3d4.tmp"]
     foreign = [run / "checkpoints/notes.tmp", run / "user.txt"]
     for path in stale + foreign:
         path.write_bytes(b"half")
-    finetune.train(cfg, resume=True, stop_after=1, progress=False)  # step 3: no save yet
+    train(cfg, resume=True, stop_after=1, progress=False)  # step 3: no save yet
     assert not any(p.exists() for p in stale) and all(p.exists() for p in foreign)
 
-    trainer = finetune.Trainer(cfg, progress=False)
+    trainer = Trainer(cfg, progress=False)
     trainer.load(run / "checkpoints/last.pt")
     stale[0].write_bytes(b"half")  # left by a kill during a save of this run: pruning clears it
     trainer.save()
@@ -178,22 +181,22 @@ def test_embedding_cache_changes_nothing_but_skips_the_encoder(dataset, tmp_path
 
     monkeypatch.setattr(Saom, "embed", counting_embed)
     common = ("train.max_steps=2", "train.batch_size=2", f"train.embedding_cache={tmp_path / 'c'}")
-    finetune.train(tiny_config(dataset, tmp_path / "nocache", *common[:2],
-                               "train.embedding_cache=false"), progress=False)
+    train(tiny_config(dataset, tmp_path / "nocache", *common[:2],
+                      "train.embedding_cache=false"), progress=False)
     uncached_calls = len(calls)
-    finetune.train(tiny_config(dataset, tmp_path / "fill", *common), progress=False)
+    train(tiny_config(dataset, tmp_path / "fill", *common), progress=False)
     calls.clear()
-    finetune.train(tiny_config(dataset, tmp_path / "hit", *common), progress=False)
+    train(tiny_config(dataset, tmp_path / "hit", *common), progress=False)
     assert uncached_calls == 4 and calls == []  # 2 steps x 2 images; then all from disk
     _assert_same(_final_model(tmp_path / "nocache"), _final_model(tmp_path / "fill"))
     _assert_same(_final_model(tmp_path / "nocache"), _final_model(tmp_path / "hit"))
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path):
-    finetune.train(tiny_config(dataset, tmp_path / "b2", "train.max_steps=2",
-                               "train.batch_size=2"), progress=False)
-    finetune.train(tiny_config(dataset, tmp_path / "acc", "train.max_steps=2",
-                               "train.grad_accum=2"), progress=False)
+    train(tiny_config(dataset, tmp_path / "b2", "train.max_steps=2",
+                      "train.batch_size=2"), progress=False)
+    train(tiny_config(dataset, tmp_path / "acc", "train.max_steps=2",
+                      "train.grad_accum=2"), progress=False)
     _assert_same(_final_model(tmp_path / "b2"), _final_model(tmp_path / "acc"), atol=1e-6)
 
 
@@ -203,7 +206,7 @@ def test_unfrozen_class_agnostic_random_prompts(dataset, tmp_path):
                       "model.class_agnostic=true", "assignment.prompt_mode=random")
     torch.manual_seed(0)
     start = build_saom(ModelConfig.preset("tiny"))
-    finetune.train(cfg, progress=False)
+    train(cfg, progress=False)
     end = _final_model(tmp_path / "u")
     assert end.class_head is None and end.class_names == ("object",)
     key = "sam.image_encoder.patch_embed.proj.weight"
@@ -222,7 +225,7 @@ def test_multi_point_prompts_with_the_encoder_training(dataset, tmp_path):
         cfg = tiny_config(dataset, tmp_path / name, "train.max_steps=2",
                           "model.freeze_encoder=false", f"assignment.prompt_mode={mode}",
                           "assignment.points_per_mask=4", f"loss.per_object={per_object}")
-        finetune.train(cfg, progress=False)
+        train(cfg, progress=False)
         with open(tmp_path / name / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         prompts[name] = sum(float(r["prompts"]) for r in rows)
@@ -244,15 +247,15 @@ def test_init_from_official_sam_file_adds_a_class_head(dataset, tmp_path):
     official = tmp_path / "sam_tiny.pth"
     torch.save(sam.state_dict(), official)
     cfg = tiny_config(dataset, tmp_path / "i", "train.max_steps=1", f"model.init={official}")
-    model = finetune.init_model(cfg, CLASSES)
+    model = init_model(cfg, CLASSES)
     assert model.class_names == CLASSES and model.class_head.out_features == 3
     for k, v in sam.state_dict().items():
         assert torch.equal(model.sam.state_dict()[k], v)
 
 
 def test_export_writes_what_the_node_loader_loads(dataset, tmp_path):
-    finetune.train(tiny_config(dataset, tmp_path / "e", "train.max_steps=2"), progress=False)
-    out = finetune.export(tmp_path / "e", tmp_path / "saom.pt")
+    train(tiny_config(dataset, tmp_path / "e", "train.max_steps=2"), progress=False)
+    out = export(tmp_path / "e", tmp_path / "saom.pt")
     loaded = load_model(out)
     _assert_same(loaded, _final_model(tmp_path / "e"))
     assert loaded.class_names == CLASSES
@@ -260,15 +263,15 @@ def test_export_writes_what_the_node_loader_loads(dataset, tmp_path):
 
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
-        finetune.load_config(None, ["optim.learning_rate=1"])
+        load_config(None, ["optim.learning_rate=1"])
     with pytest.raises(ValueError, match="data.train is not set"):
-        finetune.Trainer(finetune.load_config(None, ["model.model_type=tiny"]))
+        Trainer(load_config(None, ["model.model_type=tiny"]))
     with pytest.raises(ValueError, match="does not exist"):
-        finetune.load_config(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="assignment.prompt_mode must be one of nearest, random"):
-        finetune.Trainer(finetune.load_config(None, ["assignment.prompt_mode=centre"]))
+        Trainer(load_config(None, ["assignment.prompt_mode=centre"]))
     with pytest.raises(ValueError, match="train.grad_accum must be a positive integer"):
-        finetune.Trainer(finetune.load_config(None, ["train.grad_accum=0"]))
+        Trainer(load_config(None, ["train.grad_accum=0"]))
 
 
 @pytest.mark.slow
@@ -289,7 +292,7 @@ def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):
 
 
 def test_open_dataset_reads_coco_and_saom_layouts(dataset, tmp_path):
-    coco = finetune.open_dataset(dataset)
+    coco = open_dataset(dataset)
     assert coco.class_names == CLASSES and len(coco) == 6
     sample = coco[0]
     write_image(tmp_path / "img.png", sample.image)
@@ -300,11 +303,11 @@ def test_open_dataset_reads_coco_and_saom_layouts(dataset, tmp_path):
     meta = {"entity classes": list(CLASSES), "train_data": [], "val_data": [],
             "test_data": [entry]}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    saom = finetune.open_dataset(tmp_path / "meta.json", "test")
+    saom = open_dataset(tmp_path / "meta.json", "test")
     assert len(saom) == 1 and saom.class_names == CLASSES
     np.testing.assert_array_equal(saom[0].masks, sample.masks)
     np.testing.assert_array_equal(saom[0].class_ids, sample.class_ids)
-    assert len(finetune.open_dataset(tmp_path / "meta.json", "train")) == 0
+    assert len(open_dataset(tmp_path / "meta.json", "train")) == 0
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a JSON object"):
-        finetune.open_dataset(tmp_path / "bad.json")
+        open_dataset(tmp_path / "bad.json")

@@ -1,0 +1,79 @@
+"""Training checkpoints (saom-train-state): atomic writes, RNG state, resume check, reading."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saom_ros.atomic import atomic_open
+from saom_ros.model import ModelConfig, Saom, build_saom
+
+STATE_FORMAT = "saom-train-state"
+# Keys that may differ between a run and its resumption (they do not change the result).
+_RESUME_FREE_KEYS = {("train", "run_dir"), ("data", "num_workers"), ("train", "log_every"),
+                     ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to ``path`` atomically (never a torn checkpoint)."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+
+
+def rng_state() -> dict:
+    """The torch, CUDA, numpy and Python random states (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      *map(float, np_state[2:])],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def config_diff(a: dict, b: dict, where: tuple = ()) -> list[str]:
+    """``key: old -> new`` for each key that differs and would change a resumed run."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = where + (key,)
+        if path in _RESUME_FREE_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, path)
+        elif va != vb:
+            out.append(f"{'.'.join(path)}: {va!r} -> {vb!r}")
+    return out
+
+
+def load_train_state(path: str | os.PathLike) -> dict:
+    """A training checkpoint written by Trainer.save (weights_only); ValueError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"training checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a saom-train training checkpoint")
+    return state
+
+
+def model_from_state(state: dict) -> Saom:
+    """The Saom held by a training checkpoint."""
+    config = ModelConfig(**state["model_config"])
+    model = build_saom(config, state["class_names"] if config.num_classes > 0 else None)
+    model.load_state_dict(state["model"])
+    return model.eval()
