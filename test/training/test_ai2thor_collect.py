@@ -18,9 +18,10 @@ from pycocotools.coco import COCO
 import fake_ai2thor
 from processes import alive, children, wait_for
 from saom_ros.classes import SAOM_CLASSES
-from saom_ros.training import ai2thor_collect
-from saom_ros.training.ai2thor_collect import (CollectConfig, CollectError, collect,
-                                               controller_kwargs)
+from saom_ros.training.ai2thor_collect import CollectConfig, CollectError, collect
+from saom_ros.training.ai2thor_controller import controller_kwargs
+from saom_ros.training.ai2thor_scene import spawn_seed
+from saom_ros.training.collect_config import resolve_scenes
 from saom_ros.training.datasets import CocoInstances, read_image
 
 FAKE = Path(__file__).with_name("fake_ai2thor.py")
@@ -152,7 +153,7 @@ def test_dataset_holds_what_the_simulator_drew(reference):
     assert all(a["renderInstanceSegmentation"] for a in sent if a["action"] == "Initialize")
     spawns = [a for a in sent if a["action"] == "InitialRandomSpawn"]
     assert [s["randomSeed"] for s in spawns] == \
-        [ai2thor_collect.spawn_seed(config(out, 0), s) for s in SCENES]
+        [spawn_seed(config(out, 0), s) for s in SCENES]
 
 
 def test_dataset_reads_back_as_samples(reference):
@@ -358,7 +359,7 @@ def test_launched_build_failures_are_clear_errors(tmp_path, monkeypatch):
 
 def test_scene_selection(tmp_path):
     def scenes(**kw):
-        return ai2thor_collect.resolve_scenes(CollectConfig(output=tmp_path, **kw))
+        return resolve_scenes(CollectConfig(output=tmp_path, **kw))
 
     assert scenes(scenes=("FloorPlan201_physics", "FloorPlan3")) == ["FloorPlan3", "FloorPlan201"]
     assert scenes(room_types=("bathroom",), split="val") == \
