@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from saom_ros.classes import SAOM_CLASSES
-from saom_ros.everything import PROMPT_STRATEGIES, EverythingEngine, EverythingSettings, Instances
+from saom_ros.everything import EverythingEngine, Instances
+from saom_ros.everything_settings import PROMPT_STRATEGIES, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom
 
 

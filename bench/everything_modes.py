@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from saom_ros.everything import EverythingEngine, Instances, settings_for
+from saom_ros.everything import EverythingEngine, Instances
+from saom_ros.everything_settings import settings_for
 from saom_ros.model import Saom, load_model
 from saom_ros.training.datasets import CocoInstances, Sample
 from saom_ros.training.evaluate import ClassStats, match_greedy, score_matches, summarize

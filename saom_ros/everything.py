@@ -18,8 +18,7 @@ from torchvision.ops import nms
 from saom_ros import full_size, prompts
 from saom_ros.candidates import Candidates, Frame, decode_candidates
 from saom_ros.encoder_attention import fuse_attention
-from saom_ros.everything_settings import (  # noqa: F401  (carried_settings, settings_for: API)
-    PROMPT_STRATEGIES, RUNTIME_FIELDS, EverythingSettings, carried_settings, settings_for)
+from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
 
 

@@ -4,7 +4,7 @@ of engine parameters onto ``EverythingSettings`` fields.
 The launch file derives its arguments from ``parameter_table()``, so a parameter added here is
 a launch argument too. Engine parameters (``ENGINE_PARAMETERS``) may change while the node runs.
 Those a checkpoint carries (``FROM_CHECKPOINT``) have no default: left unset, they take the
-checkpoint's everything-mode settings (``everything.settings_for``), else the generator's defaults.
+checkpoint's everything-mode settings (``everything_settings.settings_for``), else the generator's defaults.
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ import yaml
 
 from saom_ros.atomic import atomic_write_text
 from saom_ros.training import evaluate, finetune
+from saom_ros.training.config import load_config
+from saom_ros.training.export import export
+from saom_ros.training.train_state import load_train_state
 from saom_ros.training.synthetic import (
     ANNOTATIONS, PART_ANNOTATIONS, SYNTH_CLASSES, write_dataset)
 
@@ -81,18 +84,18 @@ def train_stage(name: str, spec: dict, exp: dict, work: Path, train_dir: Path,
                  f"data.train={annotations}", f"train.run_dir={run_dir}"]
     if spec["init"]:
         overrides.append(f"model.init={work / 'models' / (spec['init'] + '.pt')}")
-    cfg = finetune.load_config(None, overrides)
+    cfg = load_config(None, overrides)
     last = run_dir / "checkpoints" / "last.pt"
     total = int(cfg["train"]["max_steps"])
     timing = model_path.with_suffix(".json")
-    if last.is_file() and int(finetune.load_train_state(last)["step"]) >= total \
+    if last.is_file() and int(load_train_state(last)["step"]) >= total \
             and model_path.is_file() and timing.is_file():
         print(f"[{name}] already trained ({total} steps)")
         return model_path
     print(f"[{name}] training {total} steps on {annotations.name} -> {run_dir}", flush=True)
     t0 = time.monotonic()
     finetune.train(cfg, resume=True, progress=sys.stderr.isatty())
-    finetune.export(run_dir, model_path)
+    export(run_dir, model_path)
     # Wall time of this (possibly resumed) session; the report reads it back.
     atomic_write_text(timing, json.dumps({"wall_s": time.monotonic() - t0,
                                                    "device": device, "steps": total}))
@@ -371,14 +374,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     load_average = os.getloadavg()[1]  # other jobs on the machine slow every stage
     t0 = time.monotonic()
-    cfg = finetune.load_config(None, [{"evaluate": exp["evaluate"]},
+    cfg = load_config(None, [{"evaluate": exp["evaluate"]},
                                       f"assignment.points_per_side={exp['points_per_side']}"])
     test = finetune.open_dataset(test_dir / ANNOTATIONS)
     results = evaluate.evaluate_checkpoints(
         [models[n] for n in TITLES], list(TITLES), test, cfg, work / "evaluation", device=device,
         progress=sys.stderr.isatty())
     # The recipes again under the former settings, which hid most large objects' masks.
-    former_cfg = finetune.load_config(None, [cfg, {"evaluate": {"everything": exp["former"]}}])
+    former_cfg = load_config(None, [cfg, {"evaluate": {"everything": exp["former"]}}])
     former = evaluate.evaluate_checkpoints(
         [models[n] for n in FORMER], list(FORMER), test, former_cfg, work / "evaluation_former",
         device=device, protocols=("everything",), progress=sys.stderr.isatty())
@@ -391,7 +394,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "miou_relative": 100 * (s["miou"] / max(b["miou"], 1e-9) - 1),
                       "macc_relative": 100 * (s["macc"] / max(b["macc"], 1e-9) - 1)}
     shipped = args.out / "saom_ros" / "data" / "saom_small.pt"
-    finetune.export(work / "runs" / "saom", shipped, everything=exp["demo"])
+    export(work / "runs" / "saom", shipped, everything=exp["demo"])
     shipped.chmod(0o644)  # the package file is public whatever the umask
     frames = bundle_demo_frames(test_dir, int(d["demo_frames"]),
                                 shipped.parent / "demo_frames")

@@ -1,4 +1,4 @@
-"""settings_for / carried_settings (saom_ros/everything.py): generator defaults, then what the
+"""settings_for / carried_settings (saom_ros/everything_settings.py): generator defaults, then what the
 checkpoint carries, then explicit values; and the shipped checkpoint's own settings."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import cv2
 import pytest
 import yaml
 
-from saom_ros.everything import (
-    RUNTIME_FIELDS, EverythingEngine, EverythingSettings, carried_settings, settings_for)
+from saom_ros.everything import EverythingEngine
+from saom_ros.everything_settings import (
+    RUNTIME_FIELDS, EverythingSettings, carried_settings, settings_for)
 from saom_ros.model import Saom, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saom_ros.everything import RUNTIME_FIELDS
+from saom_ros.everything_settings import RUNTIME_FIELDS
 from saom_ros.model import load_model
 from saom_ros.training.synthetic import SYNTH_CLASSES
 

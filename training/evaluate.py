@@ -31,8 +31,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from saom_ros.atomic import atomic_write_text
-from saom_ros.everything import (
-    RUNTIME_FIELDS, EverythingEngine, EverythingSettings, settings_for)
+from saom_ros.everything import EverythingEngine
+from saom_ros.everything_settings import RUNTIME_FIELDS, EverythingSettings, settings_for
 from saom_ros.model import Saom, load_model
 from saom_ros.training.assignment import assign_nearest, to_model_frame
 

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from saom_ros.everything import carried_settings, settings_for
+from saom_ros.everything_settings import carried_settings, settings_for
 from saom_ros.model import load_model, save_checkpoint
 from saom_ros.training.train_state import load_train_state, model_from_state
 

@@ -42,10 +42,6 @@ from saom_ros.training.train_state import (
     STATE_FORMAT, atomic_torch_save, config_diff, load_train_state, rng_state, set_rng_state)
 from saom_ros.training.train_step import Prepared, TrainStep
 
-# Not used here: scripts/reproduce_results.py still calls them as finetune.<name>.
-from saom_ros.training.config import load_config  # noqa: F401
-from saom_ros.training.export import export  # noqa: F401
-
 _CSV_FIELDS = ("step", "epoch", "lr", "loss", "dice", "focal", "ce", "iou", "prompts",
                "images_per_s")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saom_ros.everything import RUNTIME_FIELDS, EverythingEngine, EverythingSettings
+from saom_ros.everything import EverythingEngine
+from saom_ros.everything_settings import RUNTIME_FIELDS, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom, load_model
 from saom_ros.training.cli import main
 from saom_ros.training.datasets import CocoInstances
