@@ -2,14 +2,18 @@
 
 Everything mode sends ~1000 single-point prompts through the decoder for one image. The image
 side of the two-way transformer is then a [B, P, C] tensor (P embedding pixels per prompt)
-while the token side has only T = 7 rows per prompt. Three rearrangements make that cheap:
+while the token side has only T = 7 rows per prompt. These rearrangements make that cheap:
 
 - Attention between the P image rows and the T tokens is folded: the projection on the image
   side is moved onto the token side (``(W x) . k == x . (W^T k)``), so no per-prompt [B, P, C]
   tensor is ever projected or split into heads; every product is one batched GEMM over
   channels-last data.
 - While the image side is still the same for every prompt (first block), its projections are
-  computed once and all prompts' token queries attend to it as one long sequence.
+  computed once and all prompts' token queries attend to it as one long sequence. Afterwards the
+  positional encoding's part of each score is one GEMM against the shared encoding, and the
+  output projection's bias rides on the folded values, so no [B, P, C] sum is formed.
+- On CUDA without gradients, each attention over the per-prompt image side is one fused Triton
+  kernel (``decoder_kernels``), layer norm included.
 - The upscaling convolutions (ConvTranspose2d with kernel 2, stride 2) are per-pixel GEMMs on
   the channels-last image side; pixel order is restored once, on the small mask logits.
 
