@@ -38,6 +38,8 @@ class Frame:
     input_hw: tuple[int, int]  # the image resized by its longest side to the model's input
     img_size: int
     patch_size: int
+    # Buffers for the full-size work; the engine passes its own, kept from frame to frame.
+    scratch: full_size.Scratch = dataclasses.field(default_factory=full_size.Scratch)
 
     @property
     def valid(self) -> tuple[int, int]:
@@ -61,7 +63,7 @@ class Frame:
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
         """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
         step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
-        return full_size.upsample(logits, step, self.input_hw, self.orig_hw)
+        return full_size.upsample(logits, step, self.input_hw, self.orig_hw, self.scratch)
 
 
 @dataclasses.dataclass
@@ -144,7 +146,8 @@ def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Te
     out = []
     for part in full_size.chunks(logits.shape[0]):
         full = frame.upsample(logits[part])
-        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1))
+        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1),
+                                frame.scratch)
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
         ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
             torch.ones_like(stab, dtype=torch.bool)

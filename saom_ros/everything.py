@@ -87,6 +87,7 @@ class EverythingEngine:
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
+        self._scratch = full_size.Scratch()  # full-size buffers, reused from frame to frame
         self._since_keyframe = 0  # streaming frames since the last full grid
 
     def _on_device(self, model: Saom) -> Saom:
@@ -117,7 +118,7 @@ class EverythingEngine:
         emb = self._compiled("embed")(x.to(dtype))
         cfg = self.model.config
         return Frame(emb, (int(image.shape[0]), int(image.shape[1])), input_hw, cfg.img_size,
-                     cfg.patch_size)
+                     cfg.patch_size, self._scratch)
 
     def _candidates(self, frame: Frame, points: np.ndarray) -> Candidates:
         return decode_candidates(self.model, frame, points, self.settings, self._compiled)

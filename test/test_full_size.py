@@ -7,7 +7,8 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 from torch.nn import functional as F
 
-from saom_ros.full_size import boxes_of, chunks, label_images, stability_scores, upsample
+from saom_ros.full_size import (
+    Scratch, boxes_of, chunks, label_images, stability_scores, upsample)
 
 
 def _logits(n: int = 5, size: int = 16) -> torch.Tensor:
@@ -27,6 +28,23 @@ def test_upsample_is_sams_postprocessing(input_hw: tuple, orig_hw: tuple) -> Non
     assert ours.shape == orig_hw + (5,)
     torch.testing.assert_close(ours.permute(2, 0, 1), ref, atol=1e-5, rtol=1e-5)
     assert upsample(low[:0], 4, input_hw, orig_hw).shape == orig_hw + (0,)
+
+
+@pytest.mark.parametrize("input_hw, orig_hw", [((64, 64), (64, 64)), ((48, 64), (90, 120))])
+def test_scratch_buffers_give_the_same_results_call_after_call(input_hw: tuple,
+                                                               orig_hw: tuple) -> None:
+    scratch, low = Scratch(), _logits(7)
+    for n in (7, 3, 7):  # a full chunk, a smaller one reusing the buffers, a full one again
+        ours = upsample(low[:n], 4, input_hw, orig_hw, scratch)
+        ref = upsample(low[:n], 4, input_hw, orig_hw)
+        assert torch.equal(ours, ref)
+        torch.testing.assert_close(stability_scores(ours, 0.0, 1.0, (0, 1), scratch),
+                                   stability_scores(ref, 0.0, 1.0, (0, 1)), equal_nan=True)
+    # the results live in the scratch buffers: the next call overwrites them
+    first = upsample(low[:2], 4, input_hw, orig_hw, scratch)
+    kept = first.clone()
+    upsample(low[2:4], 4, input_hw, orig_hw, scratch)
+    assert not torch.equal(first, kept)
 
 
 def test_stability_and_boxes_match_segment_anything() -> None:
