@@ -38,8 +38,8 @@ class Frame:
     input_hw: tuple[int, int]  # the image resized by its longest side to the model's input
     img_size: int
     patch_size: int
-    # Buffers for the full-size work; the engine passes its own, kept from frame to frame.
-    scratch: full_size.Scratch = dataclasses.field(default_factory=full_size.Scratch)
+    # Buffers for the full-size work (None: fresh tensors); the engine passes its own.
+    scratch: Optional[full_size.Scratch] = None
 
     @property
     def valid(self) -> tuple[int, int]:

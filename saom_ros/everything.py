@@ -87,7 +87,9 @@ class EverythingEngine:
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
-        self._scratch = full_size.Scratch()  # full-size buffers, reused from frame to frame
+        # Full-size buffers reused from frame to frame: on the CPU fresh large tensors
+        # page-fault; CUDA's caching allocator reuses memory by itself.
+        self._scratch = full_size.Scratch() if self.device.type == "cpu" else None
         self._since_keyframe = 0  # streaming frames since the last full grid
 
     def _on_device(self, model: Saom) -> Saom:
