@@ -26,7 +26,8 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -409,7 +410,22 @@ def main(args: Optional[list[str]] = None) -> int:
     if it cannot start (autostart)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop_quietly)
+    try:
+        return _run(args)
+    finally:
+        # Stopped: more signals of the same stop must not kill the exiting process (exit -2
+        # instead of 0), and Python resets handlers that are functions to the default while it
+        # finalises; an ignored signal stays ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _run(args: Optional[list[str]]) -> int:
+    """main without the signal set-up: the exit status."""
     rclpy.init(args=args)
+    # Made while the context is valid: a signal during start-up then only ends the spin (rclpy's
+    # lazily made executor cannot be created once a signal has shut the context down).
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentNode()
     except ParameterException as err:
@@ -423,12 +439,19 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.try_shutdown()
         return 1
     try:
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except ExternalShutdownException:  # a signal, or the context shut down otherwise
         pass
+    except _rclpy.RCLError:
+        # A signal that shuts the context down just before the executor makes its next wait set
+        # (during start-up, or between two waits) fails that call instead of ending the spin.
+        if rclpy.ok():
+            raise
     finally:
         node.close()
         node.destroy_node()
+        executor.shutdown()
         rclpy.try_shutdown()
     return 0
 

@@ -152,3 +152,26 @@ def test_signals_stop_the_node_cleanly(ros, checkpoint, tmp_path, signals):
         proc.stop()
     assert code == 0, proc.output
     assert "Traceback" not in proc.output and "KeyboardInterrupt" not in proc.output, proc.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_stream_of_signals_from_start_up_on_exits_cleanly(ros, checkpoint, tmp_path, sig):
+    """Signals every few milliseconds from the moment the node is active: one lands between
+    activation and the first wait, between two waits, or while Python finalises."""
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, **FAST_ENGINE, "points_per_side": 4},
+                       {"image": "/cam/storm", "__ns": "/storm"})
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "active:" not in proc.output:
+            assert time.monotonic() < deadline and proc.alive(), proc.output
+            time.sleep(0.002)
+        end = time.monotonic() + 10
+        while proc.alive() and time.monotonic() < end:
+            proc.proc.send_signal(sig)
+            time.sleep(0.005)
+        code = proc.proc.wait(timeout=60)
+    finally:
+        proc.stop()
+    assert code == 0, proc.output
+    assert "Traceback" not in proc.output and "KeyboardInterrupt" not in proc.output, proc.output
