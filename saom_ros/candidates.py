@@ -60,10 +60,14 @@ class Frame:
         scale = np.array([self.input_hw[1] / self.orig_hw[1], self.input_hw[0] / self.orig_hw[0]])
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
-    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
+    def upsample(self, logits: torch.Tensor, reuse: bool = False) -> torch.Tensor:
+        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w].
+        ``reuse``: into the scratch buffers (valid until the next such call), for the chunks of
+        at most full_size.CHUNK masks, so that what the buffers hold between frames stays
+        bounded."""
         step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
-        return full_size.upsample(logits, step, self.input_hw, self.orig_hw, self.scratch)
+        return full_size.upsample(logits, step, self.input_hw, self.orig_hw,
+                                  self.scratch if reuse else None)
 
 
 @dataclasses.dataclass
@@ -145,7 +149,7 @@ def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Te
     logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
     out = []
     for part in full_size.chunks(logits.shape[0]):
-        full = frame.upsample(logits[part])
+        full = frame.upsample(logits[part], reuse=True)
         stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1),
                                 frame.scratch)
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
