@@ -17,6 +17,7 @@ from torchvision.ops import nms
 
 from saom_ros import full_size, prompts
 from saom_ros.candidates import Candidates, Frame, decode_candidates
+from saom_ros.cuda_encoder import CudaEncoder
 from saom_ros.encoder_attention import fuse_attention
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
@@ -87,6 +88,8 @@ class EverythingEngine:
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
+        self._cuda_encoder = CudaEncoder(self.model.sam.image_encoder) \
+            if self.device.type == "cuda" else None
         # Full-size buffers reused from frame to frame: on the CPU fresh large tensors
         # page-fault; CUDA's caching allocator reuses memory by itself.
         self._scratch = full_size.Scratch() if self.device.type == "cpu" else None
@@ -117,10 +120,16 @@ class EverythingEngine:
         validate_image(image, self.settings.max_image_pixels)
         x, input_hw = self.model.preprocess(image)
         dtype = self.model.sam.mask_decoder.iou_token.weight.dtype
-        emb = self._compiled("embed")(x.to(dtype))
+        emb = self._embed(x.to(dtype))
         cfg = self.model.config
         return Frame(emb, (int(image.shape[0]), int(image.shape[1])), input_hw, cfg.img_size,
                      cfg.patch_size, self._scratch)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image embeddings; on CUDA without ``compile`` from the CUDA-graph encoder."""
+        if self._cuda_encoder is not None and not self.settings.compile:
+            return self._cuda_encoder(x)
+        return self._compiled("embed")(x)
 
     def _candidates(self, frame: Frame, points: np.ndarray) -> Candidates:
         return decode_candidates(self.model, frame, points, self.settings, self._compiled)
@@ -129,9 +138,9 @@ class EverythingEngine:
         return self._candidates(frame, prompts.grid_points(points_per_side, frame.orig_hw))
 
     def warm_up(self) -> None:
-        """Segment one blank frame, so that one-time work (on CUDA the decoder kernels'
-        autotuning and compilation, with ``compile`` torch.compile) happens now instead of on
-        the first camera frame."""
+        """Segment one blank frame, so that one-time work (on CUDA the choice of the encoder's
+        attention form, its CUDA graph, the decoder kernels' autotuning and compilation; with
+        ``compile`` torch.compile) happens now instead of on the first camera frame."""
         size = self.model.config.img_size
         self(np.zeros((size * 3 // 4, size, 3), np.uint8))
 
