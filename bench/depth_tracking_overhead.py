@@ -4,8 +4,8 @@ The scene of bench/node_overhead.py (50 overlapping ellipses) moves 2 px right p
 is a 16UC1 image (mm) with each instance on its own noisy plane, flying pixels along the instance
 borders and 5% of pixels invalid. Per frame this times what the node's worker does on top of the
 2D outputs: tracking (update + the track-id instance image, published instead of the index
-image), depth decoding (message -> metres), the robust 3D boxes, building ~/detections_3d and
-publishing it to a subscriber process. The 2D post-processing of node_overhead.py (detections
+image), depth decoding (message -> metres), the robust 3D boxes, building ~/detections_3d (as
+the node does: serialized) and publishing it to a subscriber process. The 2D post-processing of node_overhead.py (detections
 and two label images) is timed in the same loop as the baseline; ~/points (optional: boxes with
 their points kept, and the PointCloud2) is timed apart and not in the total. Times are this
 thread's CPU time (time.thread_time), not wall time: on a machine shared with other jobs, wall
@@ -123,7 +123,7 @@ def main() -> None:
             t3 = time.thread_time()
             boxes = boxes_3d(instances.instance_image, depth_m, intrinsics)
             t4 = time.thread_time()
-            msg = messages_3d.detections_3d(boxes, ids, instances, header)
+            msg = messages_3d.serialized_detections_3d(boxes, ids, instances, header)
             t5 = time.thread_time()
             pub.publish(msg)
             t6 = time.thread_time()

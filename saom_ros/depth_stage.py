@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection3DArray
 
 from saom_ros import messages_3d
 from saom_ros.depth import DepthError, boxes_3d
@@ -46,10 +45,11 @@ class DepthStage:
             self._info = None
 
     def outputs(self, instances: Instances, ids: np.ndarray, header: Header
-                ) -> tuple[Detection3DArray, Optional[PointCloud2]]:
-        """The 3D detections (and the point cloud, if asked for) of the colour frame ``header``
-        whose instances are ``instances`` with ids ``ids``. ValueError saying why there are none:
-        no depth paired, no or bad camera info, a depth image that cannot be used."""
+                ) -> tuple[bytes, Optional[PointCloud2]]:
+        """The 3D detections (a serialized Detection3DArray, which ``Publisher.publish`` takes
+        as it is) and the point cloud, if asked for, of the colour frame ``header`` whose
+        instances are ``instances`` with ids ``ids``. ValueError saying why there are none: no
+        depth paired, no or bad camera info, a depth image that cannot be used."""
         stamp = messages_3d.stamp_ns(header)
         depth = self._depth.nearest(stamp, self.tolerance_ns)
         if depth is None:
@@ -67,4 +67,4 @@ class DepthStage:
                          messages_3d.intrinsics(info, size), with_points=self.publish_points)
         cloud = (messages_3d.point_cloud(boxes, ids, instances, header)
                  if self.publish_points else None)
-        return messages_3d.detections_3d(boxes, ids, instances, header), cloud
+        return messages_3d.serialized_detections_3d(boxes, ids, instances, header), cloud

@@ -1,8 +1,10 @@
 """depth_stage: depth paired by stamp, camera info, and why a frame gets no 3D output."""
 import numpy as np
 import pytest
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
 
 from saom_ros.depth import DepthError
 from saom_ros.depth_stage import DepthStage
@@ -32,7 +34,8 @@ def test_pairs_the_nearest_depth_within_the_tolerance(instances):
     stage.set_camera_info(INFO)
     for nanosec, metres in ((0, 1.0), (30_000_000, 2.0), (60_000_000, 3.0)):
         stage.add_depth(depth_at(header(5, nanosec), metres))
-    dets, cloud = stage.outputs(instances, np.array([9], np.uint16), header(5, 35_000_000))
+    wire, cloud = stage.outputs(instances, np.array([9], np.uint16), header(5, 35_000_000))
+    dets = deserialize_message(wire, Detection3DArray)
     assert dets.header == header(5, 35_000_000) and dets.detections[0].id == "9"
     assert dets.detections[0].bbox.center.position.z == pytest.approx(2.0)
     assert cloud.width == 9 * 10
@@ -49,8 +52,8 @@ def test_reasons_for_no_3d_output(instances):
     with pytest.raises(DepthError, match="no camera info received yet"):
         stage.outputs(instances, ids, header(1))
     stage.set_camera_info(INFO)
-    dets, cloud = stage.outputs(instances, ids, header(1))
-    assert len(dets.detections) == 1 and cloud is None
+    wire, cloud = stage.outputs(instances, ids, header(1))
+    assert len(deserialize_message(wire, Detection3DArray).detections) == 1 and cloud is None
     stage.reset()
     with pytest.raises(DepthError, match="no depth image received yet"):
         stage.outputs(instances, ids, header(1))

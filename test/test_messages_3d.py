@@ -1,7 +1,10 @@
 """messages_3d: depth and camera messages -> arrays, 3D boxes -> Detection3DArray, PointCloud2."""
 import numpy as np
 import pytest
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, PointField
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
 
 from saom_ros import messages_3d
 from saom_ros.depth import DepthError, Intrinsics, boxes_3d
@@ -66,6 +69,25 @@ def test_detections_3d(scene):
     assert hyp.hypothesis.class_id == "4" and hyp.hypothesis.score == pytest.approx(0.9)
     assert hyp.pose.pose.position == first.bbox.center.position
     assert msg.detections[1].bbox.center.position.z == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("frame_id", ["", "c", "camera_optical_frame"])
+@pytest.mark.parametrize("first_id", [7, 1000, 65535])
+def test_serialized_detections_3d_read_back_as_detections_3d(scene, frame_id, first_id):
+    instances, boxes, _ = scene
+    instances.class_ids[:2] = [3, 1234]  # strings of other lengths move the padding
+    ids = np.array([first_id, 42, 13], np.uint16)
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = -5, 999_999_999
+    wire = messages_3d.serialized_detections_3d(boxes, ids, instances, header)
+    expected = messages_3d.detections_3d(boxes, ids, instances, header)
+    assert deserialize_message(wire, Detection3DArray) == expected
+    assert len(wire) == len(serialize_message(expected))
+    empty = messages_3d.serialized_detections_3d(boxes_3d(instances.instance_image * 0,
+                                                          np.ones((20, 30), np.float32),
+                                                          Intrinsics(30.0, 30.0, 14.5, 9.5)),
+                                                 ids, instances, header)
+    assert deserialize_message(empty, Detection3DArray) == Detection3DArray(header=header)
 
 
 def test_point_cloud(scene):
