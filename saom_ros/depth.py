@@ -32,6 +32,7 @@ MIN_BAND_M = 0.05
 FENCE_SAMPLES = 256
 # Relative difference of width/height ratios under which a depth image counts as the same shape.
 ASPECT_TOLERANCE = 0.01
+_QUIET_NAN_BITS = np.uint32(0x7FC00000)  # exponent all ones, top mantissa bit: NaN
 
 
 class DepthError(ValueError):
@@ -78,11 +79,17 @@ def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return abs(ra - rb) <= ASPECT_TOLERANCE * rb
 
 
-def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
-    """float32 metres, NaN where the depth is invalid (0, NaN, inf or negative)."""
+def depth_scale(encoding: str) -> float:
+    """Stored units per metre of a depth image ``encoding``; DepthError if it is not supported."""
     if encoding not in DEPTH_SCALES:
         raise DepthError(f"unsupported depth encoding {encoding!r}; supported: "
                          f"{', '.join(DEPTH_SCALES)}")
+    return DEPTH_SCALES[encoding]
+
+
+def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
+    """float32 metres, NaN where the depth is invalid (0, NaN, inf or negative)."""
+    scale = np.float32(depth_scale(encoding))
     metres = depth.astype(np.float32)  # a copy
     if np.issubdtype(depth.dtype, np.integer):
         metres[depth == 0] = np.nan  # integers: only 0 is invalid (one pass instead of three)
@@ -90,7 +97,7 @@ def depth_in_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
     # Divided, not multiplied by 0.001: 1500 mm is exactly the float32 nearest 1.5 m.
-    metres /= np.float32(DEPTH_SCALES[encoding])
+    metres /= scale
     return metres
 
 
@@ -124,20 +131,26 @@ class Boxes3D:
         return int(self.labels.shape[0])
 
 
-def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
-             with_points: bool = False) -> Boxes3D:
+def boxes_3d(labels: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
+             with_points: bool = False, encoding: str = "32FC1") -> Boxes3D:
     """Back-project every labelled pixel with valid depth and box each label's kept points.
 
-    ``labels``: uint16 [H, W], 0 = no instance; ``depth_m``: float32 [H, W] metres, NaN invalid
-    (from ``depth_in_metres`` and ``match_size``). Labels without valid depth are left out. The
-    kept points themselves are returned only ``with_points`` (else ``points`` is empty).
+    ``labels``: uint16 [H, W], 0 = no instance; ``depth``: [H, W] as stored in an image of
+    ``encoding`` (e.g. uint16 millimetres), registered (``match_size``); only the labelled valid
+    pixels are converted to metres (``depth_in_metres``). Labels without valid depth are left out.
+    The kept points themselves are returned only ``with_points`` (else ``points`` is empty).
     """
-    if labels.shape != depth_m.shape:
-        raise DepthError(f"label image {labels.shape} and depth {depth_m.shape} differ in size")
+    if labels.shape != depth.shape:
+        raise DepthError(f"label image {labels.shape} and depth {depth.shape} differ in size")
+    depth_scale(encoding)  # the encoding is checked also when no pixel needs converting
     h, w = labels.shape
-    flat_labels, flat_depth = labels.ravel(), depth_m.ravel()
+    flat_labels, flat_depth = labels.ravel(), depth.ravel()
+    usable = flat_labels > 0
     with np.errstate(invalid="ignore"):  # NaN > 0 is False: invalid depth drops out here
-        pixels = np.flatnonzero((flat_labels > 0) & (flat_depth > 0))
+        usable &= flat_depth > 0
+        if not np.issubdtype(depth.dtype, np.integer):
+            usable &= flat_depth < np.inf
+    pixels = np.flatnonzero(usable)
     pixel_labels = flat_labels.take(pixels)
     if not len(pixels):
         return Boxes3D(np.zeros(0, np.intp), np.zeros((0, 3)), np.zeros((0, 3)),
@@ -149,14 +162,19 @@ def boxes_3d(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics,
     # Counts from the sorted labels (a binary search per label, not a histogram of every pixel).
     sorted_labels = pixel_labels.take(sort)
     counts = np.diff(np.searchsorted(sorted_labels, np.arange(1, int(sorted_labels[-1]) + 2)))
-    z = flat_depth.take(order)
+    z = depth_in_metres(flat_depth.take(order), encoding)  # gathered as stored: fewer bytes
     present = np.flatnonzero(counts)
     counts = counts[present]
     starts = _starts(counts)
 
     low, high = _fences(z, starts, counts)
-    # Dropped points become NaN, which fmin/fmax ignore (cheaper than compressing the arrays).
-    z[(z < np.repeat(low, counts)) | (z > np.repeat(high, counts))] = np.nan
+    # Dropped points become NaN, which fmin/fmax ignore (cheaper than compressing the arrays),
+    # through their bits: any float with a quiet NaN's bits OR-ed in is NaN, and this is several
+    # times faster than a masked store.
+    dropped = z < np.repeat(low, counts)
+    dropped |= z > np.repeat(high, counts)
+    bits = z.view(np.uint32)
+    bits |= dropped * _QUIET_NAN_BITS
     rays = _rays(intrinsics, h, w).take(order)
     x, y = rays.real * z, rays.imag * z
     # The median (a pixel's depth) always passes, so every present label keeps a point.

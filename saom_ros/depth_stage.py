@@ -63,8 +63,9 @@ class DepthStage:
         if info is None:
             raise DepthError("no camera info received yet")
         size = instances.instance_image.shape
-        boxes = boxes_3d(instances.instance_image, messages_3d.depth_metres(depth, size),
-                         messages_3d.intrinsics(info, size), with_points=self.publish_points)
+        boxes = boxes_3d(instances.instance_image, messages_3d.depth_image(depth, size),
+                         messages_3d.intrinsics(info, size), with_points=self.publish_points,
+                         encoding=depth.encoding)
         cloud = (messages_3d.point_cloud(boxes, ids, instances, header)
                  if self.publish_points else None)
         return messages_3d.serialized_detections_3d(boxes, ids, instances, header), cloud

@@ -21,8 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from saom_ros.depth import (DEPTH_SCALES, Boxes3D, DepthError, Intrinsics, depth_in_metres,
-                            match_size)
+from saom_ros.depth import Boxes3D, Intrinsics, depth_scale, match_size
 from saom_ros.image_codec import image_to_array
 
 if TYPE_CHECKING:  # everything.py imports torch; this module must not.
@@ -48,15 +47,14 @@ def stamp_ns(header: Header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def depth_metres(msg: Image, size: tuple[int, int]) -> np.ndarray:
-    """float32 metres (NaN invalid) registered to a colour image of ``size`` (h, w).
+def depth_image(msg: Image, size: tuple[int, int]) -> np.ndarray:
+    """The depth as stored (``msg.encoding``'s units: ``depth.boxes_3d`` converts only the
+    pixels it uses) registered to a colour image of ``size`` (h, w).
 
     ValueError (``DepthError``, ``ImageDecodeError``) for an unsupported encoding, a malformed
     message, or a size of another aspect ratio."""
-    if msg.encoding not in DEPTH_SCALES:
-        raise DepthError(f"unsupported depth encoding {msg.encoding!r}; supported: "
-                         f"{', '.join(DEPTH_SCALES)}")
-    return depth_in_metres(match_size(image_to_array(msg), size), msg.encoding)
+    depth_scale(msg.encoding)
+    return match_size(image_to_array(msg), size)
 
 
 def intrinsics(info: CameraInfo, size: tuple[int, int]) -> Intrinsics:

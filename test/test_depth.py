@@ -188,3 +188,19 @@ def test_every_16bit_value_converts_as_a_float32_division():
     expected = mm.astype(np.float32) / np.float32(1000.0)
     assert np.array_equal(metres.ravel()[1:], expected.ravel()[1:])
     assert np.array_equal(depth_in_metres(mm.astype(">u2"), "16UC1"), metres, equal_nan=True)
+
+
+def test_boxes_from_stored_millimetres_equal_boxes_from_metres():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, (24, 32)).astype(np.uint16)
+    mm = rng.integers(300, 5000, labels.shape).astype(np.uint16)
+    mm[rng.random(labels.shape) < 0.1] = 0
+    from_mm = boxes_3d(labels, mm, K, with_points=True, encoding="16UC1")
+    from_m = boxes_3d(labels, depth_in_metres(mm, "16UC1"), K, with_points=True)
+    for field in ("labels", "centers", "sizes", "points", "point_labels"):
+        np.testing.assert_array_equal(getattr(from_mm, field), getattr(from_m, field))
+    metres = np.full(labels.shape, 2.0, np.float32)
+    metres[0] = np.inf  # invalid as stored in 32FC1
+    assert boxes_3d(labels, metres, K).sizes[:, 2].max() == 0.0
+    with pytest.raises(DepthError, match="unsupported depth encoding 'mono8'"):
+        boxes_3d(labels, mm, K, encoding="mono8")

@@ -15,23 +15,23 @@ from test_messages import HEADER, make_instances, rect
 def test_depth_messages_in_both_units_and_another_size():
     mm = np.full((4, 6), 1500, np.uint16)
     mm[0, 0] = 0
-    got = messages_3d.depth_metres(array_to_image(mm, "16UC1"), (4, 6))
-    assert np.isnan(got[0, 0]) and np.all(got.ravel()[1:] == np.float32(1.5))
+    got = messages_3d.depth_image(array_to_image(mm, "16UC1"), (4, 6))
+    assert got.dtype == np.uint16 and np.array_equal(got, mm)
     metres = np.full((2, 3), 2.0, np.float32)
     metres[1, 2] = np.nan
-    got = messages_3d.depth_metres(array_to_image(metres, "32FC1"), (4, 6))  # nearest neighbour
+    got = messages_3d.depth_image(array_to_image(metres, "32FC1"), (4, 6))  # nearest neighbour
     assert got.shape == (4, 6) and np.isnan(got[2:, 4:]).all() and (got[:2] == 2.0).all()
 
 
 def test_bad_depth_messages_are_value_errors():
     with pytest.raises(DepthError, match="unsupported depth encoding 'rgb8'"):
-        messages_3d.depth_metres(array_to_image(np.zeros((4, 6, 3), np.uint8), "rgb8"), (4, 6))
+        messages_3d.depth_image(array_to_image(np.zeros((4, 6, 3), np.uint8), "rgb8"), (4, 6))
     with pytest.raises(DepthError, match="aspect ratio"):
-        messages_3d.depth_metres(array_to_image(np.zeros((4, 4), np.uint16), "16UC1"), (4, 6))
+        messages_3d.depth_image(array_to_image(np.zeros((4, 4), np.uint16), "16UC1"), (4, 6))
     truncated = array_to_image(np.zeros((4, 6), np.float32), "32FC1")
     truncated.data = truncated.data[:10]
     with pytest.raises(ImageDecodeError):
-        messages_3d.depth_metres(truncated, (4, 6))
+        messages_3d.depth_image(truncated, (4, 6))
 
 
 def test_intrinsics_from_camera_info():
