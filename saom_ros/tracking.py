@@ -83,13 +83,20 @@ class Tracker:
         slot_of = np.full(count, -1, np.intp)  # matched old slot per instance
         if prompt_source is not None:
             self._follow_prompts(prompt_source, ids, slot_of)
-        if self._memory is not None and (ids == 0).any() and len(self._slot_ids):
-            self._match_by_iou(grid, ids, slot_of)
+        pairs = None
+        if self._memory is not None:
+            # Each grid pixel's (memory slot + 1, instance + 1) as one code, built in place: its
+            # histogram gives the footprints' intersections, a table over it the next memory.
+            pairs = self._memory.astype(np.intp)
+            pairs *= count + 1
+            pairs += grid
+            if (ids == 0).any() and len(self._slot_ids):
+                self._match_by_iou(pairs, ids, slot_of)
         live = set(self._slot_ids.tolist())
         for i in np.flatnonzero(ids == 0).tolist():
             ids[i] = self._allocate(live)
             live.add(int(ids[i]))
-        self._remember(grid, ids, slot_of)
+        self._remember(grid, pairs, ids, slot_of)
         return ids
 
     def _follow_prompts(self, prompt_source: np.ndarray, ids: np.ndarray,
@@ -105,22 +112,21 @@ class Tracker:
                     taken.add(track_id)
                     ids[i], slot_of[i] = track_id, slot_by_id[track_id]
 
-    def _match_by_iou(self, grid: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
+    def _match_by_iou(self, pairs: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
         """Match the instances still without id to the unclaimed tracks by footprint IoU."""
         slots, count = len(self._slot_ids), len(ids)
-        # Intersections of every (slot, instance) pair from one joint histogram of the two images
-        # (built in place: one temporary), areas from its margins.
-        code = self._memory.astype(np.intp)
-        code *= count + 1
-        code += grid
-        joint = np.bincount(code.ravel(), minlength=(slots + 1) * (count + 1)
+        # Intersections of every (slot, instance) pair from one joint histogram of the two
+        # images, areas from its margins.
+        joint = np.bincount(pairs.ravel(), minlength=(slots + 1) * (count + 1)
                             ).reshape(slots + 1, count + 1)
         inter = joint[1:, 1:]
         slot_areas = joint[1:].sum(axis=1)
         areas = joint[:, 1:].sum(axis=0)
         union = slot_areas[:, None] + areas[None, :] - inter
         iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
-        free_slots = np.setdiff1d(np.arange(slots), slot_of[slot_of >= 0])
+        claimed = np.zeros(slots, bool)
+        claimed[slot_of[slot_of >= 0]] = True
+        free_slots = np.flatnonzero(~claimed)
         free_instances = np.flatnonzero(ids == 0)
         iou = iou[np.ix_(free_slots, free_instances)]
         rows, cols = linear_sum_assignment(iou, maximize=True)
@@ -128,21 +134,29 @@ class Tracker:
         for s, i in zip(free_slots[rows[good]].tolist(), free_instances[cols[good]].tolist()):
             ids[i], slot_of[i] = self._slot_ids[s], s
 
-    def _remember(self, grid: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
+    def _remember(self, grid: np.ndarray, pairs: Optional[np.ndarray], ids: np.ndarray,
+                  slot_of: np.ndarray) -> None:
         """New memory: this frame's instances (slot i = instance i), then the unmatched tracks
-        still within ``max_missed`` frames on the pixels nobody owns now; retire the others."""
-        matched = np.zeros(len(self._slot_ids), bool)
-        matched[slot_of[slot_of >= 0]] = True
-        missing = np.flatnonzero(~matched)
+        still within ``max_missed`` frames on the pixels nobody owns now; retire the others.
+        ``pairs``: the codes of ``assign`` (None without memory)."""
+        slots, count = len(self._slot_ids), len(ids)
+        unmatched = np.ones(slots, bool)
+        unmatched[slot_of[slot_of >= 0]] = False
+        missing = np.flatnonzero(unmatched)
         keep = missing[self._frame - self._slot_seen[missing] <= self.max_missed]
         # Never remember more tracks than there are ids.
-        keep = keep[np.argsort(-self._slot_seen[keep], kind="stable")][:MAX_ID - len(ids)]
-        for s in np.setdiff1d(missing, keep).tolist():
+        keep = keep[np.argsort(-self._slot_seen[keep], kind="stable")][:MAX_ID - count]
+        unmatched[keep] = False  # the rest retire
+        for s in np.flatnonzero(unmatched).tolist():
             self._retire(int(self._slot_ids[s]))
-        if len(keep):
-            remap = np.zeros(len(self._slot_ids) + 1, np.uint16)
-            remap[keep + 1] = len(ids) + 1 + np.arange(len(keep))
-            memory = np.where(grid == 0, remap.take(self._memory), grid)  # uint16
+        if len(keep):  # then there were slots, so a memory and its pairs
+            # Per (slot + 1, instance + 1) code: the instance where there is one, else the
+            # slot's track renumbered after this frame's instances (0 if it is not kept).
+            table = np.empty((slots + 1, count + 1), np.uint16)
+            table[:] = np.arange(count + 1, dtype=np.uint16)
+            table[:, 0] = 0
+            table[keep + 1, 0] = count + 1 + np.arange(len(keep))
+            memory = table.ravel().take(pairs)
         else:
             memory = grid.astype(np.uint16)  # a copy
         seen = np.full(len(ids), self._frame, np.int64)
