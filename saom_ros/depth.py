@@ -159,9 +159,10 @@ def boxes_3d(labels: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
     # (take, not fancy indexing: the same gather, faster on 1-D arrays.)
     sort = np.argsort(pixel_labels, kind="stable")
     order = pixels.take(sort)
-    # Counts from the sorted labels (a binary search per label, not a histogram of every pixel).
-    sorted_labels = pixel_labels.take(sort)
-    counts = np.diff(np.searchsorted(sorted_labels, np.arange(1, int(sorted_labels[-1]) + 2)))
+    # Counts by a binary search per label through the sort (neither a histogram of every pixel
+    # nor the sorted labels are needed).
+    last = int(pixel_labels[sort[-1]])
+    counts = np.diff(np.searchsorted(pixel_labels, np.arange(1, last + 2), sorter=sort))
     z = depth_in_metres(flat_depth.take(order), encoding)  # gathered as stored: fewer bytes
     present = np.flatnonzero(counts)
     counts = counts[present]
