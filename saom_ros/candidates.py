@@ -8,13 +8,16 @@ stability score and box. Nothing here knows which strategy chose the points.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Callable, Optional
+import itertools
+from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from saom_ros import full_size
+from saom_ros.decoder import DecoderTokens
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.full_size import stability_scores
 from saom_ros.model import Saom
@@ -25,6 +28,7 @@ from saom_ros.model import Saom
 STABILITY_MARGIN = 0.2
 # Prompts per decoder pass when points_per_batch is 0, on the CPU and on other devices.
 CPU_BATCH, DEVICE_BATCH = 64, 256
+T = TypeVar("T")
 # The decoder's two stride-2 transposed convolutions: low-res mask pixels per embedding pixel.
 LOW_RES_PER_EMBEDDING = 4
 
@@ -115,20 +119,34 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
     orig = torch.as_tensor(points, dtype=torch.float32, device=pts.device).reshape(-1, 2)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
     batch = s.points_per_batch or (CPU_BATCH if pts.device.type == "cpu" else DEVICE_BATCH)
+    starts = range(0, len(pts), batch)
+    tokens = (method("decode_tokens")(frame.embedding, pts[i:i + batch, None, :],
+                                      labels[i:i + batch]) for i in starts)
+    # On an asynchronous device the next batch's token stage is queued before this batch's
+    # filter waits for the device (it needs the surviving prompts on the host), so the device
+    # does not idle; the CPU runs each op to its end and would only hold one more state.
+    ahead = 0 if pts.device.type == "cpu" else 1
     parts = []
-    for start in range(0, len(pts), batch):
-        chunk = slice(start, start + batch)
-        parts += _decode_chunk(model, frame, pts[chunk], labels[chunk], start, s, method)
+    for start, state in zip(starts, _queued(tokens, ahead)):
+        parts += _filter_chunk(model, frame, state, start, s, method)
     cand = Candidates.cat(parts)
     cand.point = orig[cand.prompt]
     return cand
 
 
-def _decode_chunk(model: Saom, frame: Frame, pts: torch.Tensor, labels: torch.Tensor,
-                  offset: int, s: EverythingSettings, method: Callable[[str], Callable]
-                  ) -> list[Candidates]:
-    """One batch of prompts: the token stage, the IoU filter, masks, then the full-size filter."""
-    state = method("decode_tokens")(frame.embedding, pts[:, None, :], labels)
+def _queued(items: Iterator[T], ahead: int) -> Iterator[T]:
+    """The items of ``items`` in order, each given while the next ``ahead`` are already made."""
+    queue = collections.deque(itertools.islice(items, ahead))
+    for item in items:
+        queue.append(item)
+        yield queue.popleft()
+    yield from queue
+
+
+def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
+                  s: EverythingSettings, method: Callable[[str], Callable]) -> list[Candidates]:
+    """One batch of prompts after the token stage: the IoU filter, masks, then the full-size
+    filter. ``offset``: the batch's first prompt among the decoded points."""
     iou = state.iou_pred[:, 1:].float()
     n_masks = iou.shape[1]
     cls = class_probs(model.class_logits(state), iou)

@@ -44,10 +44,13 @@ def choose_attention_form(encoder: ImageEncoderViT, images: torch.Tensor,
 
 class CudaEncoder:
     """Calls ``encoder`` (inference only) through a CUDA graph captured per input shape, after
-    choosing its attention form. If capture fails the encoder runs eagerly, with a warning."""
+    choosing its attention form. ``run`` is what the graph captures: the encoder itself or a
+    torch.compile of it. If capture fails ``run`` is called directly, with a warning."""
 
-    def __init__(self, encoder: ImageEncoderViT) -> None:
+    def __init__(self, encoder: ImageEncoderViT,
+                 run: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         self.encoder = encoder
+        self.run = run or encoder
         self.form_seconds: dict[str, float] = {}
         self._graphs: dict[tuple, Optional[tuple[torch.cuda.CUDAGraph, torch.Tensor,
                                                  torch.Tensor]]] = {}
@@ -58,7 +61,7 @@ class CudaEncoder:
             self._graphs[key] = self._capture(images)
         captured = self._graphs[key]
         if captured is None:
-            return self.encoder(images)
+            return self.run(images)
         graph, static_in, static_out = captured
         static_in.copy_(images)
         graph.replay()
@@ -72,11 +75,11 @@ class CudaEncoder:
             side = torch.cuda.Stream()  # capture-safe warm-up, as torch.cuda.graphs recommends
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.encoder(static_in)
+                self.run(static_in)  # with torch.compile: compiles now, outside the capture
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self.encoder(static_in)
+                static_out = self.run(static_in)
         except RuntimeError as err:
             warnings.warn(f"image encoder runs without a CUDA graph: capture failed: {err}")
             return None

@@ -44,9 +44,10 @@ class FusedAttention(Attention):
     def _table(self, axis: str, size: int) -> torch.Tensor:
         """get_rel_pos(size, size, rel_pos_<axis>), cached while the parameter is unchanged:
         get_rel_pos indexes with a host tensor, a blocking copy to the device on every call.
-        Not cached when autograd records (the table must then carry gradients)."""
+        Not cached when autograd records (the table must then carry gradients) nor under
+        torch.compile."""
         rel_pos = getattr(self, f"rel_pos_{axis}")
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: traced once
             return get_rel_pos(size, size, rel_pos)
         key = (size, rel_pos.data_ptr(), rel_pos._version, rel_pos.dtype)
         cache = self.__dict__.setdefault("_tables", {})

@@ -33,7 +33,7 @@ class EverythingSettings:
     mask_threshold: float = 0.0
     max_image_pixels: int = MAX_IMAGE_PIXELS  # images are also refused before decoding
     cuda_dtype: str = "bfloat16"  # compute dtype on CUDA: bfloat16, float16 or float32
-    compile: bool = False  # torch.compile the image encoder and the decoder
+    compile: bool = False  # torch.compile the image encoder (on the CPU the decoder too)
     # Which points prompt the decoder (PROMPT_STRATEGIES): grid = the generator's, exact.
     prompt_strategy: str = "grid"
     # hierarchical: the first, coarse grid; 0 = points_per_side // 4 (TinySAM's 1/16 of the

@@ -113,8 +113,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "streaming: a keyframe at once when more than this fraction of the previous "
             "instances is lost", floating_point_range=[_unit_range()])),
         ("compile", engine("compile"), _d(
-            "torch.compile the encoder and the decoder's PyTorch form at start-up (CUDA; the "
-            "default fused decoder kernels were faster in our measurements)", True)),
+            "torch.compile the image encoder at start-up (on the CPU the decoder too; on CUDA "
+            "the decoder keeps its fused kernels, which were faster than compiling it)", True)),
         ("classes", "", _d("YAML class-name list overriding the checkpoint's names "
                            "(same count); empty: the checkpoint's", True)),
         ("input_reliability", "auto", _d(

@@ -1,8 +1,9 @@
 """Candidate decoding on its own: the edge cases the prompt strategies reach."""
 import numpy as np
+import pytest
 import torch
 
-from saom_ros.candidates import Frame, decode_candidates
+from saom_ros.candidates import Frame, _queued, decode_candidates
 from saom_ros.everything import EverythingSettings
 from saom_ros.model import Saom
 
@@ -28,3 +29,15 @@ def test_no_points_give_no_candidates(tiny_model: Saom) -> None:
     assert empty.logits.shape[1:] == one.logits.shape[1:]
     assert empty.cls.shape[1:] == one.cls.shape[1:]
     assert empty.point.shape == (0, 2)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_queued_items_come_in_order_with_the_next_ones_made(ahead) -> None:
+    made = []
+
+    def items():
+        for i in range(5):
+            made.append(i)
+            yield i
+    for i in _queued(items(), ahead):
+        assert made == list(range(min(5, i + 1 + ahead)))
