@@ -160,9 +160,12 @@ def boxes_3d(labels: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
     sort = np.argsort(pixel_labels, kind="stable")
     order = pixels.take(sort)
     # Counts by a binary search per label through the sort (neither a histogram of every pixel
-    # nor the sorted labels are needed).
+    # nor the sorted labels are needed); the keys in the labels' dtype, or numpy would search a
+    # converted copy of them.
     last = int(pixel_labels[sort[-1]])
-    counts = np.diff(np.searchsorted(pixel_labels, np.arange(1, last + 2), sorter=sort))
+    firsts = np.searchsorted(pixel_labels, np.arange(1, last + 1, dtype=pixel_labels.dtype),
+                             sorter=sort)
+    counts = np.diff(firsts, append=len(pixels))
     z = depth_in_metres(flat_depth.take(order), encoding)  # gathered as stored: fewer bytes
     present = np.flatnonzero(counts)
     counts = counts[present]
