@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -41,8 +40,9 @@ from saom_ros.depth_stage import DepthStage
 from saom_ros.engine_loader import StartupError, load_engine
 from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.input_qos import FollowingSubscription
-from saom_ros.input_watchdog import InputWatchdog, Level
+from saom_ros.input_watchdog import InputWatchdog
 from saom_ros.latest_frame import LatestFrame
+from saom_ros.node_diagnostics import FrameStats, frame_values, summary
 from saom_ros.node_parameters import (ENGINE_PARAMETERS, FROM_CHECKPOINT, engine_fields,
                                       parameter_table, validate)
 from saom_ros.tracking import Tracker, track_image
@@ -58,28 +58,6 @@ def compressed_topic(node: LifecycleNode) -> str:
     if explicit != node.resolve_topic_name("image/compressed", only_expand=True):
         return explicit
     return node.resolve_topic_name("image") + "/compressed"
-
-
-@dataclasses.dataclass
-class _Stats:
-    """Counts since start and per-frame times since the last /diagnostics report."""
-
-    received: int = 0
-    processed: int = 0
-    malformed: int = 0
-    without_3d: int = 0  # processed frames that got no ~/detections_3d (use_depth)
-    window_processed: int = 0
-    window_malformed: int = 0
-    latencies_ms: list[float] = dataclasses.field(default_factory=list)
-    inference_ms: list[float] = dataclasses.field(default_factory=list)
-    frame_age_ms: float = float("nan")
-
-    def next_window(self) -> "_Stats":
-        """A copy of these stats, and reset the per-window part."""
-        snapshot = dataclasses.replace(self)
-        self.window_processed = self.window_malformed = 0
-        self.latencies_ms, self.inference_ms = [], []
-        return snapshot
 
 
 class SegmentNode(LifecycleNode):
@@ -109,7 +87,7 @@ class SegmentNode(LifecycleNode):
         self.class_names: tuple[str, ...] = ()
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._stats = _Stats()
+        self._stats = FrameStats()
         self._stats_lock = threading.Lock()
         self._busy = threading.Lock()  # held while a frame is processed and published
         self._frames = LatestFrame()
@@ -352,34 +330,14 @@ class SegmentNode(LifecycleNode):
             stats = self._stats.next_window()
         elapsed, self._last_report = now - self._last_report, now
         state = self.lifecycle_state
-        level, text = DiagnosticStatus.OK, "ok"
-        if state != "active":
-            level, text = DiagnosticStatus.OK, state
-            if self.configure_error:
-                level, text = DiagnosticStatus.ERROR, f"{state}: {self.configure_error}"
-        elif stats.window_malformed:
-            level = DiagnosticStatus.WARN
-            text = f"{stats.window_malformed} malformed image(s) skipped"
-        elif (silence := self._watchdog.check(now, elapsed))[0] != Level.OK:
-            level, text = bytes([silence[0]]), f"{self.input_topic}: {silence[1]}"
-
-        def median(values: list[float]) -> str:
-            return f"{statistics.median(values):.1f}" if values else "nan"
-
+        level, text = summary(state, self.configure_error, stats,
+                              self._watchdog.check(now, elapsed), self.input_topic)
         values = {
             "lifecycle_state": state,
             "device": str(self.device),
             "input_topic": self.input_topic,
             "input_reliability": self._sub.reliability_name if self._sub else "not subscribed",
-            "latency_ms": median(stats.latencies_ms),
-            "inference_ms": median(stats.inference_ms),
-            "frame_age_ms": f"{stats.frame_age_ms:.1f}",
-            "processing_rate_hz": f"{stats.window_processed / elapsed:.2f}",
-            "frames_received": str(stats.received),
-            "frames_processed": str(stats.processed),
-            "frames_dropped": str(self._frames.dropped),
-            "frames_malformed": str(stats.malformed),
-            **({"frames_without_3d": str(stats.without_3d)} if self._depth is not None else {}),
+            **frame_values(stats, elapsed, self._frames.dropped, self._depth is not None),
         }
         status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), message=text,
                                   hardware_id=str(self.device),

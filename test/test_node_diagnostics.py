@@ -1,0 +1,46 @@
+"""The /diagnostics status of segment_node from its counters, state and input watchdog."""
+import math
+
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from saom_ros.input_watchdog import Level
+from saom_ros.node_diagnostics import FrameStats, frame_values, summary
+
+QUIET = (Level.OK, "")
+
+
+def test_the_window_resets_and_the_totals_stay() -> None:
+    stats = FrameStats(received=5, processed=4, window_processed=4, window_malformed=1,
+                       latencies_ms=[1.0, 3.0], inference_ms=[2.0])
+    window = stats.next_window()
+    assert (window.window_processed, window.latencies_ms, window.inference_ms) == (4, [1.0, 3.0], [2.0])
+    assert (stats.received, stats.processed) == (5, 4)
+    assert (stats.window_processed, stats.window_malformed, stats.latencies_ms) == (0, 0, [])
+
+
+def test_inactive_states_report_ok_unless_configure_failed() -> None:
+    assert summary("inactive", None, FrameStats(), QUIET, "/cam") == (DiagnosticStatus.OK, "inactive")
+    assert summary("unconfigured", "no such file: x.pt", FrameStats(), QUIET, "/cam") == \
+        (DiagnosticStatus.ERROR, "unconfigured: no such file: x.pt")
+
+
+def test_malformed_input_warns_before_silence() -> None:
+    silent = (Level.ERROR, "no image for 9.0 s")
+    assert summary("active", None, FrameStats(window_malformed=2), silent, "/cam") == \
+        (DiagnosticStatus.WARN, "2 malformed image(s) skipped")
+    assert summary("active", None, FrameStats(), silent, "/cam") == \
+        (DiagnosticStatus.ERROR, "/cam: no image for 9.0 s")
+    assert summary("active", None, FrameStats(), QUIET, "/cam") == (DiagnosticStatus.OK, "ok")
+
+
+def test_values_give_window_medians_rate_and_counters() -> None:
+    stats = FrameStats(received=7, processed=6, malformed=1, without_3d=2, window_processed=3,
+                       latencies_ms=[10.0, 30.0, 20.0], inference_ms=[5.0], frame_age_ms=12.34)
+    values = frame_values(stats, 2.0, dropped=1, with_3d=True)
+    assert values == {"latency_ms": "20.0", "inference_ms": "5.0", "frame_age_ms": "12.3",
+                      "processing_rate_hz": "1.50", "frames_received": "7",
+                      "frames_processed": "6", "frames_dropped": "1", "frames_malformed": "1",
+                      "frames_without_3d": "2"}
+    empty = frame_values(FrameStats(), 1.0, dropped=0, with_3d=False)
+    assert empty["latency_ms"] == "nan" and "frames_without_3d" not in empty
+    assert math.isnan(float(empty["frame_age_ms"]))
