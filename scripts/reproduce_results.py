@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from saom_ros.atomic import atomic_write_text
-from saom_ros.training import evaluate, finetune
+from saom_ros.training import datasets, evaluate, finetune
 from saom_ros.training.config import load_config
 from saom_ros.training.export import export
 from saom_ros.training.train_state import load_train_state
@@ -376,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.monotonic()
     cfg = load_config(None, [{"evaluate": exp["evaluate"]},
                                       f"assignment.points_per_side={exp['points_per_side']}"])
-    test = finetune.open_dataset(test_dir / ANNOTATIONS)
+    test = datasets.open_dataset(test_dir / ANNOTATIONS)
     results = evaluate.evaluate_checkpoints(
         [models[n] for n in TITLES], list(TITLES), test, cfg, work / "evaluation", device=device,
         progress=sys.stderr.isatty())

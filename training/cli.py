@@ -127,7 +127,7 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"wrote {out}")
         return 0
     from saom_ros.training import evaluate
-    from saom_ros.training.finetune import open_dataset
+    from saom_ros.training.datasets import open_dataset
     cfg = load_config(args.config, [
         *args.overrides, {"evaluate": {"everything": _everything_values(args.everything)}}])
     names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])

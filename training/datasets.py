@@ -358,3 +358,18 @@ class SaomMetadataDataset:
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))
+
+
+def open_dataset(path: str | Path, split: str = "train") -> CocoInstances | SaomMetadataDataset:
+    """A COCO file or a SAOM-layout metadata file (``split`` picks its list) as a dataset."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            keys = json.load(f).keys()
+    except FileNotFoundError:
+        raise DatasetError(f"dataset file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise DatasetError(f"dataset file {path} is not a JSON object: {err}") from None
+    if "entity classes" in keys:
+        return SaomMetadataDataset(path, split)
+    return CocoInstances(path)

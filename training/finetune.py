@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import random
@@ -34,7 +33,7 @@ from saom_ros.atomic import atomic_write_text, remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import validate_config
-from saom_ros.training.datasets import CocoInstances, DatasetError, SaomMetadataDataset
+from saom_ros.training.datasets import open_dataset
 from saom_ros.training.distributed import init_distributed, resolve_device
 from saom_ros.training.embedding_cache import EmbeddingCache, encoder_fingerprint
 from saom_ros.training.process_lifetime import dataloader_worker_init
@@ -54,21 +53,6 @@ def cosine_schedule(total_steps: int, warmup_steps: int, min_ratio: float):
         t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
     return factor
-
-
-def open_dataset(path: str | os.PathLike, split: str = "train"):
-    """A COCO file or a SAOM-layout metadata file (``split`` picks its list) as a dataset."""
-    path = Path(path)
-    try:
-        with open(path) as f:
-            keys = json.load(f).keys()
-    except FileNotFoundError:
-        raise DatasetError(f"dataset file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise DatasetError(f"dataset file {path} is not a JSON object: {err}") from None
-    if "entity classes" in keys:
-        return SaomMetadataDataset(path, split)
-    return CocoInstances(path)
 
 
 # ----------------------------------------------------------------------------- model set-up

@@ -14,7 +14,7 @@ from saom_ros.training import evaluate
 from saom_ros.training.config import load_config
 from saom_ros.training.evaluate import (
     ClassStats, coco_mask_ap, match_greedy, score_matches, summarize)
-from saom_ros.training.finetune import open_dataset
+from saom_ros.training.datasets import open_dataset
 from test_finetune import CLASSES, make_dataset
 
 

@@ -18,9 +18,9 @@ from processes import alive, children, wait_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import load_config
 from saom_ros.training.datasets import (
-    coco_categories, mask_to_annotation, write_coco, write_image)
+    coco_categories, mask_to_annotation, open_dataset, write_coco, write_image)
 from saom_ros.training.export import export
-from saom_ros.training.finetune import Trainer, init_model, open_dataset, train
+from saom_ros.training.finetune import Trainer, init_model, train
 from saom_ros.training.train_state import load_train_state, model_from_state
 
 CLASSES = ("Mug", "Vase", "Laptop")
