@@ -4,12 +4,13 @@ The scene of bench/node_overhead.py (50 overlapping ellipses) moves 2 px right p
 is a 16UC1 image (mm) with each instance on its own noisy plane, flying pixels along the instance
 borders and 5% of pixels invalid. Per frame this times what the node's worker does on top of the
 2D outputs: tracking (update + the track-id instance image, published instead of the index
-image), depth decoding (message -> array, registered), the robust 3D boxes, building ~/detections_3d (as
-the node does: serialized) and publishing it to a subscriber process. The 2D post-processing of node_overhead.py (detections
-and two label images) is timed in the same loop as the baseline; ~/points (optional: boxes with
-their points kept, and the PointCloud2) is timed apart and not in the total. Times are this
-thread's CPU time (time.thread_time), not wall time: on a machine shared with other jobs, wall
-time mostly measures waiting for a core.
+image), depth decoding (message -> registered array as stored), the robust 3D boxes, building
+~/detections_3d (serialized, as the node publishes it) and publishing it to a subscriber process.
+The 2D post-processing of node_overhead.py (detections and two label images) is timed in the
+same loop as the baseline; ~/points (optional: boxes with their points kept, and the
+PointCloud2) is timed apart and not in the total. Times are this thread's CPU time
+(time.thread_time), not wall time: on a machine shared with other jobs, wall time mostly measures
+waiting for a core.
 
     .venv/bin/python bench/depth_tracking_overhead.py [--frames 200]
 
@@ -121,14 +122,15 @@ def main() -> None:
             depth = messages_3d.depth_image(depth_msg, (H, W))
             intrinsics = messages_3d.intrinsics(info, (H, W))
             t3 = time.thread_time()
-            boxes = boxes_3d(instances.instance_image, depth, intrinsics, encoding="16UC1")
+            boxes = boxes_3d(instances.instance_image, depth, intrinsics,
+                             encoding=depth_msg.encoding)
             t4 = time.thread_time()
             msg = messages_3d.serialized_detections_3d(boxes, ids, instances, header)
             t5 = time.thread_time()
             pub.publish(msg)
             t6 = time.thread_time()
             messages_3d.point_cloud(boxes_3d(instances.instance_image, depth, intrinsics,
-                                             with_points=True, encoding="16UC1"),
+                                             with_points=True, encoding=depth_msg.encoding),
                                     ids, instances, header)
             t7 = time.thread_time()
             rclpy.spin_once(node, timeout_sec=0)
