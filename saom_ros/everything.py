@@ -16,11 +16,20 @@ from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 from torchvision.ops import nms
 
 from saom_ros import full_size, prompts
-from saom_ros.candidates import Candidates, Frame, decode_candidates
+from saom_ros.candidates import LOW_RES_PER_EMBEDDING, Candidates, Frame, decode_candidates
 from saom_ros.cuda_encoder import CudaEncoder
 from saom_ros.encoder_attention import fuse_attention
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
+
+
+# hierarchical: coarse masks that pass the predicted-IoU and stability filters or miss them by at
+# most this still mark where the full grid may find an object; where no such mask reaches, the
+# full grid is not decoded (see _unexplained).
+NEAR_PASS = 0.05
+# hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
+# outside the confident masks; a mere variant of a found object does not.
+NEW_FRACTION = 0.3
 
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
@@ -166,22 +175,35 @@ class EverythingEngine:
         return self._finish(frame, self._grid(frame, self.settings.points_per_side))
 
     def _hierarchical(self, frame: Frame) -> Candidates:
-        """Coarse-grid candidates, plus those of the full-grid points that no confident kept
-        coarse mask covers. Confident: kept by NMS with predicted IoU >= confident_iou_thresh."""
+        """Coarse-grid candidates, then those of the full-grid points that ``_unexplained``
+        leaves: inside a new coarse mask, in no confident one. Confident: kept by box NMS with
+        predicted IoU >= confident_iou_thresh."""
         s = self.settings
-        coarse = self._grid(frame, s.coarse_points_per_side or max(1, s.points_per_side // 4))
-        kept = coarse.select(nms(coarse.boxes, coarse.iou, s.box_nms_thresh))
+        side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
+        return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw))[0]
+
+    def _two_pass(self, frame: Frame, first: np.ndarray) -> tuple[Candidates, int]:
+        """Candidates of the points ``first``, then of the full-grid points that their masks
+        leave unexplained (``_unexplained``), and how many points were decoded in all; the
+        second pass's prompt indices follow the first's."""
+        s = self.settings
+        near = decode_candidates(self.model, frame, first, _near_pass(s), self._compiled)
+        found = near.select(_passes(near, s))
+        kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
         confident = kept.select(kept.iou >= s.confident_iou_thresh)
-        coverage = (frame.upsample(confident.logits) > s.mask_threshold).any(-1)
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
-        points = points[~prompts.covered(points, coverage.cpu().numpy())]
-        return Candidates.cat([coarse, self._candidates(frame, points)])
+        points = points[_unexplained(frame, near.logits, confident.logits, points,
+                                     s.mask_threshold) & ~_among(points, first)]
+        more = self._candidates(frame, points)
+        more = dataclasses.replace(more, prompt=more.prompt + len(first))
+        return Candidates.cat([found, more]), len(first) + len(points)
 
     def _streaming(self, frame: Frame, previous: Optional[Instances]) -> Optional[Instances]:
         """Instances from points inside the previous ones and a sub-grid over the uncovered
-        area; None when this frame must be a keyframe (none before, a new image size, the
-        keyframe interval is over, or more than max_lost_fraction of the previous instances
-        are lost: no new instance covers their points)."""
+        area, then the full-grid points their masks leave unexplained (as ``_hierarchical``);
+        None when this frame must be a keyframe (none before, a new image size, the keyframe
+        interval is over, or more than max_lost_fraction of the previous instances are lost: no
+        new instance covers their points)."""
         s = self.settings
         if previous is None or previous.instance_image.shape != frame.orig_hw or \
                 self._since_keyframe + 1 >= s.keyframe_interval:
@@ -197,9 +219,10 @@ class EverythingEngine:
         sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride,
                                            self._since_keyframe)]
         sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
-        source = np.concatenate([owner, np.full(len(sparse), -1)])
         points = np.concatenate([inside, sparse]).reshape(-1, 2)
-        result = self._finish(frame, self._candidates(frame, points), source.astype(np.int32))
+        cand, decoded = self._two_pass(frame, points)
+        source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
+        result = self._finish(frame, cand, source)
         # An instance is lost when no new instance covers any of its points.
         hit = prompts.covered(inside, result.instance_image > 0)
         lost = len(np.unique(owner)) - len(np.unique(owner[hit]))
@@ -247,3 +270,73 @@ class EverythingEngine:
             prompt_source=prompt_source,
             prompt_point=cand.point.cpu().numpy(),
         )
+
+
+def _near_pass(s: EverythingSettings) -> EverythingSettings:
+    """``s`` with both mask filters lowered by NEAR_PASS (a threshold at or below 0 is off)."""
+    return dataclasses.replace(s, pred_iou_thresh=s.pred_iou_thresh - NEAR_PASS,
+                               stability_score_thresh=s.stability_score_thresh - NEAR_PASS)
+
+
+def _passes(cand: Candidates, s: EverythingSettings) -> torch.Tensor:
+    """bool [N]: the candidates that pass the filters of ``s`` (as decode_candidates applies
+    them: a threshold of 0 filters nothing)."""
+    ok = torch.ones(len(cand), dtype=torch.bool, device=cand.iou.device)
+    if s.pred_iou_thresh > 0:
+        ok &= cand.iou > s.pred_iou_thresh
+    if s.stability_score_thresh > 0:
+        ok &= cand.stability >= s.stability_score_thresh
+    return ok
+
+
+def _among(points: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """bool [n]: the points of ``points`` [n, 2] that are also in ``decoded`` [m, 2]."""
+    return (points[:, None] == decoded[None]).all(-1).any(1)
+
+
+def _low_res(frame: Frame, logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """bool [N, h, w]: the masks of low-res ``logits`` [N, h', w'] where the image is."""
+    v = frame.valid
+    return logits[:, :v[0], :v[1]] > threshold
+
+
+def _at_points(frame: Frame, logits: torch.Tensor, points: np.ndarray,
+               threshold: float) -> torch.Tensor:
+    """bool [N, P]: whether each low-res mask ``logits`` [N, h, w] holds each point (x, y
+    original pixels), its logit read bilinearly there (as the full-size mask would have it,
+    up to the rounding of two resizes)."""
+    # A low-res pixel is patch_size // LOW_RES_PER_EMBEDDING input pixels wide; the logits
+    # start at the input's top-left corner.
+    span = torch.tensor([logits.shape[-1], logits.shape[-2]], device=logits.device) * \
+        (frame.patch_size // LOW_RES_PER_EMBEDDING)
+    xy = frame.to_input(points) / span * 2 - 1
+    at = torch.nn.functional.grid_sample(logits[None].float(), xy[None, None], mode="bilinear",
+                                         padding_mode="border", align_corners=False)
+    return at[0, :, 0] > threshold
+
+
+def _unexplained(frame: Frame, near: torch.Tensor, confident: torch.Tensor,
+                 points: np.ndarray, threshold: float) -> np.ndarray:
+    """bool [P]: the full-grid ``points`` the hierarchical strategy decodes, given the low-res
+    logits of the coarse masks that passed the filters or nearly did (``near``, see NEAR_PASS)
+    and of the confident ones.
+
+    A point is decoded when it lies inside a new near mask (at least NEW_FRACTION of it outside
+    the confident masks) and inside no confident mask. Points inside a confident mask are
+    covered: the object is found. Points outside every near mask are skipped too: no coarse
+    prompt gave a mask reaching them that passes the filters or misses them by NEAR_PASS at
+    most, so that region is one the model refuses (for SAOM-small the wall and floor, ~75% of
+    the grid), and denser prompts there are expected to give rejected masks as well. So an
+    object that no coarse point hits and no near mask reaches is missed: the coarse spacing
+    bounds the smallest object found.
+    """
+    if len(points) == 0 or len(near) == 0:
+        return np.zeros(len(points), bool)
+    near_masks = _low_res(frame, near, threshold)
+    known = _low_res(frame, confident, threshold).any(0)
+    area = near_masks.flatten(1).sum(1).clamp(min=1)
+    new = (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
+    inside = _at_points(frame, near[new], points, threshold).any(0)
+    if len(confident):
+        inside &= ~_at_points(frame, confident, points, threshold).any(0)
+    return inside.cpu().numpy()

@@ -36,8 +36,9 @@ class EverythingSettings:
     compile: bool = False  # torch.compile the image encoder (on the CPU the decoder too)
     # Which points prompt the decoder (PROMPT_STRATEGIES): grid = the generator's, exact.
     prompt_strategy: str = "grid"
-    # hierarchical: the first, coarse grid; 0 = points_per_side // 4 (TinySAM's 1/16 of the
-    # points) ...
+    # hierarchical: the first, coarse grid; 0 = points_per_side // 2 (a quarter of the points:
+    # where no coarse mask reaches, the full grid is not decoded, so the coarse spacing bounds
+    # the smallest object found; TinySAM's 1/16 missed objects of SAOM-small) ...
     coarse_points_per_side: int = 0
     # ... and the predicted IoU from which a kept coarse mask is confident: full-grid points
     # inside a confident mask are not decoded (0 = every kept mask is confident).
@@ -47,9 +48,10 @@ class EverythingSettings:
     # ... up to N points well inside each previous instance, besides the point that gave it ...
     points_per_instance: int = 1
     # ... and the full grid's points where no previous instance is, at this stride: each frame
-    # one of the stride^2 interleaved sub-grids, so that all of the grid is visited every
-    # stride^2 frames ...
-    stream_stride: int = 2
+    # one of the stride^2 interleaved sub-grids (then, as in hierarchical, the full-grid points
+    # that these prompts' masks leave unexplained; so the sub-grid only has to find objects that
+    # no mask reaches, and the keyframe finds those too) ...
+    stream_stride: int = 8
     # ... and a keyframe at once when more than this fraction of the previous instances is lost
     # (no new instance covers any point it was prompted with).
     max_lost_fraction: float = 0.5

@@ -5,8 +5,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from saom_ros import everything
+from saom_ros.candidates import Frame
 from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
 from saom_ros.model import ModelConfig, Saom, build_saom
 
@@ -181,14 +183,31 @@ def test_hierarchical_finds_what_the_full_grid_finds(shapes_model: Saom, seed: i
     grid = EverythingEngine(shapes_model, EverythingSettings(**STRICT))(image)
     counts = _count_points(monkeypatch)
     # The quickly trained model's IoU predictions are rough: only its best masks count as
-    # confident.
+    # confident. The coarse spacing (256 / 12 = 21 px) is below the smallest object's extent
+    # (23 px): where no coarse mask reaches, the full grid is not decoded.
     hier = EverythingEngine(shapes_model, EverythingSettings(
-        **STRICT, prompt_strategy="hierarchical", confident_iou_thresh=0.7))(image)
+        **STRICT, prompt_strategy="hierarchical", confident_iou_thresh=0.7,
+        coarse_points_per_side=12))(image)
     by_grid, by_hier = _best_iou(truth, grid.masks), _best_iou(truth, hier.masks)
     assert (by_grid >= 0.5).sum() >= 2  # the grid finds objects to compare with
     assert np.all(by_hier[by_grid >= 0.5] >= 0.5)
-    # 4x4 coarse points, then only the full-grid points outside confident masks
-    assert counts[0] == 16 and sum(counts) < 16 * 16
+    # 12x12 coarse points, then only the full-grid points inside new coarse masks
+    assert counts[0] == 12 * 12 and sum(counts) < 16 * 16
+
+
+def test_hierarchical_decodes_the_points_inside_new_masks_only() -> None:
+    frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
+    logits = torch.full((3, 16, 16), -1.0)
+    logits[0, :8, :8] = 1.0  # confident: the top-left quarter
+    logits[1, :8, :10] = 1.0  # 1/5 outside the confident mask: a variant of it
+    logits[2, 8:, 8:] = 1.0  # new: the bottom-right quarter
+    points = np.array([[10, 10], [40, 10], [50, 50], [10, 50]], np.float32)
+    near, confident = logits, logits[:1]
+    assert everything._unexplained(frame, near, confident, points, 0.0).tolist() == [
+        False,  # found
+        False,  # only in a variant of the found object
+        True,  # in a new mask
+        False]  # in no mask: every coarse mask there was refused
 
 
 @pytest.mark.parametrize("seed", [2])  # the quick fit loses an object on seeds 1 and 3
@@ -200,20 +219,22 @@ def test_streaming_keeps_objects_and_finds_a_new_one_by_the_next_keyframe(
     previous, first_found, new_found = None, None, None
     for t in range(5):  # shape 5 appears at frame 2; frame 4 is the next keyframe
         image, truth = _separated(seed, shift=2 * t, hidden=(5,) if t < 2 else ())
+        before = len(counts)
         inst = engine(image, previous)
+        decoded = counts[before:]
         best = _best_iou(truth, inst.masks)
         if t == 0:
             first_found = np.flatnonzero(best[:5] >= 0.6)  # found well by the full grid
             assert len(first_found) >= 2 and np.all(inst.prompt_source == -1)
-            assert counts[-1] == 16 * 16
+            assert decoded == [16 * 16]
         elif t < 4:
-            assert counts[-1] < 16 * 16 / 4  # a streaming frame, not a keyframe
+            assert len(decoded) == 2 and sum(decoded) < 16 * 16 / 2  # not a keyframe
             assert np.all(best[first_found] >= 0.5)  # objects persist
             # each came from the point of a previous instance
             assert np.all(inst.prompt_source[:len(previous)] < len(previous))
             assert (inst.prompt_source >= 0).sum() >= len(first_found)
         else:
-            assert counts[-1] == 16 * 16 and np.all(inst.prompt_source == -1)  # keyframe
+            assert decoded == [16 * 16] and np.all(inst.prompt_source == -1)  # keyframe
         if t >= 2 and new_found is None and best[5] >= 0.5:
             new_found = t
         previous = inst
