@@ -7,7 +7,8 @@
 
 Both modes run with the settings the checkpoint carries (``settings_for``); mIoU comes from
 training/evaluate.py's everything-mode scoring (greedy IoU matching, per-class IoU sums); times
-are medians per frame, the exact engine and the mode alternating frame by frame in this process.
+are medians per frame, the exact engine and the mode alternating frame by frame in this process
+(each mode's line also gives its mean, which counts streaming's keyframes).
 The last line reads ``hierarchical_speedup=<x> hierarchical_miou_delta=<points>
 streaming_speedup=<x> streaming_miou_delta=<points>`` (deltas: mode minus exact).
 """
