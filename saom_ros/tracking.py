@@ -10,8 +10,10 @@ or two keeps its id. Unmatched instances get new ids; an id is not given out aga
 ``id_reuse_delay`` frames after its track ended. Ids are 1..65535 and unique within a frame.
 
 Streaming prompts (``EverythingSettings.prompt_strategy == "streaming"``) already know which
-instance of the previous frame a mask came from (``Instances.prompt_source``); those masks keep
-that instance's id without an IoU computation, and only the rest are matched by IoU.
+instance of the previous frame a mask came from (``Instances.prompt_source``). That link counts in
+the assignment as an overlap of at least ``iou_threshold``: a mask that moved far still keeps its
+source's id, but a real overlap wins over it (a point inside one part of an object can return the
+whole object, which is another track).
 """
 from __future__ import annotations
 
@@ -81,8 +83,6 @@ class Tracker:
             self.reset()  # another camera resolution: nothing can be matched by pixels
         ids = np.zeros(count, np.uint16)
         slot_of = np.full(count, -1, np.intp)  # matched old slot per instance
-        if prompt_source is not None:
-            self._follow_prompts(prompt_source, ids, slot_of)
         pairs = None
         if self._memory is not None:
             # Each grid pixel's (memory slot + 1, instance + 1) as one code, built in place: its
@@ -90,8 +90,11 @@ class Tracker:
             pairs = self._memory.astype(np.intp)
             pairs *= count + 1
             pairs += grid
-            if (ids == 0).any() and len(self._slot_ids):
-                self._match_by_iou(pairs, ids, slot_of)
+            if len(self._slot_ids) and count:
+                iou = self._footprint_iou(pairs, count)
+                if prompt_source is not None:
+                    self._credit_prompts(prompt_source, iou)
+                self._match(iou, ids, slot_of)
         live = set(self._slot_ids.tolist())
         for i in np.flatnonzero(ids == 0).tolist():
             ids[i] = self._allocate(live)
@@ -99,39 +102,32 @@ class Tracker:
         self._remember(grid, pairs, ids, slot_of)
         return ids
 
-    def _follow_prompts(self, prompt_source: np.ndarray, ids: np.ndarray,
-                        slot_of: np.ndarray) -> None:
-        """Instances prompted from a previous instance take its id (the first, best-scoring one
-        of several prompted from the same instance; the others are matched by IoU)."""
+    def _credit_prompts(self, prompt_source: np.ndarray, iou: np.ndarray) -> None:
+        """Raise ``iou`` [slots, instances] to ``iou_threshold`` where an instance was prompted
+        from the previous instance of that track."""
         slot_by_id = {int(t): s for s, t in enumerate(self._slot_ids.tolist())}
-        taken: set[int] = set()
         for i, source in enumerate(np.asarray(prompt_source).tolist()):
             if 0 <= source < len(self._last_ids):
-                track_id = int(self._last_ids[source])
-                if track_id not in taken and track_id in slot_by_id:
-                    taken.add(track_id)
-                    ids[i], slot_of[i] = track_id, slot_by_id[track_id]
+                slot = slot_by_id.get(int(self._last_ids[source]))
+                if slot is not None:
+                    iou[slot, i] = max(iou[slot, i], self.iou_threshold)
 
-    def _match_by_iou(self, pairs: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
-        """Match the instances still without id to the unclaimed tracks by footprint IoU."""
-        slots, count = len(self._slot_ids), len(ids)
-        # Intersections of every (slot, instance) pair from one joint histogram of the two
-        # images, areas from its margins.
+    def _footprint_iou(self, pairs: np.ndarray, count: int) -> np.ndarray:
+        """IoU [slots, instances] of every track's remembered footprint with every instance's,
+        from one joint histogram of the two images (areas from its margins)."""
+        slots = len(self._slot_ids)
         joint = np.bincount(pairs.ravel(), minlength=(slots + 1) * (count + 1)
                             ).reshape(slots + 1, count + 1)
         inter = joint[1:, 1:]
-        slot_areas = joint[1:].sum(axis=1)
-        areas = joint[:, 1:].sum(axis=0)
-        union = slot_areas[:, None] + areas[None, :] - inter
-        iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
-        claimed = np.zeros(slots, bool)
-        claimed[slot_of[slot_of >= 0]] = True
-        free_slots = np.flatnonzero(~claimed)
-        free_instances = np.flatnonzero(ids == 0)
-        iou = iou[np.ix_(free_slots, free_instances)]
+        union = joint[1:].sum(axis=1)[:, None] + joint[:, 1:].sum(axis=0)[None, :] - inter
+        return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+
+    def _match(self, iou: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
+        """Give instances the ids of tracks by the assignment that maximises the total IoU
+        (``iou``: [slots, instances]); pairs below ``iou_threshold`` are not matched."""
         rows, cols = linear_sum_assignment(iou, maximize=True)
         good = iou[rows, cols] >= self.iou_threshold
-        for s, i in zip(free_slots[rows[good]].tolist(), free_instances[cols[good]].tolist()):
+        for s, i in zip(rows[good].tolist(), cols[good].tolist()):
             ids[i], slot_of[i] = self._slot_ids[s], s
 
     def _remember(self, grid: np.ndarray, pairs: Optional[np.ndarray], ids: np.ndarray,

@@ -108,6 +108,15 @@ def test_prompt_source_association_is_used_instead_of_iou():
     assert ids[:2] == [b, a] and ids[2] not in (a, b)
 
 
+def test_a_prompt_source_that_the_footprints_contradict_is_not_followed():
+    """A point inside one small instance returned the whole of another one (a part and its
+    object): the mask keeps the object's track, found by IoU, not the part's."""
+    tracker = Tracker()
+    part, whole = tracker.assign(*scene([(10, 10, 15, 15), (20, 0, 60, 40)])).tolist()
+    assert tracker.assign(*scene([(21, 0, 61, 40)]), prompt_source=np.array([0])).tolist() == \
+        [whole]
+
+
 def test_reset_forgets_tracks_but_not_recent_ids():
     tracker = Tracker(id_reuse_delay=100)
     first = tracker.assign(*scene(BOXES)).tolist()
