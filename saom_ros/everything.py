@@ -85,10 +85,11 @@ class EverythingEngine:
     """Turns one RGB image into whole-object, class-labelled instances.
 
     ``prompt_strategy`` picks the points: ``grid`` (the generator's full grid, exact),
-    ``hierarchical`` (a coarse grid, then only the full-grid points no confident mask covers) or
-    ``streaming`` (points inside each of the previous frame's instances, among them the point
-    that gave it, plus one interleaved sub-grid of the full grid over what they leave
-    uncovered; the full grid on keyframes).
+    ``hierarchical`` (a coarse grid, then the full-grid points inside a coarse mask that found
+    something new and in no confident one) or ``streaming`` (points inside each of the previous
+    frame's instances, among them the point that gave it, plus one interleaved sub-grid of the
+    full grid over what they leave uncovered, then the full-grid points inside new masks as in
+    ``hierarchical``; the full grid on keyframes).
     """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,

@@ -95,11 +95,11 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "grid, exact; hierarchical: coarse grid, then full-grid points outside confident "
             "masks; streaming: previous instances' points plus part of the grid, keyframes)")),
         ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
-            "hierarchical: first-pass grid side (0: points_per_side // 4)",
+            "hierarchical: first-pass grid side (0: points_per_side // 2)",
             integer_range=[_int_range(0, 256)])),
         ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
-            "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "
-            "points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
+            "hierarchical and streaming: predicted IoU from which a kept first-pass mask skips "
+            "the full-grid points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
         ("keyframe_interval", engine("keyframe_interval"), _d(
             "streaming: the full grid every N frames (1: every frame)",
             integer_range=[_int_range(1, 1_000_000)])),
@@ -108,7 +108,7 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "it)", integer_range=[_int_range(0, 16)])),
         ("stream_stride", engine("stream_stride"), _d(
             "streaming: full-grid points outside the previous instances are decoded at this "
-            "stride, one interleaved sub-grid per frame", integer_range=[_int_range(1, 16)])),
+            "stride, one interleaved sub-grid per frame (then the full grid inside new masks)", integer_range=[_int_range(1, 16)])),
         ("max_lost_fraction", engine("max_lost_fraction"), _d(
             "streaming: a keyframe at once when more than this fraction of the previous "
             "instances is lost", floating_point_range=[_unit_range()])),
