@@ -195,6 +195,8 @@ class EverythingEngine:
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
         points = points[_unexplained(frame, near.logits, confident.logits, points,
                                      s.mask_threshold) & ~_among(points, first)]
+        if len(points) == 0:  # nothing new: no second decoder pass (on a GPU a few ms)
+            return found, len(first)
         more = self._candidates(frame, points)
         more = dataclasses.replace(more, prompt=more.prompt + len(first))
         return Candidates.cat([found, more]), len(first) + len(points)
