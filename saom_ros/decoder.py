@@ -9,9 +9,11 @@ while the token side has only T = 7 rows per prompt. These rearrangements make t
   tensor is ever projected or split into heads; every product is one batched GEMM over
   channels-last data.
 - While the image side is still the same for every prompt (first block), its projections are
-  computed once and all prompts' token queries attend to it as one long sequence. Afterwards the
-  positional encoding's part of each score is one GEMM against the shared encoding, and the
-  output projection's bias rides on the folded values, so no [B, P, C] sum is formed.
+  computed once and all prompts' token queries attend to it as one long sequence. Afterwards
+  each per-prompt image side is added to the positional encoding once (``ImageSide``), for both
+  attentions that score against it, and the output projection's bias rides on the folded values.
+- The last token-to-image attention runs for the output tokens only (IoU and mask tokens): the
+  prompt tokens' results are never read.
 - On CUDA without gradients, each attention over the per-prompt image side is one fused Triton
   kernel (``decoder_kernels``), layer norm included.
 - The upscaling convolutions (ConvTranspose2d with kernel 2, stride 2) are per-pixel GEMMs on
@@ -22,6 +24,7 @@ caller can drop prompts on their predicted IoU before paying for masks.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Sequence
 
@@ -39,7 +42,7 @@ UPSCALE = 4
 class DecoderTokens(NamedTuple):
     """The two-way transformer's outputs for B prompts, before any mask is made."""
 
-    tokens: torch.Tensor  # [B, 1 + num_mask_tokens + prompt tokens, C]: IoU token, mask tokens, ...
+    tokens: torch.Tensor  # [B, 1 + num_mask_tokens, C]: the IoU token, then the mask tokens
     image: torch.Tensor  # [B, h*w, C] the image side, channels last
     grid: tuple[int, int]  # (h, w) of the image side
     iou_pred: torch.Tensor  # [B, num_mask_tokens]
@@ -82,13 +85,31 @@ def _add_bmm(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return base.baddbmm_(a, b)
 
 
-def _pe_scores(q: torch.Tensor, image: torch.Tensor, image_pe: torch.Tensor,
-               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``q . (image + pe) (+ bias)`` as [B, R, P] for rows q [B, R, C] and a per-prompt image
-    side [B, P, C] (pe [1, P, C]): the pe part is one GEMM against the shared pe, so the
-    [B, P, C] sum is never formed."""
-    base = torch.matmul(q, image_pe[0].T)
-    return _add_bmm(base if bias is None else base + bias, q, image.transpose(1, 2))
+class ImageSide:
+    """The image side [1 or B, P, C] (channels last) with the positional encoding [1, P, C].
+
+    Attention scores against it use ``keys``, the sum of both, made once and only when asked
+    for: the fused CUDA kernels read the two separately, and two attentions share one sum.
+    """
+
+    def __init__(self, x: torch.Tensor, pe: torch.Tensor) -> None:
+        self.x, self.pe = x, pe
+
+    @functools.cached_property
+    def keys(self) -> torch.Tensor:
+        return self.x + self.pe
+
+
+def _scores(q: torch.Tensor, side: ImageSide, bias: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
+    """``q . (image + pe) (+ bias)`` as [B, R, P] for rows q [B, R, C] (bias [B, R, 1])."""
+    keys = side.keys.transpose(1, 2)
+    if side.x.shape[0] == 1:  # the same image side for every prompt: one GEMM
+        rows = q.flatten(0, 1)
+        out = torch.mm(rows, keys[0]) if bias is None else \
+            torch.addmm(bias.flatten(0, 1), rows, keys[0])
+        return out.view(q.shape[0], q.shape[1], -1)
+    return torch.bmm(q, keys) if bias is None else torch.baddbmm(bias, q, keys)
 
 
 def _t2i_queries(attn: Attention, q: torch.Tensor) -> torch.Tensor:
@@ -109,19 +130,18 @@ def _t2i_output(attn: Attention, pooled: torch.Tensor) -> torch.Tensor:
     return attn.out_proj((torch.einsum("bhtc,hic->bthi", pooled, wv) + bv).reshape(b, t, -1))
 
 
-def _tokens_to_image(attn: Attention, q: torch.Tensor, image: torch.Tensor,
-                     image_pe: torch.Tensor) -> torch.Tensor:
-    """Attention of token queries [B, T, C] to per-prompt keys ``image + image_pe`` and values
-    ``image`` ([B, P, C], pe [1, P, C]), folded."""
+def _tokens_to_image(attn: Attention, q: torch.Tensor, side: ImageSide) -> torch.Tensor:
+    """Attention of token queries [B, T, C] to a per-prompt image side (keys image + pe,
+    values image), folded."""
     b, t, _ = q.shape
     q_img = _t2i_queries(attn, q)
-    if kernels.available(image, q_img.shape[-1], attn.num_heads):
+    if kernels.available(side.x, q_img.shape[-1], attn.num_heads):
         tpad = kernels.padded_tokens(t)
         pooled = kernels.tokens_to_image(_pad_tokens(q_img, tpad, 0.0).flatten(1, 2),
-                                         image.contiguous(), image_pe[0].contiguous())
+                                         side.x.contiguous(), side.pe[0].contiguous())
         return _t2i_output(attn, pooled.view(b, attn.num_heads, tpad, -1)[:, :, :t])
     q_img = q_img.reshape(b, -1, q_img.shape[-1])
-    pooled = torch.bmm(_pe_scores(q_img, image, image_pe).softmax(-1), image)
+    pooled = torch.bmm(_scores(q_img, side).softmax(-1), side.x)
     return _t2i_output(attn, pooled.view(b, attn.num_heads, t, -1))
 
 
@@ -149,49 +169,46 @@ def _i2t_operands(attn: Attention, k: torch.Tensor, v: torch.Tensor
             torch.einsum("bthi,chi->bhtc", vh, wo) + attn.out_proj.bias / heads)
 
 
-def _image_to_tokens(attn: Attention, norm: torch.nn.LayerNorm, image: torch.Tensor,
-                     image_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``norm(image + Attention(image + image_pe, k, v))`` for the image side [1 or B, P, C]
-    (pe [1, P, C]) and token keys and values [B, T, C], folded (``_i2t_operands``)."""
+def _image_to_tokens(attn: Attention, norm: torch.nn.LayerNorm, side: ImageSide,
+                     k: torch.Tensor, v: torch.Tensor) -> ImageSide:
+    """The image side ``norm(image + Attention(image + pe, k, v))`` for token keys and values
+    [B, T, C], folded (``_i2t_operands``)."""
     b, t, _ = k.shape
     heads = attn.num_heads
     keys, bias, values = _i2t_operands(attn, k, v)
     c = keys.shape[-1]
-    if kernels.available(image, c, heads):
+    if kernels.available(side.x, c, heads):
         tpad = kernels.padded_tokens(t)
-        return kernels.image_to_tokens(
-            image.contiguous(), image_pe[0].contiguous(), _pad_tokens(keys, tpad, 0.0).flatten(1, 2),
+        return ImageSide(kernels.image_to_tokens(
+            side.x.contiguous(), side.pe[0].contiguous(),
+            _pad_tokens(keys, tpad, 0.0).flatten(1, 2),
             _pad_tokens(bias, tpad, float("-inf")).flatten(1, 2),
-            _pad_tokens(values, tpad, 0.0).flatten(1, 2), heads, norm)
+            _pad_tokens(values, tpad, 0.0).flatten(1, 2), heads, norm), side.pe)
     keys, bias, values = keys.reshape(b, heads * t, c), bias.reshape(b, heads * t, 1), \
         values.reshape(b, heads * t, c)
     # Scores as [B, H*T, P]: the softmax over T then runs along a non-contiguous dimension,
     # vectorised over pixels (~6x faster than a softmax over a last dimension of 7).
-    if image.shape[0] == 1:
-        scores = torch.addmm(bias.flatten(0, 1), keys.flatten(0, 1),
-                             (image + image_pe)[0].T).view(b, -1, image.shape[1])
-    else:
-        scores = _pe_scores(keys, image, image_pe, bias)
+    scores = _scores(keys, side, bias)
     a = scores.view(b, heads, t, -1).softmax(2).view(b, heads * t, -1)
-    return norm(_add_bmm(image, a.transpose(1, 2), values))
+    return ImageSide(norm(_add_bmm(side.x, a.transpose(1, 2), values)), side.pe)
 
 
-def _token_attention(attn: Attention, q: torch.Tensor, image: torch.Tensor,
-                     image_pe: torch.Tensor) -> torch.Tensor:
-    """Token queries attending to keys ``image + image_pe`` and values ``image``: the
-    long-sequence form while the image side is shared (batch 1), else the folded one."""
-    if image.shape[0] == 1:
-        return _attend(attn, q, image + image_pe, image)
-    return _tokens_to_image(attn, q, image, image_pe)
+def _token_attention(attn: Attention, q: torch.Tensor, side: ImageSide) -> torch.Tensor:
+    """Token queries attending to keys ``image + pe`` and values ``image``: the long-sequence
+    form while the image side is shared (batch 1), else the folded one."""
+    if side.x.shape[0] == 1:
+        return _attend(attn, q, side.keys, side.x)
+    return _tokens_to_image(attn, q, side)
 
 
 def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
-             tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TwoWayTransformer.forward on channels-last image [1 or B, P, C] and pe [1, P, C].
+             tokens: torch.Tensor, outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TwoWayTransformer.forward on channels-last image [1 or B, P, C] and pe [1, P, C], for
+    the first ``outputs`` tokens (the last attention skips the others).
 
     An image side of batch 1 stays one copy until the first image-to-token attention makes it
     per prompt; before that, token-to-image attention uses the long-sequence form."""
-    keys, queries = image, tokens
+    keys, queries = ImageSide(image, image_pe), tokens
     for layer in transformer.layers:
         if layer.skip_first_layer_pe:
             queries = _attend(layer.self_attn, queries, queries, queries)
@@ -200,13 +217,14 @@ def _two_way(transformer: TwoWayTransformer, image: torch.Tensor, image_pe: torc
             queries = queries + _attend(layer.self_attn, q, q, queries)
         queries = layer.norm1(queries)
         queries = layer.norm2(queries + _token_attention(layer.cross_attn_token_to_image,
-                                                         queries + tokens, keys, image_pe))
+                                                         queries + tokens, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = _image_to_tokens(layer.cross_attn_image_to_token, layer.norm4, keys, image_pe,
+        keys = _image_to_tokens(layer.cross_attn_image_to_token, layer.norm4, keys,
                                 queries + tokens, queries)
+    queries, tokens = queries[:, :outputs], tokens[:, :outputs]
     queries = transformer.norm_final_attn(queries + _token_attention(
-        transformer.final_attn_token_to_image, queries + tokens, keys, image_pe))
-    return queries, keys
+        transformer.final_attn_token_to_image, queries + tokens, keys))
+    return queries, keys.x
 
 
 def run_tokens(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
@@ -224,7 +242,7 @@ def run_tokens(decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: t
         src = image_embeddings.expand(b, -1, -1, -1) + dense
     h, w = src.shape[-2:]
     hs, image = _two_way(decoder.transformer, src.flatten(2).transpose(1, 2),
-                         image_pe.flatten(2).transpose(1, 2), tokens)
+                         image_pe.flatten(2).transpose(1, 2), tokens, len(out_tokens))
     iou_pred = decoder.iou_prediction_head(hs[:, 0, :])
     return DecoderTokens(hs, image, (h, w), iou_pred)
 

@@ -117,19 +117,57 @@ def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
                  nms_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
     """SamAutomaticMaskGenerator.postprocess_small_regions on masks [N, H, W] (bool).
 
-    Returns the new masks and the indices (into the inputs) they came from, by descending IoU.
+    Each mask is corrected inside its ``_region`` only, which gives the whole-image result with
+    a fraction of the pixels. Returns the new masks and the indices (into the inputs) they came
+    from, by descending IoU.
     """
-    new, unchanged = [], []
-    for m in masks.cpu().numpy():
-        m, holes = remove_small_regions(m, area, mode="holes")
-        m, islands = remove_small_regions(m, area, mode="islands")
-        new.append(torch.as_tensor(m))
-        unchanged.append(float(not (holes or islands)))
-    out = torch.stack(new).to(masks.device) if new else masks
-    scores = torch.tensor(unchanged, device=masks.device)
-    keep = nms(batched_mask_to_box(out).float(), scores, nms_thresh)
+    out = masks.cpu().numpy().copy()
+    boxes = torch.zeros(len(out), 4)
+    unchanged = torch.ones(len(out))
+    for i, mask in enumerate(out):
+        box = _box(mask)
+        if box is None:  # empty: no region to remove, no hole to fill
+            continue
+        ys, xs = region = _region(box, mask.shape, area)
+        crop, holes = remove_small_regions(mask[region], area, mode="holes")
+        crop, islands = remove_small_regions(crop, area, mode="islands")
+        mask[region] = crop
+        if holes or islands:  # filling holes keeps the box; removing regions may shrink it
+            unchanged[i] = 0.0
+            x0, y0, x1, y1 = _box(crop)
+            box = (x0 + xs.start, y0 + ys.start, x1 + xs.start, y1 + ys.start)
+        boxes[i] = torch.tensor(box)
+    keep = nms(boxes, unchanged, nms_thresh).to(masks.device)
     keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
-    return out[keep], keep
+    return torch.from_numpy(out).to(masks.device)[keep], keep
+
+
+def _box(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+    """Inclusive x0, y0, x1, y1 of ``mask`` (bool [H, W]); None when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def _region(box: tuple[int, int, int, int], hw: tuple[int, int], area: int
+            ) -> tuple[slice, slice]:
+    """Rows and columns of an image of size ``hw`` in which a mask's small regions and holes are
+    those of the whole mask: its ``box`` grown by ``area`` pixels per side.
+
+    Every pixel outside the box is background, and each strip of the image beside the box is
+    connected, so a hole reaching out of the box holds a whole strip, at least min(H, W)
+    pixels, and is never small. Inside the grown box, a hole reaching its margin holds that
+    margin's strip, at least ``area`` pixels wide or high up to the image's edge, and so is
+    not small there either; every other hole and every region lies inside the box.
+    """
+    h, w = hw
+    if area > min(h, w):  # a strip beside the box may itself be a small hole
+        return slice(0, h), slice(0, w)
+    grow = int(np.ceil(area))
+    x0, y0, x1, y1 = box
+    return (slice(max(0, y0 - grow), min(h, y1 + 1 + grow)),
+            slice(max(0, x0 - grow), min(w, x1 + 1 + grow)))
 
 
 def label_images(masks: torch.Tensor, class_ids: torch.Tensor

@@ -8,7 +8,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torch.nn import functional as F
 
 from saom_ros.full_size import (
-    Scratch, boxes_of, chunks, label_images, stability_scores, upsample)
+    Scratch, boxes_of, chunks, label_images, remove_small, stability_scores, upsample)
 
 
 def _logits(n: int = 5, size: int = 16) -> torch.Tensor:
@@ -66,3 +66,41 @@ def test_label_images_give_each_pixel_to_the_first_mask() -> None:
     inst, sem = label_images(masks, torch.tensor([7, 3]))
     assert inst[:, 0].tolist() == [1, 1, 2, 0] and sem[:, 0].tolist() == [7, 7, 3, 0]
     assert inst.dtype == np.uint16 and sem.dtype == np.uint16
+
+
+def _small_region_masks(h: int, w: int, seed: int) -> torch.Tensor:
+    """Noisy blobs with holes and specks, some cut by the image edge, one spanning the image's
+    width, one empty: the cases where a region or hole reaches out of a mask's box."""
+    rng = np.random.default_rng(seed)
+    noise = F.avg_pool2d(torch.as_tensor(rng.normal(size=(12, h + 2, w + 2)),
+                                         dtype=torch.float32), 3, 1) > -0.3
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    masks = []
+    for k in range(12):
+        cy, cx = rng.integers(-4, h + 4), rng.integers(-4, w + 4)
+        ry, rx = rng.integers(3, h // 2), rng.integers(3, w // 2)
+        masks.append(noise[k] & (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1))
+    band = torch.zeros(h, w, dtype=torch.bool)
+    band[2:h - 3] = True
+    band[h // 2, 5:8] = False  # a small hole
+    masks += [band, torch.zeros(h, w, dtype=torch.bool)]
+    return torch.stack(masks)
+
+
+@pytest.mark.parametrize("area", [2, 5, 12, 30, 70])
+def test_remove_small_is_the_generators_postprocessing(area: int) -> None:
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import MaskData, mask_to_rle_pytorch, rle_to_mask
+
+    masks = _small_region_masks(40, 56, seed=area)
+    iou = torch.linspace(1.0, 0.5, len(masks))
+    data = MaskData(rles=mask_to_rle_pytorch(masks), boxes=batched_mask_to_box(masks).float(),
+                    iou_preds=iou)
+    ref = SamAutomaticMaskGenerator.postprocess_small_regions(data, area, 0.9)
+    ours, keep = remove_small(masks, iou, area, 0.9)
+    # The generator filters in NMS order; it sorts by IoU only when it packs its records.
+    order = torch.argsort(ref["iou_preds"], descending=True, stable=True)
+    expected = np.stack([rle_to_mask(ref["rles"][i]) for i in order.tolist()])
+    assert len(ours) >= 8 and (ours.numpy() != masks[keep].numpy()).any()  # something changed
+    np.testing.assert_array_equal(ours.numpy(), expected)
+    np.testing.assert_array_equal(iou[keep].numpy(), ref["iou_preds"][order].numpy())
