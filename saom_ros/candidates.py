@@ -64,14 +64,24 @@ class Frame:
         scale = np.array([self.input_hw[1] / self.orig_hw[1], self.input_hw[0] / self.orig_hw[0]])
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
-    def upsample(self, logits: torch.Tensor, reuse: bool = False) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w].
-        ``reuse``: into the scratch buffers (valid until the next such call), for the chunks of
-        at most full_size.CHUNK masks, so that what the buffers hold between frames stays
-        bounded."""
+    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logits [H, W, N] (channels last) of at most full_size.CHUNK low-res
+        logits [N, h, w], in the scratch buffers if any (valid until the next call): chunks
+        bound what the buffers hold between frames."""
         step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
-        return full_size.upsample(logits, step, self.input_hw, self.orig_hw,
-                                  self.scratch if reuse else None)
+        return full_size.upsample(logits, step, self.input_hw, self.orig_hw, self.scratch)
+
+    def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-resolution masks (bool [N, H, W]) of low-res logits [N, h, w], and their boxes
+        (float [N, 4], as ``full_size.boxes_of``)."""
+        out = torch.empty((logits.shape[0],) + self.orig_hw, dtype=torch.bool,
+                          device=logits.device)
+        boxes = []
+        for part in full_size.chunks(logits.shape[0]):
+            full = self.upsample(logits[part])
+            torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
+            boxes.append(full_size.boxes_of(full, threshold))
+        return out, torch.cat(boxes)
 
 
 @dataclasses.dataclass
@@ -167,7 +177,7 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
     logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
     out = []
     for part in full_size.chunks(logits.shape[0]):
-        full = frame.upsample(logits[part], reuse=True)
+        full = frame.upsample(logits[part])
         stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1),
                                 frame.scratch)
         # The generator drops boxes near crop edges; with one crop (the image) there are none.

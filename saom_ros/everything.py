@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
+from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import nms
 
 from saom_ros import full_size, prompts
@@ -240,11 +240,12 @@ class EverythingEngine:
         decoded point to a previous instance (or -1) for ``Instances.prompt_source``."""
         s = self.settings
         cand = cand.select(nms(cand.boxes, cand.iou, s.box_nms_thresh))
-        masks = (frame.upsample(cand.logits) > s.mask_threshold).permute(2, 0, 1).contiguous()
+        masks, boxes = frame.masks(cand.logits, s.mask_threshold)
         if s.min_mask_region_area > 0:
-            masks, order = full_size.remove_small(masks, cand.iou, s.min_mask_region_area,
-                                                  s.box_nms_thresh)
+            masks, boxes, order = full_size.remove_small(masks, cand.iou, s.min_mask_region_area,
+                                                         s.box_nms_thresh)
             cand = cand.select(order)
+        cand = dataclasses.replace(cand, boxes=boxes)
         if s.max_instances > 0:
             masks, cand = masks[:s.max_instances], cand.select(slice(0, s.max_instances))
         prompt = cand.prompt.cpu().numpy()
@@ -263,7 +264,7 @@ class EverythingEngine:
         instance_image, semantic_image = full_size.label_images(masks, class_ids)
         return Instances(
             masks=masks.cpu().numpy(),
-            boxes=batched_mask_to_box(masks).float().cpu().numpy().reshape(-1, 4),
+            boxes=cand.boxes.float().cpu().numpy().reshape(-1, 4),
             predicted_iou=iou.float().cpu().numpy(),
             stability_score=cand.stability.float().cpu().numpy(),
             class_ids=class_ids.to(torch.int32).cpu().numpy(),

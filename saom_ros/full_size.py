@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+from segment_anything.utils.amg import remove_small_regions
 from torch.nn import functional as F
 from torchvision.ops import nms
 
@@ -114,12 +114,12 @@ def boxes_of(full: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
-                 nms_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 nms_thresh: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SamAutomaticMaskGenerator.postprocess_small_regions on masks [N, H, W] (bool).
 
     Each mask is corrected inside its ``_region`` only, which gives the whole-image result with
-    a fraction of the pixels. Returns the new masks and the indices (into the inputs) they came
-    from, by descending IoU.
+    a fraction of the pixels. Returns the new masks, their boxes (as batched_mask_to_box) and
+    the indices (into the inputs) they came from, by descending IoU.
     """
     out = masks.cpu().numpy().copy()
     boxes = torch.zeros(len(out), 4)
@@ -139,7 +139,7 @@ def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
         boxes[i] = torch.tensor(box)
     keep = nms(boxes, unchanged, nms_thresh).to(masks.device)
     keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
-    return torch.from_numpy(out).to(masks.device)[keep], keep
+    return torch.from_numpy(out).to(masks.device)[keep], boxes.to(masks.device)[keep], keep
 
 
 def _box(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:

@@ -97,10 +97,11 @@ def test_remove_small_is_the_generators_postprocessing(area: int) -> None:
     data = MaskData(rles=mask_to_rle_pytorch(masks), boxes=batched_mask_to_box(masks).float(),
                     iou_preds=iou)
     ref = SamAutomaticMaskGenerator.postprocess_small_regions(data, area, 0.9)
-    ours, keep = remove_small(masks, iou, area, 0.9)
+    ours, boxes, keep = remove_small(masks, iou, area, 0.9)
     # The generator filters in NMS order; it sorts by IoU only when it packs its records.
     order = torch.argsort(ref["iou_preds"], descending=True, stable=True)
     expected = np.stack([rle_to_mask(ref["rles"][i]) for i in order.tolist()])
     assert len(ours) >= 8 and (ours.numpy() != masks[keep].numpy()).any()  # something changed
     np.testing.assert_array_equal(ours.numpy(), expected)
     np.testing.assert_array_equal(iou[keep].numpy(), ref["iou_preds"][order].numpy())
+    np.testing.assert_array_equal(boxes.numpy(), ref["boxes"][order].numpy())
