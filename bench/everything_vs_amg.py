@@ -1,10 +1,11 @@
 """Benchmark: EverythingEngine vs segment_anything's SamAutomaticMaskGenerator.
 
-Same model, image and settings (no crops), one process; prints the median of several runs and,
-last, ``speedup=<engine vs AMG, x> parity_iou=<min matched IoU>``.
+Same model, image and settings (no crops), one process; the two take turns, run by run, and the
+median of each is printed, last ``speedup=<engine vs AMG, x> parity_iou=<min matched IoU>``.
 
 Without real SAM weights, the tiny model gets a few hundred quick training steps on synthetic
-shapes (``fit_shapes``) so that its masks are shapes rather than noise; larger models use random
+shapes (``fit_shapes``, through segment_anything's own decoder) so that its masks are shapes
+rather than noise; larger models use random
 weights (timing only) unless --checkpoint is given. The generator runs with its default
 points_per_batch (64).
 """
@@ -124,18 +125,21 @@ def _sam_decode(model: Saom, embedding: torch.Tensor, points: torch.Tensor
     return sam.mask_decoder(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
 
-def _median_s(fn: Callable[[], object], runs: int,
-              sync: Callable[[], None]) -> tuple[float, object]:
-    """Median wall time of ``runs`` calls after one warm-up call, and the last result."""
-    out = fn()
-    times = []
+def _alternating(fns: dict[str, Callable[[], object]], runs: int,
+                 sync: Callable[[], None]) -> dict[str, tuple[float, object]]:
+    """For each of ``fns``: the median wall time of ``runs`` calls after one warm-up call, and
+    the last result. The functions take turns, so that a machine whose speed drifts (shared
+    cores, memory bandwidth) slows them alike and their ratio stays fair."""
+    out = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            out[name] = fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), out[name]) for name in fns}
 
 
 def matched_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -200,10 +204,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="torch intra-op threads for both (default: torch's; 1 is steadier on a "
                         "busy machine)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny model, 256 px, loose thresholds, 3 runs (< 60 s on 2 CPU cores)")
+                   help="tiny model, 256 px, loose thresholds, 5 runs (< 60 s on 2 CPU cores)")
     args = p.parse_args(argv)
     if args.quick:
-        args.model, args.height, args.width, args.runs = "tiny", 256, 256, 3
+        args.model, args.height, args.width, args.runs = "tiny", 256, 256, 5
         args.pred_iou_thresh, args.stability_thresh = 0.25, 0.5
     if args.fit_steps is None:
         args.fit_steps = 300 if args.model == "tiny" and not args.checkpoint else 0
@@ -219,23 +223,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     image = synthetic_scene(args.height, args.width, seed=7)[0]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     engine = EverythingEngine(model, settings, device)
+    fns: dict[str, Callable[[], object]] = {"engine": lambda: engine(image)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t_eng, inst = _median_s(lambda: engine(image), args.runs, sync)
+        engine(image)
+        peak = torch.cuda.max_memory_allocated()
+    if not args.no_amg:
+        fns["amg"] = lambda: amg_masks(model, settings, image)
+    timed = _alternating(fns, args.runs, sync)
+    t_eng, inst = timed["engine"]
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
           f"image={args.height}x{args.width} "
           f"grid={args.points_per_side}^2 batch={settings.points_per_batch} "
           f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh}")
     print(f"engine: median {t_eng * 1e3:.1f} ms over {args.runs} runs, {len(inst)} masks")
     if device.type == "cuda":
-        print(f"engine peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        print(f"engine peak GPU memory: {peak / 2**20:.0f} MiB")
     if args.no_amg:
         print("speedup=nan parity_iou=nan")
         return
-    t_amg, ref = _median_s(lambda: amg_masks(model, settings, image), args.runs, sync)
-    print(f"SamAutomaticMaskGenerator: median {t_amg * 1e3:.1f} ms, {len(ref)} masks")
+    t_amg, ref = timed["amg"]
+    print(f"SamAutomaticMaskGenerator: median {t_amg * 1e3:.1f} ms, {len(ref)} masks "
+          "(runs alternating with the engine's)")
     print(f"speedup={t_amg / t_eng:.2f} parity_iou={matched_iou(inst.masks, ref):.4f}")
-
 
 if __name__ == "__main__":
     main()
