@@ -65,10 +65,15 @@ class Frame:
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of at most full_size.CHUNK low-res
+        """Full-resolution logits [H, W, N'] (channels last) of at most full_size.CHUNK low-res
         logits [N, h, w], in the scratch buffers if any (valid until the next call): chunks
-        bound what the buffers hold between frames."""
+        bound what the buffers hold between frames. On the CPU N' rounds N up to a multiple of
+        full_size.LANES (zero logits beyond N)."""
         step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
+        n = logits.shape[0]
+        pad = -n % full_size.LANES if logits.device.type == "cpu" and n > 1 else 0
+        if pad:
+            logits = torch.cat([logits, logits.new_zeros((pad,) + logits.shape[1:])])
         return full_size.upsample(logits, step, self.input_hw, self.orig_hw, self.scratch)
 
     def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +83,10 @@ class Frame:
                           device=logits.device)
         boxes = []
         for part in full_size.chunks(logits.shape[0]):
+            n = len(out[part])
             full = self.upsample(logits[part])
-            torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
-            boxes.append(full_size.boxes_of(full, threshold))
+            torch.gt(full[..., :n].permute(2, 0, 1), threshold, out=out[part])
+            boxes.append(full_size.boxes_of(full, threshold)[:n])
         return out, torch.cat(boxes)
 
 
@@ -177,14 +183,15 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
     logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
     out = []
     for part in full_size.chunks(logits.shape[0]):
+        n = len(iou[part])
         full = frame.upsample(logits[part])
         stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1),
-                                frame.scratch)
+                                frame.scratch)[:n]
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
         ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
             torch.ones_like(stab, dtype=torch.bool)
         kept = prompt[part][ok]
         out.append(Candidates(logits[part][ok], iou[part][ok], cls[part][ok], stab[ok],
-                              full_size.boxes_of(full, s.mask_threshold)[ok], kept,
+                              full_size.boxes_of(full, s.mask_threshold)[:n][ok], kept,
                               kept.new_empty(len(kept), 2, dtype=torch.float32)))
     return out

@@ -17,6 +17,10 @@ from torchvision.ops import nms
 
 # Masks per pass (32 masks of 256x256 float logits = 8 MiB).
 CHUNK = 32
+# On the CPU the channels-last kernels vectorise across masks in groups of this many (AVX2
+# floats); a count that is no multiple runs its tail scalar: upsampling 3 masks to 256x256 took
+# 0.38 ms, 8 masks 0.29 ms (2-core CPU).
+LANES = 8
 
 
 class Scratch:
