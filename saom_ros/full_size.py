@@ -7,6 +7,7 @@ chunks of CHUNK so that a chunk's full-size logits stay in cache between those r
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 import numpy as np
@@ -104,7 +105,7 @@ def _count_above(logits: torch.Tensor, threshold: float, dims: tuple[int, ...],
 def boxes_of(full: torch.Tensor, threshold: float) -> torch.Tensor:
     """batched_mask_to_box(full > threshold) for channels-last logits [H, W, N]: float [N, 4]
     inclusive x0, y0, x1, y1; all zero for an empty mask."""
-    rows = (full.amax(1) > threshold).T  # [N, H]
+    rows = (_row_max(full) > threshold).T  # [N, H]
     cols = (full.amax(0) > threshold).T  # [N, W]
 
     def extent(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +116,17 @@ def boxes_of(full: torch.Tensor, threshold: float) -> torch.Tensor:
     (y0, y1), (x0, x1) = extent(rows), extent(cols)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
     return torch.where((y1 < 0)[:, None], 0, boxes).float()
+
+
+def _row_max(full: torch.Tensor) -> torch.Tensor:
+    """``full.amax(1)`` for [H, W, N]. PyTorch's CPU kernel reduces a middle dimension ~20x
+    slower unless the inner one is a multiple of 32 floats (8 masks of 256x256: 0.65 ms,
+    32 masks: 0.06 ms), so columns are taken g at a time as one inner dimension of g * N."""
+    h, w, n = full.shape
+    g = 32 // math.gcd(n, 32)
+    if g == 1 or w % g or not full.is_contiguous():
+        return full.amax(1)
+    return full.view(h, w // g, g * n).amax(1).view(h, g, n).amax(1)
 
 
 def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,

@@ -47,8 +47,9 @@ def test_scratch_buffers_give_the_same_results_call_after_call(input_hw: tuple,
     assert not torch.equal(first, kept)
 
 
-def test_stability_and_boxes_match_segment_anything() -> None:
-    full = upsample(_logits(), 4, (64, 64), (64, 64))
+@pytest.mark.parametrize("n, hw", [(5, (64, 64)), (8, (64, 64)), (24, (64, 64)), (8, (60, 63))])
+def test_stability_and_boxes_match_segment_anything(n: int, hw: tuple) -> None:
+    full = upsample(_logits(n), 4, hw, hw)
     planes = full.permute(2, 0, 1)
     torch.testing.assert_close(stability_scores(full, 0.0, 1.0, (0, 1)),
                                calculate_stability_score(planes, 0.0, 1.0), equal_nan=True)
