@@ -169,7 +169,8 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
     passed = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
         iou, dtype=torch.bool)
     prompts = passed.any(1).nonzero()[:, 0]
-    state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
+    if len(prompts) < len(passed):  # else the image side is not copied
+        state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
     logits = method("decode_masks")(state, True, frame.extent).flatten(0, 1).float()
     keep = passed[prompts].flatten()
     iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
