@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingEngine, EverythingSettings, make_point_grid
+from saom_ros.everything_settings import settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 
 
@@ -185,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
     p.add_argument("--checkpoint", help="SAOM or sam_vit_*.pth file instead of a built model")
+    p.add_argument("--carried-settings", action="store_true",
+                   help="the everything settings the checkpoint carries (as the node uses them) "
+                        "instead of --points-per-side and the thresholds")
     p.add_argument("--fit-steps", type=int, default=None,
                    help="quick decoder training steps (default: 300 for tiny, else 0)")
     p.add_argument("--height", type=int, default=256)
@@ -215,11 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = _model(args).to(device)
-    settings = EverythingSettings(
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 0),
-        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-        cuda_dtype=args.cuda_dtype, compile=args.compile)
+    runtime = dict(points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 0),
+                   cuda_dtype=args.cuda_dtype, compile=args.compile)
+    settings = settings_for(model, **runtime) if args.carried_settings else EverythingSettings(
+        points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh, **runtime)
     image = synthetic_scene(args.height, args.width, seed=7)[0]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     engine = EverythingEngine(model, settings, device)
@@ -234,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t_eng, inst = timed["engine"]
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
           f"image={args.height}x{args.width} "
-          f"grid={args.points_per_side}^2 batch={settings.points_per_batch} "
+          f"grid={settings.points_per_side}^2 batch={settings.points_per_batch} "
           f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh}")
     print(f"engine: median {t_eng * 1e3:.1f} ms over {args.runs} runs, {len(inst)} masks")
     if device.type == "cuda":
