@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import time
 import types
 from typing import Any
 
@@ -144,15 +145,17 @@ def test_the_node_takes_the_values_given_to_launch(monkeypatch, tmp_path):
         assert client.service_is_ready(), proc.output
         names = ["pred_iou_thresh", "points_per_side", "input_reliability", "publish_overlay"]
         values: list = []
-        deadline = 120
-        while deadline > 0:  # the FROM_CHECKPOINT values appear once configure has run
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # FROM_CHECKPOINT values appear once configure ran
             future = client.call_async(GetParameters.Request(names=names))
-            rclpy.spin_until_future_complete(client_node, future, timeout_sec=30)
+            rclpy.spin_until_future_complete(client_node, future, timeout_sec=10)
+            if not future.done():  # DDS can lose a request or reply while it matches: ask again
+                client.remove_pending_request(future)
+                continue
             values = [parameter_value_to_python(v) for v in future.result().values]
             if values[0] is not None:
                 break
             rclpy.spin_once(client_node, timeout_sec=1.0)
-            deadline -= 1
         assert values == [0.5, 4, "auto", False], proc.output
     finally:
         client_node.destroy_node()
