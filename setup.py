@@ -22,7 +22,7 @@ setup(
         (f"lib/{package_name}", glob("scripts/lib/*")),
     ],
     install_requires=["numpy", "PyYAML", "torch", "torchvision", "segment-anything",
-                      "pycocotools", "tqdm", "opencv-python-headless"],
+                      "pycocotools", "tqdm", "opencv-python-headless", "numba"],
     zip_safe=True,
     maintainer="saom_ros developers",
     maintainer_email="saom-ros@example.com",

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 import numpy as np
 import torch
 
-from saom_ros import full_size
+from saom_ros import full_size, full_size_cpu
 from saom_ros.decoder import DecoderTokens
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.full_size import stability_scores
@@ -69,12 +69,39 @@ class Frame:
         logits [N, h, w], in the scratch buffers if any (valid until the next call): chunks
         bound what the buffers hold between frames. On the CPU N' rounds N up to a multiple of
         full_size.LANES (zero logits beyond N)."""
-        step = self.patch_size // LOW_RES_PER_EMBEDDING  # input pixels per low-res pixel
+        return full_size.upsample(self._lanes(logits), self._step, self.input_hw, self.orig_hw,
+                                  self.scratch)
+
+    def stability_and_boxes(self, logits: torch.Tensor, threshold: float, offset: float
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-size stability scores [N] (``full_size.stability_scores``) and boxes [N, 4]
+        (``full_size.boxes_of`` at ``threshold``) of at most full_size.CHUNK low-res logits
+        [N, h, w]. On the CPU in one compiled pass that makes no full-size logits
+        (``full_size_cpu``): the passes over them were ~2/3 of a 640x480 frame there."""
         n = logits.shape[0]
-        pad = -n % full_size.LANES if logits.device.type == "cpu" and n > 1 else 0
-        if pad:
-            logits = torch.cat([logits, logits.new_zeros((pad,) + logits.shape[1:])])
-        return full_size.upsample(logits, step, self.input_hw, self.orig_hw, self.scratch)
+        if logits.device.type == "cpu" and n > 0:
+            x = full_size.stepped(self._lanes(logits), self._step, self.input_hw, self.scratch)
+            stability, boxes = full_size_cpu.stability_and_boxes(
+                x[0].permute(1, 2, 0), self.orig_hw, threshold, offset)
+        else:
+            full = self.upsample(logits)
+            stability = stability_scores(full, threshold, offset, (0, 1), self.scratch)
+            boxes = full_size.boxes_of(full, threshold)
+        return stability[:n], boxes[:n]
+
+    @property
+    def _step(self) -> int:
+        """Input pixels per low-res pixel."""
+        return self.patch_size // LOW_RES_PER_EMBEDDING
+
+    @staticmethod
+    def _lanes(logits: torch.Tensor) -> torch.Tensor:
+        """CPU logits padded with zero logits to a multiple of full_size.LANES."""
+        pad = -logits.shape[0] % full_size.LANES if logits.device.type == "cpu" and \
+            logits.shape[0] > 1 else 0
+        if not pad:
+            return logits
+        return torch.cat([logits, logits.new_zeros((pad,) + logits.shape[1:])])
 
     def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-resolution masks (bool [N, H, W]) of low-res logits [N, h, w], and their boxes
@@ -184,15 +211,13 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
     logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
     out = []
     for part in full_size.chunks(logits.shape[0]):
-        n = len(iou[part])
-        full = frame.upsample(logits[part])
-        stab = stability_scores(full, s.mask_threshold, s.stability_score_offset, (0, 1),
-                                frame.scratch)[:n]
+        stab, boxes = frame.stability_and_boxes(logits[part], s.mask_threshold,
+                                                s.stability_score_offset)
         # The generator drops boxes near crop edges; with one crop (the image) there are none.
         ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
             torch.ones_like(stab, dtype=torch.bool)
         kept = prompt[part][ok]
         out.append(Candidates(logits[part][ok], iou[part][ok], cls[part][ok], stab[ok],
-                              full_size.boxes_of(full, s.mask_threshold)[:n][ok], kept,
+                              boxes[ok].to(logits.device), kept,
                               kept.new_empty(len(kept), 2, dtype=torch.float32)))
     return out

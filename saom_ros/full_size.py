@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Iterator, Optional
 
+import cv2
 import numpy as np
 import torch
-from segment_anything.utils.amg import remove_small_regions
 from torch.nn import functional as F
 from torchvision.ops import nms
 
@@ -56,24 +56,34 @@ def _bilinear(x: torch.Tensor, size: tuple[int, int], out: Optional[torch.Tensor
     return torch.ops.aten.upsample_bilinear2d.out(x, list(size), False, None, None, out=out)
 
 
-def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
-             orig_hw: tuple[int, int], scratch: Optional[Scratch] = None) -> torch.Tensor:
-    """Full-resolution logits [H, W, N] of low-res logits [N, h, w], as Sam.postprocess_masks
-    makes them from uncropped logits: a bilinear step of ``step`` (the same scale as its resize
-    to img_size, reading only the rows and columns given), the crop to ``input_hw``, then
-    bilinear to ``orig_hw`` (skipped when that is the identity). With ``scratch`` the result
-    lives in its buffers (float32 logits only): valid until the next upsample with it."""
-    if logits.shape[0] == 0:  # the bilinear kernel refuses empty input
-        return logits.new_empty(orig_hw + (0,))
+def stepped(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+            scratch: Optional[Scratch] = None) -> torch.Tensor:
+    """Logits at the input size [1, N, h, w] (channels-last memory) of low-res logits [N, h', w']:
+    Sam.postprocess_masks' first bilinear resize, a step of ``step`` (the same scale as its
+    resize to img_size, reading only the rows and columns given), and its crop to ``input_hw``.
+    With ``scratch`` the result lives in its buffers (float32 logits only)."""
     n = logits.shape[0]
     use = scratch if scratch is not None and logits.dtype == torch.float32 else None
     x = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # [1, N, h, w] viewing [h, w, N]
     x = x.contiguous(memory_format=torch.channels_last)
     size = (step * logits.shape[-2], step * logits.shape[-1])
-    stepped = use.channels_last("stepped", n, size, x.device) if use else None
-    x = _bilinear(x, size, stepped)[..., :input_hw[0], :input_hw[1]]
+    out = use.channels_last("stepped", n, size, x.device) if use else None
+    return _bilinear(x, size, out)[..., :input_hw[0], :input_hw[1]]
+
+
+def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+             orig_hw: tuple[int, int], scratch: Optional[Scratch] = None) -> torch.Tensor:
+    """Full-resolution logits [H, W, N] of low-res logits [N, h, w], as Sam.postprocess_masks
+    makes them from uncropped logits: ``stepped``, then bilinear to ``orig_hw`` (skipped when
+    that is the identity). With ``scratch`` the result lives in its buffers (float32 logits
+    only): valid until the next upsample with it."""
+    if logits.shape[0] == 0:  # the bilinear kernel refuses empty input
+        return logits.new_empty(orig_hw + (0,))
+    use = scratch if scratch is not None and logits.dtype == torch.float32 else None
+    x = stepped(logits, step, input_hw, use)
     if x.shape[-2:] != orig_hw:
-        x = _bilinear(x, orig_hw, use.channels_last("full", n, orig_hw, x.device) if use else None)
+        x = _bilinear(x, orig_hw, use.channels_last("full", x.shape[1], orig_hw, x.device)
+                      if use else None)
     return x[0].permute(1, 2, 0)
 
 
@@ -145,8 +155,8 @@ def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
         if box is None:  # empty: no region to remove, no hole to fill
             continue
         ys, xs = region = _region(box, mask.shape, area)
-        crop, holes = remove_small_regions(mask[region], area, mode="holes")
-        crop, islands = remove_small_regions(crop, area, mode="islands")
+        crop, holes = remove_small_regions(mask[region], area, holes=True)
+        crop, islands = remove_small_regions(crop, area, holes=False)
         mask[region] = crop
         if holes or islands:  # filling holes keeps the box; removing regions may shrink it
             unchanged[i] = 0.0
@@ -156,6 +166,25 @@ def remove_small(masks: torch.Tensor, iou: torch.Tensor, area: int,
     keep = nms(boxes, unchanged, nms_thresh).to(masks.device)
     keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
     return torch.from_numpy(out).to(masks.device)[keep], boxes.to(masks.device)[keep], keep
+
+
+def remove_small_regions(mask: np.ndarray, area: int, holes: bool) -> tuple[np.ndarray, bool]:
+    """segment_anything's remove_small_regions (mode "holes" or "islands"): the mask with its
+    8-connected holes, or regions, of fewer than ``area`` pixels removed (every region small:
+    the largest stays), and whether anything changed. Region sizes come from one bincount:
+    cv2.connectedComponentsWithStats took ~5x as long as connectedComponents on mask crops."""
+    count, labels = cv2.connectedComponents((mask ^ holes).astype(np.uint8), connectivity=8)
+    sizes = np.bincount(labels.ravel(), minlength=count)[1:]  # label 0: the other side
+    small = sizes < area
+    if not small.any():
+        return mask, False
+    if holes:  # the mask and its small holes
+        keep = np.concatenate([[True], small])
+    else:  # the large regions, or else the largest
+        keep = np.concatenate([[False], ~small])
+        if not keep.any():
+            keep[int(np.argmax(sizes)) + 1] = True
+    return keep[labels], True
 
 
 def _box(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:

@@ -46,16 +46,20 @@ def inside_points(masks: np.ndarray, per_mask: int = 1) -> tuple[np.ndarray, np.
     """
     points, owner = [], []
     for i, mask in enumerate(masks):
-        if not mask.any():
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows) == 0:
             continue
-        # A one-pixel zero border: distances are to the border of the mask, including the
-        # image edge, so the point stays inside a mask cut by the frame.
-        dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)
+        # Distances inside the mask's box with a one-pixel zero border: every pixel beyond it
+        # is background or beyond the image edge, and farther than that border. So the point
+        # stays inside a mask cut by the frame, and a small mask costs a small transform.
+        y0, x0 = rows[0], cols[0]
+        crop = mask[y0:rows[-1] + 1, x0:cols[-1] + 1]
+        dist = cv2.distanceTransform(np.pad(crop, 1).astype(np.uint8), cv2.DIST_L2, 5)
         for k in range(per_mask):
             y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
             if dist[y, x] < (1.0 if k == 0 else MIN_EXTRA_DEPTH):
                 break
-            points.append((x - 1 + 0.5, y - 1 + 0.5))
+            points.append((x0 + x - 1 + 0.5, y0 + y - 1 + 0.5))
             owner.append(i)
             cv2.circle(dist, (int(x), int(y)), int(np.ceil(dist[y, x])), 0.0, -1)
     return (np.asarray(points, np.float32).reshape(-1, 2), np.asarray(owner, np.int64))

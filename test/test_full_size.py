@@ -8,7 +8,8 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torch.nn import functional as F
 
 from saom_ros.full_size import (
-    Scratch, boxes_of, chunks, label_images, remove_small, stability_scores, upsample)
+    Scratch, boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
+    upsample)
 
 
 def _logits(n: int = 5, size: int = 16) -> torch.Tensor:
@@ -106,3 +107,18 @@ def test_remove_small_is_the_generators_postprocessing(area: int) -> None:
     np.testing.assert_array_equal(ours.numpy(), expected)
     np.testing.assert_array_equal(iou[keep].numpy(), ref["iou_preds"][order].numpy())
     np.testing.assert_array_equal(boxes.numpy(), ref["boxes"][order].numpy())
+
+
+@pytest.mark.parametrize("area", [1, 3, 8, 40, 500])
+def test_remove_small_regions_is_segment_anythings(area: int) -> None:
+    from segment_anything.utils.amg import remove_small_regions as reference
+
+    masks = _small_region_masks(40, 56, seed=area).numpy()
+    specks = np.zeros((40, 56), bool)
+    specks[3, 3] = specks[30, 40:42] = True  # every region small: the largest stays
+    for mask in [*masks, specks]:
+        for mode in ("holes", "islands"):
+            ours, changed = remove_small_regions(mask, area, holes=mode == "holes")
+            ref, ref_changed = reference(mask, area, mode)
+            np.testing.assert_array_equal(ours, ref)
+            assert changed == ref_changed

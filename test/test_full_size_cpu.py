@@ -1,0 +1,59 @@
+"""Tests for saom_ros.full_size_cpu: one compiled pass gives the tensor path's stability and boxes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from saom_ros.full_size import boxes_of, stability_scores, stepped, upsample
+from saom_ros.full_size_cpu import stability_and_boxes
+
+
+def _logits(n: int, hw: tuple[int, int], seed: int) -> torch.Tensor:
+    """Blobs of low-res logits [n, h, w] (soft edges, specks, one empty and one full mask)."""
+    torch.manual_seed(seed)
+    x = F.avg_pool2d(torch.randn(n, 1, 4 * hw[0], 4 * hw[1]) * 20, 4)[:, 0] - 2
+    x[0] = -5.0
+    x[1] = 5.0
+    return x
+
+
+@pytest.mark.parametrize("n, low_hw, input_hw, orig_hw", [
+    (8, (16, 16), (64, 64), (64, 64)),  # the input size: PyTorch's logits are read as they are
+    (32, (16, 16), (60, 63), (60, 63)),  # cropped to a smaller input
+])
+def test_at_the_input_size_it_equals_the_tensor_path(n: int, low_hw: tuple, input_hw: tuple,
+                                                      orig_hw: tuple) -> None:
+    low = _logits(n, low_hw, seed=n)
+    full = upsample(low, 4, input_hw, orig_hw)
+    stability, boxes = stability_and_boxes(stepped(low, 4, input_hw)[0].permute(1, 2, 0),
+                                           orig_hw, 0.0, 1.0)
+    torch.testing.assert_close(stability, stability_scores(full, 0.0, 1.0, (0, 1)), rtol=0,
+                               atol=0, equal_nan=True)
+    assert torch.equal(boxes, boxes_of(full, 0.0))
+
+
+@pytest.mark.parametrize("n, low_hw, input_hw, orig_hw, threshold", [
+    (8, (16, 16), (48, 64), (90, 120), 0.0),  # upscaled
+    (16, (64, 64), (192, 256), (480, 640), 0.5),  # the node's default camera with SAOM-small
+    (8, (32, 32), (128, 96), (100, 75), -0.5),  # downscaled
+    (3, (8, 8), (32, 1), (1000, 3), 0.0),  # an extremely thin image
+])
+def test_resized_it_equals_the_tensor_path_up_to_rounding(n: int, low_hw: tuple,
+                                                          input_hw: tuple, orig_hw: tuple,
+                                                          threshold: float) -> None:
+    low = _logits(n, low_hw, seed=n)
+    full = upsample(low, 4, input_hw, orig_hw)
+    stability, boxes = stability_and_boxes(stepped(low, 4, input_hw)[0].permute(1, 2, 0),
+                                           orig_hw, threshold, 1.0)
+    # A logit within rounding of a threshold may fall on the other side: a pixel or two.
+    torch.testing.assert_close(stability, stability_scores(full, threshold, 1.0, (0, 1)),
+                               rtol=0, atol=1e-4, equal_nan=True)
+    assert (boxes - boxes_of(full, threshold)).abs().max() <= 1
+    assert boxes[0].tolist() == [0, 0, 0, 0]  # the empty mask
+    assert boxes[1].tolist() == [0, 0, orig_hw[1] - 1, orig_hw[0] - 1]  # the full one
+
+
+def test_no_masks_give_empty_results() -> None:
+    stability, boxes = stability_and_boxes(torch.zeros(64, 64, 0), (64, 64), 0.0, 1.0)
+    assert stability.shape == (0,) and boxes.shape == (0, 4)
