@@ -80,9 +80,10 @@ class Frame:
         (``full_size_cpu``): the passes over them were ~2/3 of a 640x480 frame there."""
         n = logits.shape[0]
         if logits.device.type == "cpu" and n > 0:
-            x = full_size.stepped(self._lanes(logits), self._step, self.input_hw, self.scratch)
+            size = (self._step * logits.shape[-2], self._step * logits.shape[-1])
+            x = full_size.stepped(self._lanes(logits), self._step, size, self.scratch)
             stability, boxes = full_size_cpu.stability_and_boxes(
-                x[0].permute(1, 2, 0), self.orig_hw, threshold, offset)
+                x[0].permute(1, 2, 0), self.input_hw, self.orig_hw, threshold, offset)
         else:
             full = self.upsample(logits)
             stability = stability_scores(full, threshold, offset, (0, 1), self.scratch)

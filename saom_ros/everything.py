@@ -15,7 +15,7 @@ import torch
 from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import nms
 
-from saom_ros import full_size, prompts
+from saom_ros import full_size, full_size_cpu, prompts
 from saom_ros.candidates import LOW_RES_PER_EMBEDDING, Candidates, Frame, decode_candidates
 from saom_ros.cuda_encoder import CudaEncoder
 from saom_ros.encoder_attention import fuse_attention
@@ -102,6 +102,8 @@ class EverythingEngine:
         # Full-size buffers reused from frame to frame: on the CPU fresh large tensors
         # page-fault; CUDA's caching allocator reuses memory by itself.
         self._scratch = full_size.Scratch() if self.device.type == "cpu" else None
+        if self.device.type == "cpu":  # at start-up, not on the first frame
+            full_size_cpu.compile_kernel()
         self._since_keyframe = 0  # streaming frames since the last full grid
 
     def _on_device(self, model: Saom) -> Saom:

@@ -7,10 +7,11 @@ chunk of 32 masks at 256x256, 39 MiB at 640x480. Here one loop makes each full-s
 the input-sized ones (the first, stepped resize stays PyTorch's), counts it against both
 stability thresholds and marks its row and column for the box; nothing of the full size is
 written. It runs on one thread: numba's thread pools and PyTorch's OpenMP threads spin
-against each other between the decoder's operations (a 256x256 frame took 2.5x as long).
-Where the image is the input size, the counts read PyTorch's logits and are the same;
-where it is resized, the interpolation weights are PyTorch's (float32 source indices) but the
-sums' rounding can differ in the last bits (|d| < 1e-4 on 640x480 frames).
+against each other between the decoder's operations (a 256x256 frame took 2.7x as long).
+Where the image is the input size, the counts read PyTorch's logits and are exact. Where it is
+resized, the interpolation weights are PyTorch's (float32 source indices), but the sums round
+differently: logits differ from PyTorch's by up to 4e-5 on 640x480 frames, so a pixel that close
+to a threshold may count on the other side (stability scores differed by up to 1.5e-5).
 """
 from __future__ import annotations
 
@@ -73,23 +74,29 @@ def _extent(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
-def stability_and_boxes(stepped: torch.Tensor, orig_hw: tuple[int, int], threshold: float,
-                        offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``full_size.stability_scores`` at ``threshold`` +- ``offset`` and ``full_size.boxes_of``
-    at ``threshold`` [N, 4] of the full-size masks of CPU logits ``stepped`` [h, w, N] at the
-    input size (``full_size.stepped``), resized to ``orig_hw`` on the fly."""
+def stability_and_boxes(stepped: torch.Tensor, input_hw: tuple[int, int],
+                        orig_hw: tuple[int, int], threshold: float, offset: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``full_size.stability_scores`` at ``threshold`` +- ``offset`` [N] and ``full_size.boxes_of``
+    at ``threshold`` [N, 4] of the full-size masks of C-contiguous CPU logits ``stepped``
+    [h, w, N] (``full_size.stepped`` before its crop: one array layout, one compilation), cropped
+    to ``input_hw`` and resized to ``orig_hw`` on the fly."""
     n = stepped.shape[-1]
     if n == 0:
         return stepped.new_zeros(0), stepped.new_zeros(0, 4)
-    s = stepped.detach().float().numpy()
-    resize = tuple(s.shape[:2]) != tuple(orig_hw)
-    rows, cols = _resize_table(s.shape[0], orig_hw[0]), _resize_table(s.shape[1], orig_hw[1])
+    rows, cols = _resize_table(input_hw[0], orig_hw[0]), _resize_table(input_hw[1], orig_hw[1])
     above_hi, above_lo, row_hit, col_hit = _tally(
-        s, rows, cols, resize, np.float32(threshold + offset), np.float32(threshold - offset),
-        np.float32(threshold))
+        stepped.detach().float().contiguous().numpy(), rows, cols,
+        tuple(input_hw) != tuple(orig_hw), np.float32(threshold + offset),
+        np.float32(threshold - offset), np.float32(threshold))
     (y0, y1), (x0, x1) = _extent(row_hit), _extent(col_hit)
     boxes = np.stack([x0, y0, x1, y1], 1)
     boxes[y1 < 0] = 0
     # float32 counts and division, as the tensor path computes them (0 / 0 is NaN)
     stability = torch.from_numpy(above_hi).float() / torch.from_numpy(above_lo).float()
     return stability, torch.from_numpy(boxes).float()
+
+
+def compile_kernel() -> None:
+    """Compile the pass now (numba compiles on first use: ~3 s, then cached on disk)."""
+    stability_and_boxes(torch.zeros(1, 1, 8), (1, 1), (1, 1), 0.0, 1.0)

@@ -18,6 +18,11 @@ def _logits(n: int, hw: tuple[int, int], seed: int) -> torch.Tensor:
     return x
 
 
+def _stepped(low: torch.Tensor) -> torch.Tensor:
+    """The first resize of low-res logits [N, h, w], uncropped, as [4h, 4w, N]."""
+    return stepped(low, 4, (4 * low.shape[1], 4 * low.shape[2]))[0].permute(1, 2, 0)
+
+
 @pytest.mark.parametrize("n, low_hw, input_hw, orig_hw", [
     (8, (16, 16), (64, 64), (64, 64)),  # the input size: PyTorch's logits are read as they are
     (32, (16, 16), (60, 63), (60, 63)),  # cropped to a smaller input
@@ -26,8 +31,7 @@ def test_at_the_input_size_it_equals_the_tensor_path(n: int, low_hw: tuple, inpu
                                                       orig_hw: tuple) -> None:
     low = _logits(n, low_hw, seed=n)
     full = upsample(low, 4, input_hw, orig_hw)
-    stability, boxes = stability_and_boxes(stepped(low, 4, input_hw)[0].permute(1, 2, 0),
-                                           orig_hw, 0.0, 1.0)
+    stability, boxes = stability_and_boxes(_stepped(low), input_hw, orig_hw, 0.0, 1.0)
     torch.testing.assert_close(stability, stability_scores(full, 0.0, 1.0, (0, 1)), rtol=0,
                                atol=0, equal_nan=True)
     assert torch.equal(boxes, boxes_of(full, 0.0))
@@ -44,8 +48,7 @@ def test_resized_it_equals_the_tensor_path_up_to_rounding(n: int, low_hw: tuple,
                                                           threshold: float) -> None:
     low = _logits(n, low_hw, seed=n)
     full = upsample(low, 4, input_hw, orig_hw)
-    stability, boxes = stability_and_boxes(stepped(low, 4, input_hw)[0].permute(1, 2, 0),
-                                           orig_hw, threshold, 1.0)
+    stability, boxes = stability_and_boxes(_stepped(low), input_hw, orig_hw, threshold, 1.0)
     # A logit within rounding of a threshold may fall on the other side: a pixel or two.
     torch.testing.assert_close(stability, stability_scores(full, threshold, 1.0, (0, 1)),
                                rtol=0, atol=1e-4, equal_nan=True)
@@ -55,5 +58,5 @@ def test_resized_it_equals_the_tensor_path_up_to_rounding(n: int, low_hw: tuple,
 
 
 def test_no_masks_give_empty_results() -> None:
-    stability, boxes = stability_and_boxes(torch.zeros(64, 64, 0), (64, 64), 0.0, 1.0)
+    stability, boxes = stability_and_boxes(torch.zeros(64, 64, 0), (64, 64), (64, 64), 0.0, 1.0)
     assert stability.shape == (0,) and boxes.shape == (0, 4)
