@@ -6,8 +6,9 @@ resize to the original size, two thresholds and their counts, row and column max
 chunk of 32 masks at 256x256, 39 MiB at 640x480. Here one loop makes each full-size logit from
 the input-sized ones (the first, stepped resize stays PyTorch's), counts it against both
 stability thresholds and marks its row and column for the box; nothing of the full size is
-written. It runs on one thread: numba's thread pools and PyTorch's OpenMP threads spin
-against each other between the decoder's operations (a 256x256 frame took 2.7x as long).
+written. Row blocks run on PyTorch's thread count, in plain Python threads (the kernel releases
+the GIL): numba's own thread pools and PyTorch's OpenMP threads spun against each other between
+the decoder's operations (a 256x256 frame took 2.7x as long).
 Where the image is the input size, the counts read PyTorch's logits and are exact. Where it is
 resized, the interpolation weights are PyTorch's (float32 source indices), but the sums round
 differently: logits differ from PyTorch's by up to 4e-5 on 640x480 frames, so a pixel that close
@@ -15,6 +16,7 @@ to a threshold may count on the other side (stability scores differed by up to 1
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import numba
@@ -33,20 +35,21 @@ def _resize_table(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
     return i0, i0 + (i0 < n_in - 1), (f(1) - w1).astype(f), w1
 
 
-@numba.njit(cache=True)
-def _tally(s, rows, cols, resize, t_hi, t_lo, t_box):  # pragma: no cover (compiled)
+@numba.njit(cache=True, nogil=True)
+def _tally(s, rows, cols, resize, t_hi, t_lo, t_box, first, last):  # pragma: no cover
     """Counts above ``t_hi`` and ``t_lo`` per mask, and the rows and columns holding a logit
     above ``t_box``, of the full-size logits: ``s`` [h, w, N] itself or, with ``resize``, ``s``
-    resized by the tables ``rows`` and ``cols`` (``_resize_table``)."""
+    resized by the tables ``rows`` and ``cols`` (``_resize_table``), for output rows ``first``
+    to ``last`` (exclusive; ``row_hit`` holds those rows only)."""
     ry0, ry1, wy0, wy1 = rows
     cx0, cx1, wx0, wx1 = cols
     h, w, n = ry0.shape[0], cx0.shape[0], s.shape[2]
     above_hi = np.zeros(n, np.int64)
     above_lo = np.zeros(n, np.int64)
-    row_hit = np.zeros((h, n), np.bool_)
+    row_hit = np.zeros((last - first, n), np.bool_)
     col_hit = np.zeros((w, n), np.bool_)
     v = np.empty(n, np.float32)
-    for y in range(h):
+    for y in range(first, last):
         a0, a1, h0, h1 = ry0[y], ry1[y], wy0[y], wy1[y]
         for x in range(w):
             if resize:
@@ -61,9 +64,15 @@ def _tally(s, rows, cols, resize, t_hi, t_lo, t_box):  # pragma: no cover (compi
                 above_hi[k] += v[k] > t_hi
                 above_lo[k] += v[k] > t_lo
                 hit = v[k] > t_box
-                row_hit[y, k] |= hit
+                row_hit[y - first, k] |= hit
                 col_hit[x, k] |= hit
     return above_hi, above_lo, row_hit, col_hit
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the row blocks beyond the caller's (made once per count)."""
+    return concurrent.futures.ThreadPoolExecutor(max(1, workers), "saom-full-size")
 
 
 def _extent(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +94,20 @@ def stability_and_boxes(stepped: torch.Tensor, input_hw: tuple[int, int],
     if n == 0:
         return stepped.new_zeros(0), stepped.new_zeros(0, 4)
     rows, cols = _resize_table(input_hw[0], orig_hw[0]), _resize_table(input_hw[1], orig_hw[1])
-    above_hi, above_lo, row_hit, col_hit = _tally(
-        stepped.detach().float().contiguous().numpy(), rows, cols,
-        tuple(input_hw) != tuple(orig_hw), np.float32(threshold + offset),
-        np.float32(threshold - offset), np.float32(threshold))
+    args = (stepped.detach().float().contiguous().numpy(), rows, cols,
+            tuple(input_hw) != tuple(orig_hw), np.float32(threshold + offset),
+            np.float32(threshold - offset), np.float32(threshold))
+    # Row blocks on PyTorch's thread count: the calling thread takes the first, pool threads
+    # (which sleep when idle, unlike numba's and OpenMP's) the others.
+    parts = max(1, min(torch.get_num_threads(), orig_hw[0]))
+    bounds = [orig_hw[0] * i // parts for i in range(parts + 1)]
+    others = [_pool(parts - 1).submit(_tally, *args, a, b)
+              for a, b in zip(bounds[1:-1], bounds[2:])]
+    results = [_tally(*args, bounds[0], bounds[1])] + [f.result() for f in others]
+    above_hi = sum(r[0] for r in results)
+    above_lo = sum(r[1] for r in results)
+    row_hit = np.concatenate([r[2] for r in results])
+    col_hit = np.logical_or.reduce([r[3] for r in results])
     (y0, y1), (x0, x1) = _extent(row_hit), _extent(col_hit)
     boxes = np.stack([x0, y0, x1, y1], 1)
     boxes[y1 < 0] = 0

@@ -60,3 +60,18 @@ def test_resized_it_equals_the_tensor_path_up_to_rounding(n: int, low_hw: tuple,
 def test_no_masks_give_empty_results() -> None:
     stability, boxes = stability_and_boxes(torch.zeros(64, 64, 0), (64, 64), (64, 64), 0.0, 1.0)
     assert stability.shape == (0,) and boxes.shape == (0, 4)
+
+
+def test_row_blocks_on_several_threads_give_the_one_thread_result() -> None:
+    low = _logits(16, (16, 16), seed=3)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3, 7):  # 7 blocks of 90 rows: uneven
+            torch.set_num_threads(n)
+            results.append(stability_and_boxes(_stepped(low), (48, 64), (90, 120), 0.0, 1.0))
+    finally:
+        torch.set_num_threads(threads)
+    for stability, boxes in results[1:]:
+        torch.testing.assert_close(stability, results[0][0], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(boxes, results[0][1])
