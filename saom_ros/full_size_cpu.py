@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 
 import numba
 import numpy as np
@@ -69,10 +70,15 @@ def _tally(s, rows, cols, resize, t_hi, t_lo, t_box, first, last):  # pragma: no
     return above_hi, above_lo, row_hit, col_hit
 
 
-@functools.lru_cache(maxsize=None)
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Threads for the row blocks beyond the caller's (made once per count)."""
-    return concurrent.futures.ThreadPoolExecutor(max(1, workers), "saom-full-size")
+    """Threads for the row blocks beyond the caller's, made once per count and process (a
+    forked child inherits the pool but not its threads)."""
+    return _pool_of(max(1, workers), os.getpid())
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_of(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, "saom-full-size")
 
 
 def _extent(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,10 @@
 """Tests for saom_ros.full_size_cpu: one compiled pass gives the tensor path's stability and boxes."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -75,3 +79,26 @@ def test_row_blocks_on_several_threads_give_the_one_thread_result() -> None:
     for stability, boxes in results[1:]:
         torch.testing.assert_close(stability, results[0][0], rtol=0, atol=0, equal_nan=True)
         assert torch.equal(boxes, results[0][1])
+
+
+def test_a_forked_child_gets_threads_of_its_own() -> None:
+    x = _stepped(_logits(8, (16, 16), seed=5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = stability_and_boxes(x, (48, 64), (90, 120), 0.0, 1.0)  # the pool is made
+        pid = os.fork()
+        if pid == 0:  # the child: the inherited pool has no threads
+            got = stability_and_boxes(x, (48, 64), (90, 120), 0.0, 1.0)
+            os._exit(0 if torch.equal(got[1], expected[1]) else 1)
+        deadline = time.monotonic() + 30
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = done[1]
+        if not done[0]:  # still waiting for threads that do not exist
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in stability_and_boxes")
+    finally:
+        torch.set_num_threads(threads)
+    assert os.waitstatus_to_exitcode(status) == 0
