@@ -37,6 +37,9 @@ from saom_ros import decoder_kernels as kernels
 
 # Upscaling steps of the decoder (two stride-2 transposed convolutions).
 UPSCALE = 4
+# Upscaled features per block of prompts in the CPU mask stage: the L2 caches of two cores
+# (SAOM-small, 64 prompts at once: 6.7 ms; in blocks of 16 (2 MiB): 3.9 ms).
+CPU_MASK_BLOCK_BYTES = 2 << 20
 
 
 class DecoderTokens(NamedTuple):
@@ -253,27 +256,41 @@ def upscale_masks(decoder: MaskDecoder, state: DecoderTokens, mask_indices: Sequ
 
     Same as the decoder's output_upscaling + hypernetwork product; ``extent`` (rows, columns of
     the image side) limits the masks to that top-left part, which is exact because both
-    upscaling steps are per pixel.
+    upscaling steps are per pixel. On the CPU the prompts go through in blocks whose upscaled
+    features fit in the cores' L2 caches (``CPU_MASK_BLOCK_BYTES``): the four passes over them
+    then stay in cache.
     """
-    conv1, norm, act1, conv2, act2 = decoder.output_upscaling
     b = state.image.shape[0]
     h, w = state.grid
     eh, ew = extent if extent is not None else (h, w)
-    c = state.image.shape[-1]
-    x = state.image.view(b, h, w, c)[:, :eh, :ew].reshape(b * eh * ew, c)
+    image = state.image.view(b, h, w, state.image.shape[-1])[:, :eh, :ew]
+    mask_tokens = state.tokens[:, 1:1 + decoder.num_mask_tokens]
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i])
+                         for i in mask_indices], dim=1)  # [B, M, c2]
+    block = b
+    if image.device.type == "cpu":
+        upscaled = eh * ew * UPSCALE ** 2 * decoder.output_upscaling[3].out_channels * 4
+        block = max(1, CPU_MASK_BLOCK_BYTES // upscaled)
+    masks = torch.cat([_upscale(decoder, image[i:i + block], hyper[i:i + block])
+                       for i in range(0, b, block)]) if block < b else \
+        _upscale(decoder, image, hyper)
+    masks = masks.index_select(1, _pixel_order(eh, ew, masks.device))
+    return masks.view(b, len(mask_indices), UPSCALE * eh, UPSCALE * ew)
+
+
+def _upscale(decoder: MaskDecoder, image: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    """Mask logits [B * M, pixels in (y, x, dy, dx, dy2, dx2) order] of an image side
+    [B, eh, ew, C] (channels last) and hypernetwork outputs [B, M, c2]."""
+    conv1, norm, act1, conv2, act2 = decoder.output_upscaling
+    b, eh, ew, c = image.shape
+    x = image.reshape(b * eh * ew, c)
     c1, c2 = conv1.out_channels, conv2.out_channels
     # ConvTranspose2d(k=2, s=2) weight [in, out, 2, 2] -> [in, (dy, dx, out)]: one GEMM per pixel.
     x = torch.addmm(conv1.bias.repeat(4), x, conv1.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c1))
     x = act1(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
     x = torch.addmm(conv2.bias.repeat(4), x, conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2))
-    x = act2(x).view(b, eh * ew * UPSCALE ** 2, c2)  # [B, pixels in (y, x, dy, dx, dy2, dx2) order, c2]
-    mask_tokens = state.tokens[:, 1:1 + decoder.num_mask_tokens]
-    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i])
-                         for i in mask_indices], dim=1)  # [B, M, c2]
-    m = len(mask_indices)
-    masks = torch.bmm(hyper, x.transpose(1, 2)).view(b * m, eh * ew * UPSCALE ** 2)
-    masks = masks.index_select(1, _pixel_order(eh, ew, masks.device))
-    return masks.view(b, m, UPSCALE * eh, UPSCALE * ew)
+    x = act2(x).view(b, eh * ew * UPSCALE ** 2, c2)
+    return torch.bmm(hyper, x.transpose(1, 2)).flatten(0, 1)
 
 
 def _pixel_order(eh: int, ew: int, device: torch.device) -> torch.Tensor:
