@@ -183,17 +183,20 @@ class EverythingEngine:
         predicted IoU >= confident_iou_thresh."""
         s = self.settings
         side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
-        return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw))[0]
+        return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
+                              s.confident_iou_thresh)[0]
 
-    def _two_pass(self, frame: Frame, first: np.ndarray) -> tuple[Candidates, int]:
+    def _two_pass(self, frame: Frame, first: np.ndarray,
+                  confident_iou: float) -> tuple[Candidates, int]:
         """Candidates of the points ``first``, then of the full-grid points that their masks
-        leave unexplained (``_unexplained``), and how many points were decoded in all; the
-        second pass's prompt indices follow the first's."""
+        leave unexplained (``_unexplained``; confident: kept by NMS with predicted IoU >=
+        ``confident_iou``), and how many points were decoded in all; the second pass's prompt
+        indices follow the first's."""
         s = self.settings
         near = decode_candidates(self.model, frame, first, _near_pass(s), self._compiled)
         found = near.select(_passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
-        confident = kept.select(kept.iou >= s.confident_iou_thresh)
+        confident = kept.select(kept.iou >= confident_iou)
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
         points = points[_unexplained(frame, near.logits, confident.logits, points,
                                      s.mask_threshold) & ~_among(points, first)]
@@ -225,7 +228,7 @@ class EverythingEngine:
                                            self._since_keyframe)]
         sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
         points = np.concatenate([inside, sparse]).reshape(-1, 2)
-        cand, decoded = self._two_pass(frame, points)
+        cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh)
         source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
         result = self._finish(frame, cand, source)
         # An instance is lost when no new instance covers any of its points.

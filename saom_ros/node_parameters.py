@@ -34,6 +34,7 @@ ENGINE_PARAMETERS = {
     "points_per_instance": "points_per_instance",
     "stream_stride": "stream_stride",
     "max_lost_fraction": "max_lost_fraction",
+    "stream_confident_iou_thresh": "stream_confident_iou_thresh",
 }
 # Engine parameters without a default of their own: the checkpoint's value unless set.
 FROM_CHECKPOINT = tuple(name for name, field in ENGINE_PARAMETERS.items()
@@ -98,8 +99,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "hierarchical: first-pass grid side (0: points_per_side // 2)",
             integer_range=[_int_range(0, 256)])),
         ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
-            "hierarchical and streaming: predicted IoU from which a kept first-pass mask skips "
-            "the full-grid points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
+            "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "
+            "points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
         ("keyframe_interval", engine("keyframe_interval"), _d(
             "streaming: the full grid every N frames (1: every frame)",
             integer_range=[_int_range(1, 1_000_000)])),
@@ -112,6 +113,10 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("max_lost_fraction", engine("max_lost_fraction"), _d(
             "streaming: a keyframe at once when more than this fraction of the previous "
             "instances is lost", floating_point_range=[_unit_range()])),
+        ("stream_confident_iou_thresh", engine("stream_confident_iou_thresh"), _d(
+            "streaming: predicted IoU from which a kept mask of the first pass (previous "
+            "instances' points, sub-grid) skips the full-grid points it covers (0: every kept "
+            "mask)", floating_point_range=[_unit_range()])),
         ("compile", engine("compile"), _d(
             "torch.compile the image encoder at start-up (on the CPU the decoder too; on CUDA "
             "the decoder keeps its fused kernels, which were faster than compiling it)", True)),

@@ -210,6 +210,29 @@ def test_hierarchical_decodes_the_points_inside_new_masks_only() -> None:
         False]  # in no mask: every coarse mask there was refused
 
 
+@pytest.mark.parametrize("hier, stream", [(0.0, 1.0), (1.0, 0.0)])
+def test_each_strategy_reads_its_own_confident_threshold(
+        shapes_model: Saom, monkeypatch: pytest.MonkeyPatch, hier: float, stream: float) -> None:
+    confident: list[int] = []  # confident first-pass masks per _unexplained call
+    real = everything._unexplained
+
+    def spy(frame, near, conf, points, threshold):
+        confident.append(len(conf))
+        return real(frame, near, conf, points, threshold)
+    monkeypatch.setattr(everything, "_unexplained", spy)
+    settings = EverythingSettings(**STRICT, confident_iou_thresh=hier,
+                                  stream_confident_iou_thresh=stream)
+    image = _separated(2)[0]
+    EverythingEngine(shapes_model, dataclasses.replace(settings, prompt_strategy="hierarchical"))(
+        image)
+    stream_engine = EverythingEngine(
+        shapes_model, dataclasses.replace(settings, prompt_strategy="streaming"))
+    stream_engine(image, stream_engine(image))  # a keyframe, then a streamed frame
+    # A threshold of 1.0 leaves no mask confident; 0.0 makes every kept mask confident.
+    assert len(confident) == 2 and (confident[0] > 0) == (hier == 0.0) and \
+        (confident[1] > 0) == (stream == 0.0)
+
+
 @pytest.mark.parametrize("seed", [2])  # the quick fit loses an object on seeds 1 and 3
 def test_streaming_keeps_objects_and_finds_a_new_one_by_the_next_keyframe(
         shapes_model: Saom, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
