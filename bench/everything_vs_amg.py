@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingEngine, EverythingSettings, make_point_grid
 from saom_ros.everything_settings import settings_for
+from saom_ros.malloc_settings import keep_freed_memory
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 
 
@@ -204,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-amg", action="store_true", help="time the engine only")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed memory for both, as the node sets it "
+                        "(saom_ros.malloc_settings)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for both (default: torch's; 1 is steadier on a "
                         "busy machine)")
@@ -217,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.fit_steps = 300 if args.model == "tiny" and not args.checkpoint else 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory needs glibc's mallopt")
     device = torch.device(args.device)
     model = _model(args).to(device)
     runtime = dict(points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 0),
@@ -239,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
           f"image={args.height}x{args.width} "
           f"grid={settings.points_per_side}^2 batch={settings.points_per_batch} "
-          f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh}")
+          f"pred_iou_thresh={settings.pred_iou_thresh} stability={settings.stability_score_thresh} "
+          f"keep_freed_memory={args.keep_freed_memory}")
     print(f"engine: median {t_eng * 1e3:.1f} ms over {args.runs} runs, {len(inst)} masks")
     if device.type == "cuda":
         print(f"engine peak GPU memory: {peak / 2**20:.0f} MiB")

@@ -42,6 +42,7 @@ from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.input_qos import FollowingSubscription
 from saom_ros.input_watchdog import InputWatchdog
 from saom_ros.latest_frame import LatestFrame
+from saom_ros.malloc_settings import keep_freed_memory
 from saom_ros.node_diagnostics import FrameStats, frame_values, summary
 from saom_ros.node_parameters import (ENGINE_PARAMETERS, FROM_CHECKPOINT, engine_fields,
                                       parameter_table, validate)
@@ -380,6 +381,7 @@ def main(args: Optional[list[str]] = None) -> int:
 
 def _run(args: Optional[list[str]]) -> int:
     """main without the signal set-up: the exit status."""
+    keep_freed_memory()  # this process's frames then reuse memory instead of page-faulting
     rclpy.init(args=args)
     # Made while the context is valid: a signal during start-up then only ends the spin (rclpy's
     # lazily made executor cannot be created once a signal has shut the context down).
