@@ -1,9 +1,9 @@
 """glibc malloc settings for a process that runs the engine on the CPU.
 
 By default glibc serves large allocations (above a threshold that adapts between 128 KiB and
-32 MiB) with fresh pages from the kernel and hands freed memory back at once, so the decoder's
-large intermediate tensors page-fault again on every frame: ~8,000 minor faults per SAOM-small
-frame, 4-16% of its time on a 2-core CPU. Keeping freed memory in the heap removes them; the
+32 MiB to what the process freed) with fresh pages from the kernel and hands freed memory back
+at once, so the decoder's large intermediate tensors can page-fault again on every frame:
+~8,000 minor faults per SAOM-small frame in our runs, 4-16% of its time on a 2-core CPU. Keeping freed memory in the heap removes them; the
 process then holds the memory of its largest frame, as a caching allocator would.
 """
 from __future__ import annotations

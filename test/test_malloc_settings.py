@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-# Minor page faults per everything-mode frame of a tiny model on the CPU, after warm-up.
+# Minor page faults per everything-mode frame of a tiny model on the CPU, after warm-up, with
+# freed memory kept or handed back.
 _FAULTS = """
 import resource, sys, numpy as np, torch
 from saom_ros.everything import EverythingEngine, EverythingSettings
@@ -15,6 +16,9 @@ from saom_ros.malloc_settings import keep_freed_memory
 from saom_ros.model import ModelConfig, build_saom
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
+else:  # glibc's default at its lowest: every tensor over 128 KiB gets fresh pages
+    import ctypes
+    assert ctypes.CDLL(None).mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
 torch.manual_seed(0)
 model = build_saom(ModelConfig.preset("tiny", num_classes=2), ["a", "b"])
 engine = EverythingEngine(model, EverythingSettings(points_per_side=16, pred_iou_thresh=0.0,
@@ -37,6 +41,8 @@ def _faults_per_frame(mode: str) -> float:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_frames_reuse_freed_memory_instead_of_faulting_in_new_pages() -> None:
-    default = _faults_per_frame("default")
-    assert default > 1000  # glibc hands the decoder's large tensors fresh pages every frame
-    assert _faults_per_frame("keep") < default / 10
+    # glibc's adaptive threshold lands anywhere between these two, depending on what the
+    # process freed first (~10,000 faults per frame here, 62 in another run).
+    returned = _faults_per_frame("return")
+    assert returned > 1000  # the count sees the decoder's fresh pages
+    assert _faults_per_frame("keep") < returned / 100
