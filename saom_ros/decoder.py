@@ -267,13 +267,14 @@ def upscale_masks(decoder: MaskDecoder, state: DecoderTokens, mask_indices: Sequ
     mask_tokens = state.tokens[:, 1:1 + decoder.num_mask_tokens]
     hyper = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i])
                          for i in mask_indices], dim=1)  # [B, M, c2]
-    block = b
+    blocks = 1
     if image.device.type == "cpu":
         upscaled = eh * ew * UPSCALE ** 2 * decoder.output_upscaling[3].out_channels * 4
-        block = max(1, CPU_MASK_BLOCK_BYTES // upscaled)
-    masks = torch.cat([_upscale(decoder, image[i:i + block], hyper[i:i + block])
-                       for i in range(0, b, block)]) if block < b else \
-        _upscale(decoder, image, hyper)
+        # Whole blocks only: a remainder block of a few prompts costs more than it saves.
+        blocks = max(1, b // max(1, CPU_MASK_BLOCK_BYTES // upscaled))
+    masks = torch.cat([_upscale(decoder, x, y) for x, y in
+                       zip(image.tensor_split(blocks), hyper.tensor_split(blocks))]) \
+        if blocks > 1 else _upscale(decoder, image, hyper)
     masks = masks.index_select(1, _pixel_order(eh, ew, masks.device))
     return masks.view(b, len(mask_indices), UPSCALE * eh, UPSCALE * ew)
 
