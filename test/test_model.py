@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchvision.transforms.functional import resize, to_pil_image
 
+from saom_ros import decoder
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
     CheckpointError, ModelConfig, Saom, broadcast_to_dtype, build_saom, load_model,
@@ -62,6 +63,17 @@ def test_decode_matches_segment_anything_decoder(tiny_model: Saom) -> None:
         out = tiny_model.decode(emb, pts, labels)
     torch.testing.assert_close(out.low_res_logits, ref_masks)
     torch.testing.assert_close(out.iou_pred, ref_iou)
+
+
+def test_cpu_mask_blocks_give_the_masks_of_one_pass(tiny_model: Saom,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    emb = torch.randn(1, 64, 16, 16)
+    pts, labels = torch.rand(40, 1, 2) * 256, torch.ones(40, 1, dtype=torch.int)
+    with torch.no_grad():
+        blocked = tiny_model.decode(emb, pts, labels).low_res_logits  # 2 blocks of 20 prompts
+        monkeypatch.setattr(decoder, "CPU_MASK_BLOCK_BYTES", 1 << 40)
+        whole = tiny_model.decode(emb, pts, labels).low_res_logits
+    assert torch.equal(blocked, whole)
 
 
 def test_decode_extent_gives_the_top_left_of_the_full_masks(tiny_model: Saom) -> None:
