@@ -75,20 +75,20 @@ class Frame:
     def stability_and_boxes(self, logits: torch.Tensor, threshold: float, offset: float
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-size stability scores [N] (``full_size.stability_scores``) and boxes [N, 4]
-        (``full_size.boxes_of`` at ``threshold``) of at most full_size.CHUNK low-res logits
-        [N, h, w]. On the CPU in one compiled pass that makes no full-size logits
-        (``full_size_cpu``): the passes over them were ~2/3 of a 640x480 frame there."""
-        n = logits.shape[0]
-        if logits.device.type == "cpu" and n > 0:
-            size = (self._step * logits.shape[-2], self._step * logits.shape[-1])
-            x = full_size.stepped(self._lanes(logits), self._step, size, self.scratch)
-            stability, boxes = full_size_cpu.stability_and_boxes(
-                x[0].permute(1, 2, 0), self.input_hw, self.orig_hw, threshold, offset)
-        else:
-            full = self.upsample(logits)
-            stability = stability_scores(full, threshold, offset, (0, 1), self.scratch)
-            boxes = full_size.boxes_of(full, threshold)
-        return stability[:n], boxes[:n]
+        (``full_size.boxes_of`` at ``threshold``) of low-res logits [N, h, w]. On the CPU in
+        one compiled pass over the low-res logits that makes no full-size logits
+        (``full_size_cpu``): resizing and passing over them was ~2/3 of a 640x480 frame there;
+        one call for all (its threads compete with PyTorch's spinning ones as each call
+        starts). Elsewhere in chunks of full_size.CHUNK."""
+        if logits.device.type == "cpu":
+            return full_size_cpu.stability_and_boxes(logits, self._step, self.input_hw,
+                                                     self.orig_hw, threshold, offset)
+        parts = []
+        for part in full_size.chunks(logits.shape[0]):
+            full, n = self.upsample(logits[part]), len(logits[part])
+            parts.append((stability_scores(full, threshold, offset, (0, 1), self.scratch)[:n],
+                          full_size.boxes_of(full, threshold)[:n]))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @property
     def _step(self) -> int:
@@ -170,10 +170,8 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
     # filter waits for the device (it needs the surviving prompts on the host), so the device
     # does not idle; the CPU runs each op to its end and would only hold one more state.
     ahead = 0 if pts.device.type == "cpu" else 1
-    parts = []
-    for start, state in zip(starts, _queued(tokens, ahead)):
-        parts += _filter_chunk(model, frame, state, start, s, method)
-    cand = Candidates.cat(parts)
+    cand = Candidates.cat([_filter_chunk(model, frame, state, start, s, method)
+                           for start, state in zip(starts, _queued(tokens, ahead))])
     cand.point = orig[cand.prompt]
     return cand
 
@@ -188,7 +186,7 @@ def _queued(items: Iterator[T], ahead: int) -> Iterator[T]:
 
 
 def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
-                  s: EverythingSettings, method: Callable[[str], Callable]) -> list[Candidates]:
+                  s: EverythingSettings, method: Callable[[str], Callable]) -> Candidates:
     """One batch of prompts after the token stage: the IoU filter, masks, then the full-size
     filter. ``offset``: the batch's first prompt among the decoded points."""
     iou = state.iou_pred[:, 1:].float()
@@ -210,15 +208,10 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
                                 s.stability_score_offset, (-2, -1))
         keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
     logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
-    out = []
-    for part in full_size.chunks(logits.shape[0]):
-        stab, boxes = frame.stability_and_boxes(logits[part], s.mask_threshold,
-                                                s.stability_score_offset)
-        # The generator drops boxes near crop edges; with one crop (the image) there are none.
-        ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
-            torch.ones_like(stab, dtype=torch.bool)
-        kept = prompt[part][ok]
-        out.append(Candidates(logits[part][ok], iou[part][ok], cls[part][ok], stab[ok],
-                              boxes[ok].to(logits.device), kept,
-                              kept.new_empty(len(kept), 2, dtype=torch.float32)))
-    return out
+    stab, boxes = frame.stability_and_boxes(logits, s.mask_threshold, s.stability_score_offset)
+    # The generator drops boxes near crop edges; with one crop (the image) there are none.
+    ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
+        torch.ones_like(stab, dtype=torch.bool)
+    kept = prompt[ok]
+    return Candidates(logits[ok], iou[ok], cls[ok], stab[ok], boxes[ok].to(logits.device), kept,
+                      kept.new_empty(len(kept), 2, dtype=torch.float32))

@@ -1,148 +1,289 @@
-"""Full-size stability scores and boxes on the CPU in one compiled pass (numba).
+"""Full-size stability scores and boxes on the CPU, straight from the low-res logits (numba).
 
 The generator filters masks on their stability at full size and suppresses them on full-size
-boxes. With PyTorch ops that is ~8 memory-bound passes over each chunk's full-size logits (the
-resize to the original size, two thresholds and their counts, row and column maxima): 8 MiB per
-chunk of 32 masks at 256x256, 39 MiB at 640x480. Here one loop makes each full-size logit from
-the input-sized ones (the first, stepped resize stays PyTorch's), counts it against both
-stability thresholds and marks its row and column for the box; nothing of the full size is
-written. Row blocks run on PyTorch's thread count, in plain Python threads (the kernel releases
-the GIL): numba's own thread pools and PyTorch's OpenMP threads spun against each other between
-the decoder's operations (a 256x256 frame took 2.7x as long).
-Where the image is the input size, the counts read PyTorch's logits and are exact. Where it is
-resized, the interpolation weights are PyTorch's (float32 source indices), but the sums round
-differently: logits differ from PyTorch's by up to 4e-5 on 640x480 frames, so a pixel that close
-to a threshold may count on the other side (stability scores differed by up to 1.5e-5).
+boxes, so each mask's logits would be resized twice (Sam.postprocess_masks: a stepped resize to
+the input size, then one to the original size) and passed over several times: 8 MiB per chunk
+of 32 masks at 256x256, 39 MiB at 640x480. None of that is written here.
+
+A full-size logit is a weighted sum of a few neighbouring low-res logits, with non-negative
+weights summing to one, so it lies within their range. The full-size pixels fall into blocks
+that read the same low-res logits (a block per low-res cell at the input size, a little more
+when resized); where a block's range is clear of all three thresholds (the two of the stability
+score and the mask threshold for the box), the whole block counts at once. Only the blocks along
+the masks' contours are evaluated pixel by pixel: ~10-15% of the pixels of SAOM-small's masks.
+
+Evaluated pixels are the generator's logits bit for bit: both resizes are computed as PyTorch's
+CPU kernel for channels-first tensors (Sam.postprocess_masks' path) computes them, with the same
+float32 source positions and weights and the same fused multiply-adds in the same order
+(checked against PyTorch's x86 kernels; a build that rounds otherwise differs in the last bit,
+and only a pixel that close to a threshold would count differently).
+
+Masks are split among PyTorch's own OpenMP threads (``openmp_team``): threads of our own
+shared the cores with them, still spinning after the decoder's last op.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import os
 
 import numba
 import numpy as np
 import torch
+from numba import types
+from numba.extending import intrinsic
+
+from saom_ros import openmp_team
+
+# A full-size logit lies within its low-res logits' range up to rounding: a few float32 ulps of
+# their magnitude. A block counts at once only when its range clears a threshold by this much
+# (relative to 1 + that magnitude), far more than the rounding.
+MARGIN = 1e-5
 
 
-@functools.lru_cache(maxsize=16)
+@intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover
+    """``a * b + c`` rounded once (llvm.fma), for float32 operands."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@numba.njit(cache=True)
+def _source_positions(scale, n_out):  # pragma: no cover
+    """``scale * (i + 0.5) - 0.5`` for i < n_out in float32, with the one rounding of PyTorch's
+    compiled kernels (their compiler fuses it into a multiply-add)."""
+    out = np.empty(n_out, np.float32)
+    for i in range(n_out):
+        out[i] = _fma(scale, np.float32(i) + np.float32(0.5), np.float32(-0.5))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
 def _resize_table(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
-    """Per output index of a bilinear resize (align_corners=False) as PyTorch's CPU kernel
-    computes it: first and second source index and their weights (float32)."""
+    """Per output index of a bilinear resize (align_corners=False) as PyTorch's CPU kernels
+    compute it: first and second source index and their weights (float32)."""
     f = np.float32
-    real = np.maximum(f(f(n_in) / f(n_out)) * (np.arange(n_out, dtype=f) + f(0.5)) - f(0.5), f(0))
+    real = np.maximum(_source_positions(f(f(n_in) / f(n_out)), n_out), f(0))
     i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
     w1 = np.clip(real - i0.astype(f), f(0), f(1)).astype(f)
     return i0, i0 + (i0 < n_in - 1), (f(1) - w1).astype(f), w1
 
 
-@numba.njit(cache=True, nogil=True)
-def _tally_resized(s, rows, cols, t_hi, t_lo, t_box, first, last):  # pragma: no cover
-    """Counts above ``t_hi`` and ``t_lo`` per mask, and the rows and columns holding a logit
-    above ``t_box``, of ``s`` [h, w, N] resized by the tables ``rows`` and ``cols``
-    (``_resize_table``), for output rows ``first`` to ``last`` (exclusive; ``row_hit`` holds
-    those rows only)."""
-    ry0, ry1, wy0, wy1 = rows
-    cx0, cx1, wx0, wx1 = cols
-    w, n = cx0.shape[0], s.shape[2]
-    above_hi = np.zeros(n, np.int64)
-    above_lo = np.zeros(n, np.int64)
-    row_hit = np.zeros((last - first, n), np.bool_)
-    col_hit = np.zeros((w, n), np.bool_)
-    v = np.empty(n, np.float32)
-    for y in range(first, last):
-        a0, a1, h0, h1 = ry0[y], ry1[y], wy0[y], wy1[y]
-        for x in range(w):
-            b0, b1 = cx0[x], cx1[x]
-            w00, w01, w10, w11 = h0 * wx0[x], h0 * wx1[x], h1 * wx0[x], h1 * wx1[x]
-            for k in range(n):
-                v[k] = (w00 * s[a0, b0, k] + w01 * s[a0, b1, k]
-                        + w10 * s[a1, b0, k] + w11 * s[a1, b1, k])
-            _count(v, t_hi, t_lo, t_box, above_hi, above_lo, row_hit[y - first], col_hit[x])
-    return above_hi, above_lo, row_hit, col_hit
-
-
-@numba.njit(cache=True, nogil=True)
-def _tally_plain(s, rows, cols, t_hi, t_lo, t_box, first, last):  # pragma: no cover
-    """``_tally_resized`` where the top-left part of ``s`` is the full size already (the tables
-    give only its size)."""
-    w, n = cols[0].shape[0], s.shape[2]
-    above_hi = np.zeros(n, np.int64)
-    above_lo = np.zeros(n, np.int64)
-    row_hit = np.zeros((last - first, n), np.bool_)
-    col_hit = np.zeros((w, n), np.bool_)
-    for y in range(first, last):
-        for x in range(w):
-            _count(s[y, x], t_hi, t_lo, t_box, above_hi, above_lo, row_hit[y - first],
-                   col_hit[x])
-    return above_hi, above_lo, row_hit, col_hit
+@functools.lru_cache(maxsize=32)
+def _axis(n_low: int, step: int, n_in: int, n_orig: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """One axis's tables: the stepped resize to the input size (uncropped, then cut to
+    ``n_in``), the resize from the input to the original size, and the blocks: runs of
+    full-size indices that read the same low-res indices (start, end, first, middle and last
+    low-res index; a run reads at most three)."""
+    stepped = tuple(a[:n_in].copy() for a in _resize_table(n_low, step * n_low))
+    resize = _resize_table(n_in, n_orig)
+    lo, hi = stepped[0], stepped[1]
+    if n_in != n_orig:  # two neighbouring input indices: each reads two low-res ones
+        lo, hi = np.minimum(lo[resize[0]], lo[resize[1]]), np.maximum(hi[resize[0]], hi[resize[1]])
+    cut = np.flatnonzero((lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])) + 1
+    starts = np.concatenate([[0], cut]).astype(np.int64)
+    ends = np.concatenate([cut, [len(lo)]]).astype(np.int64)
+    lo, hi = lo[starts], hi[starts]
+    return stepped, resize, (starts, ends, lo, np.minimum(lo + 1, hi), hi)
 
 
 @numba.njit(inline="always")
-def _count(v, t_hi, t_lo, t_box, above_hi, above_lo, in_row, in_col):  # pragma: no cover
-    """The counts and marks of one pixel's logits ``v`` [N]. (The two passes are separate
-    functions: one loop taking either case ran the other 30-60% slower.)"""
-    for k in range(v.shape[0]):
-        above_hi[k] += v[k] > t_hi
-        above_lo[k] += v[k] > t_lo
-        hit = v[k] > t_box
-        in_row[k] |= hit
-        in_col[k] |= hit
+def _stepped_row(m, r, sr, sc, out):  # pragma: no cover
+    """Row ``r`` of the stepped resize of low-res logits ``m`` [h, w] into ``out`` [input
+    width]."""
+    p0, p1 = sr[0][r], sr[1][r]
+    for c in range(out.shape[0]):
+        q0, q1, w0, w1 = sc[0][c], sc[1][c], sc[2][c], sc[3][c]
+        top = _fma(m[p0, q0], w0, m[p0, q1] * w1)
+        out[c] = _fma(top, sr[2][r], _fma(m[p1, q0], w0, m[p1, q1] * w1) * sr[3][r])
 
 
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Threads for the row blocks beyond the caller's, made once per count and process (a
-    forked child inherits the pool but not its threads)."""
-    return _pool_of(max(1, workers), os.getpid())
+@numba.njit(inline="always")
+def _levels(m, i, yb, xb, row_min, row_max, level_min, level_max, t_lo, t_box,
+            t_hi):  # pragma: no cover
+    """For each block of row run ``i``: how many thresholds its lowest and its highest
+    possible logit are above (``_level``, MARGIN beyond the low-res logits it reads)."""
+    a, b, c = m[yb[2][i]], m[yb[3][i]], m[yb[4][i]]
+    for q in range(m.shape[1]):
+        row_min[q] = min(a[q], min(b[q], c[q]))
+        row_max[q] = max(a[q], max(b[q], c[q]))
+    xlo, xmid, xhi = xb[2], xb[3], xb[4]
+    for j in range(xlo.shape[0]):
+        mn = min(row_min[xlo[j]], min(row_min[xmid[j]], row_min[xhi[j]]))
+        mx = max(row_max[xlo[j]], max(row_max[xmid[j]], row_max[xhi[j]]))
+        margin = np.float32(MARGIN) * (np.float32(1) + max(abs(mn), abs(mx)))
+        level_min[j] = _level(mn - margin, t_lo, t_box, t_hi)
+        level_max[j] = _level(mx + margin, t_lo, t_box, t_hi)
 
 
-@functools.lru_cache(maxsize=None)
-def _pool_of(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(workers, "saom-full-size")
+@numba.njit(inline="always")
+def _level(v, t_lo, t_box, t_hi):  # pragma: no cover
+    """How many of the thresholds ``v`` is above."""
+    return (v > t_lo) + (v > t_box) + (v > t_hi)
 
 
-def _extent(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First and last index [N] of the True entries of ``hit`` [L, N] (-1 where none)."""
-    found = hit.any(0)
-    first = np.where(found, hit.argmax(0), -1)
-    last = np.where(found, hit.shape[0] - 1 - hit[::-1].argmax(0), -1)
-    return first, last
+@numba.njit(inline="always")
+def _add_pixel(tally, v, y, x, t_hi, t_lo, t_box):  # pragma: no cover
+    """Count one full-size logit ``v`` at (y, x) into ``tally`` (``_tally``'s row)."""
+    tally[0] += v > t_hi
+    tally[1] += v > t_lo
+    if v > t_box:
+        tally[2], tally[3] = min(tally[2], y), max(tally[3], y)
+        tally[4], tally[5] = min(tally[4], x), max(tally[5], x)
 
 
-def stability_and_boxes(stepped: torch.Tensor, input_hw: tuple[int, int],
+@numba.njit(inline="always")
+def _add_block(tally, level, y0, y1, x0, x1):  # pragma: no cover
+    """Count a block [y0, y1) x [x0, x1) whose pixels are all above ``level`` thresholds."""
+    area = (y1 - y0) * (x1 - x0)
+    tally[1] += area if level >= 1 else 0
+    tally[0] += area if level == 3 else 0
+    if level >= 2:
+        tally[2], tally[3] = min(tally[2], y0), max(tally[3], y1 - 1)
+        tally[4], tally[5] = min(tally[4], x0), max(tally[5], x1 - 1)
+
+
+@numba.njit(inline="always")
+def _plain_block(tally, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box):  # pragma: no cover
+    """Count block (i, j) pixel by pixel where the input is the full size: it reads one pair
+    of low-res rows and columns, so each column is interpolated along the rows once."""
+    r0, r1 = sr[0][yb[0][i]], sr[1][yb[0][i]]
+    for x in range(xb[0][j], xb[1][j]):
+        c0, c1, w0, w1 = sc[0][x], sc[1][x], sc[2][x], sc[3][x]
+        top = _fma(m[r0, c0], w0, m[r0, c1] * w1)
+        bottom = _fma(m[r1, c0], w0, m[r1, c1] * w1)
+        for y in range(yb[0][i], yb[1][i]):
+            _add_pixel(tally, _fma(top, sr[2][y], bottom * sr[3][y]), y, x, t_hi, t_lo, t_box)
+
+
+@numba.njit(inline="always")
+def _resized_run(tally, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
+                 t_hi, t_lo, t_box):  # pragma: no cover
+    """Count the blocks ``mixed[:n_mixed]`` of row run ``i`` pixel by pixel from the stepped
+    logits: each stepped row the run reads is interpolated across once (into ``across``)."""
+    first = rr[0][yb[0][i]]
+    for r in range(first, rr[1][yb[1][i] - 1] + 1):
+        for t in range(n_mixed):
+            for x in range(xb[0][mixed[t]], xb[1][mixed[t]]):
+                c0, c1 = rc[0][x], rc[1][x]
+                across[r - first, x] = _fma(stepped[r, c0], rc[2][x], stepped[r, c1] * rc[3][x])
+    for y in range(yb[0][i], yb[1][i]):
+        a0, a1, h0, h1 = rr[0][y] - first, rr[1][y] - first, rr[2][y], rr[3][y]
+        for t in range(n_mixed):
+            for x in range(xb[0][mixed[t]], xb[1][mixed[t]]):
+                v = _fma(across[a0, x], h0, across[a1, x] * h1)
+                _add_pixel(tally, v, y, x, t_hi, t_lo, t_box)
+
+
+@numba.njit(nogil=True, cache=True)
+def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, t_hi, t_lo, t_box,
+           out):  # pragma: no cover
+    """Into ``out[k]`` for each mask k in [first, last) of low-res logits ``low``: the counts
+    above ``t_hi`` and ``t_lo`` and the first and last row and column above ``t_box`` (-1
+    when none). Stepped tables ``sr``/``sc``, resize tables ``rr``/``rc`` (unused when
+    ``plain``: the input is the full size), blocks ``yb``/``xb`` (``_axis``)."""
+    nx = xb[0].shape[0]
+    rows, cols = (1, 1) if plain else (sr[0].shape[0], sc[0].shape[0])
+    stepped = np.empty((rows, cols), np.float32)
+    row_done = np.zeros(rows, np.bool_)
+    span = 1
+    for i in range(yb[0].shape[0]):
+        span = max(span, rr[1][yb[1][i] - 1] - rr[0][yb[0][i]] + 1)
+    across = np.empty((1, 1) if plain else (span, rc[0].shape[0]), np.float32)
+    row_min = np.empty(low.shape[2], np.float32)
+    row_max = np.empty(low.shape[2], np.float32)
+    level_min = np.empty(nx, np.int64)
+    level_max = np.empty(nx, np.int64)
+    mixed = np.empty(nx, np.int64)
+    for k in range(first, last):
+        m, tally = low[k], out[k]
+        tally[:] = (0, 0, 1 << 62, -1, 1 << 62, -1)
+        row_done[:] = False
+        for i in range(yb[0].shape[0]):
+            _levels(m, i, yb, xb, row_min, row_max, level_min, level_max, t_lo, t_box, t_hi)
+            n_mixed = 0
+            for j in range(nx):
+                if level_min[j] == level_max[j]:  # every pixel on the same side of each
+                    _add_block(tally, level_min[j], yb[0][i], yb[1][i], xb[0][j], xb[1][j])
+                elif plain:
+                    _plain_block(tally, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box)
+                else:
+                    mixed[n_mixed] = j
+                    n_mixed += 1
+            if n_mixed:
+                for r in range(rr[0][yb[0][i]], rr[1][yb[1][i] - 1] + 1):  # once per mask
+                    if not row_done[r]:
+                        _stepped_row(m, r, sr, sc, stepped[r])
+                        row_done[r] = True
+                _resized_run(tally, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
+                             t_hi, t_lo, t_box)
+
+
+# _team_tally's header: the arrays below, then the values.
+_ARRAYS = 3 + 4 * 4 + 2 * 5  # logits, tally, thresholds; four tables; two block lists
+_N, _H, _W, _PLAIN, _THREAD_NUM, _NUM_THREADS = range(2 * _ARRAYS, 2 * _ARRAYS + 6)
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def _team_tally(data):  # pragma: no cover
+    """``_tally`` of one OpenMP thread's part of the masks, its arguments in the header
+    ``_team_args`` packs."""
+    head = numba.carray(data, (_NUM_THREADS + 1,), np.int64)
+    n = head[_N]
+    low = openmp_team.array_at(head, 0, np.float32).reshape((n, head[_H], head[_W]))
+    out = openmp_team.array_at(head, 2, np.int64).reshape((n, 6))
+    thresholds = openmp_team.array_at(head, 4, np.float32)
+    sr = (openmp_team.array_at(head, 6, np.int64), openmp_team.array_at(head, 8, np.int64),
+          openmp_team.array_at(head, 10, np.float32), openmp_team.array_at(head, 12, np.float32))
+    sc = (openmp_team.array_at(head, 14, np.int64), openmp_team.array_at(head, 16, np.int64),
+          openmp_team.array_at(head, 18, np.float32), openmp_team.array_at(head, 20, np.float32))
+    rr = (openmp_team.array_at(head, 22, np.int64), openmp_team.array_at(head, 24, np.int64),
+          openmp_team.array_at(head, 26, np.float32), openmp_team.array_at(head, 28, np.float32))
+    rc = (openmp_team.array_at(head, 30, np.int64), openmp_team.array_at(head, 32, np.int64),
+          openmp_team.array_at(head, 34, np.float32), openmp_team.array_at(head, 36, np.float32))
+    yb = (openmp_team.array_at(head, 38, np.int64), openmp_team.array_at(head, 40, np.int64),
+          openmp_team.array_at(head, 42, np.int64), openmp_team.array_at(head, 44, np.int64),
+          openmp_team.array_at(head, 46, np.int64))
+    xb = (openmp_team.array_at(head, 48, np.int64), openmp_team.array_at(head, 50, np.int64),
+          openmp_team.array_at(head, 52, np.int64), openmp_team.array_at(head, 54, np.int64),
+          openmp_team.array_at(head, 56, np.int64))
+    first, last = openmp_team.my_part(n, head[_THREAD_NUM], head[_NUM_THREADS])
+    _tally(low, first, last, sr, sc, rr, rc, yb, xb, head[_PLAIN] != 0, thresholds[0],
+           thresholds[1], thresholds[2], out)
+
+
+def stability_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
                         orig_hw: tuple[int, int], threshold: float, offset: float
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``full_size.stability_scores`` at ``threshold`` +- ``offset`` [N] and ``full_size.boxes_of``
-    at ``threshold`` [N, 4] of the full-size masks of C-contiguous CPU logits ``stepped``
-    [h, w, N] (``full_size.stepped`` before its crop: one array layout to compile for), cropped
-    to ``input_hw`` and resized to ``orig_hw`` on the fly."""
-    n = stepped.shape[-1]
+    """``full_size.stability_scores`` at ``threshold`` +- ``offset`` [N] and
+    ``full_size.boxes_of`` at ``threshold`` [N, 4] of the full-size masks
+    (``full_size.upsample(logits, step, input_hw, orig_hw)``) of CPU low-res logits [N, h, w]."""
+    n, h, w = logits.shape
     if n == 0:
-        return stepped.new_zeros(0), stepped.new_zeros(0, 4)
-    rows, cols = _resize_table(input_hw[0], orig_hw[0]), _resize_table(input_hw[1], orig_hw[1])
-    tally = _tally_resized if tuple(input_hw) != tuple(orig_hw) else _tally_plain
-    args = (stepped.detach().float().contiguous().numpy(), rows, cols,
-            np.float32(threshold + offset), np.float32(threshold - offset), np.float32(threshold))
-    # Row blocks on PyTorch's thread count: the calling thread takes the first, pool threads
-    # (which sleep when idle, unlike numba's and OpenMP's) the others.
-    parts = max(1, min(torch.get_num_threads(), orig_hw[0]))
-    bounds = [orig_hw[0] * i // parts for i in range(parts + 1)]
-    others = [_pool(parts - 1).submit(tally, *args, a, b)
-              for a, b in zip(bounds[1:-1], bounds[2:])]
-    results = [tally(*args, bounds[0], bounds[1])] + [f.result() for f in others]
-    above_hi = sum(r[0] for r in results)
-    above_lo = sum(r[1] for r in results)
-    row_hit = np.concatenate([r[2] for r in results])
-    col_hit = np.logical_or.reduce([r[3] for r in results])
-    (y0, y1), (x0, x1) = _extent(row_hit), _extent(col_hit)
-    boxes = np.stack([x0, y0, x1, y1], 1)
-    boxes[y1 < 0] = 0
+        return logits.new_zeros(0), logits.new_zeros(0, 4)
+    sr, rr, yb = _axis(h, step, input_hw[0], orig_hw[0])
+    sc, rc, xb = _axis(w, step, input_hw[1], orig_hw[1])
+    plain = tuple(input_hw) == tuple(orig_hw)
+    thresholds = np.array([threshold + offset, threshold - offset, threshold], np.float32)
+    low = logits.detach().float().contiguous().numpy()
+    tally = np.empty((n, 6), np.int64)
+    threads, team = min(torch.get_num_threads(), n), openmp_team.team()
+    if threads > 1 and team is not None:  # on PyTorch's own threads
+        header = openmp_team.pack(
+            [low, tally, thresholds, *sr, *sc, *rr, *rc, *yb, *xb],
+            [n, h, w, plain, team.thread_num, team.num_threads])
+        openmp_team.run(_team_tally, header, threads)
+    else:
+        _tally(low, 0, n, sr, sc, rr, rc, yb, xb, plain, *thresholds, tally)
+    boxes = tally[:, [4, 2, 5, 3]]
+    boxes[tally[:, 3] < 0] = 0  # an empty mask's box, as boxes_of gives it
     # float32 counts and division, as the tensor path computes them (0 / 0 is NaN)
-    stability = torch.from_numpy(above_hi).float() / torch.from_numpy(above_lo).float()
+    stability = torch.from_numpy(tally[:, 0]).float() / torch.from_numpy(tally[:, 1]).float()
     return stability, torch.from_numpy(boxes).float()
 
 
 def compile_kernel() -> None:
-    """Compile both passes now (numba compiles on first use: ~3 s each, then cached on disk)."""
-    for orig_hw in ((1, 1), (2, 2)):
-        stability_and_boxes(torch.zeros(1, 1, 8), (1, 1), orig_hw, 0.0, 1.0)
+    """Compile the kernel now (numba compiles on first use: seconds, then cached on disk)."""
+    stability_and_boxes(torch.zeros(1, 2, 2), 4, (8, 8), (8, 8), 0.0, 1.0)
