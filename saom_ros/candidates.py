@@ -42,8 +42,6 @@ class Frame:
     input_hw: tuple[int, int]  # the image resized by its longest side to the model's input
     img_size: int
     patch_size: int
-    # Buffers for the full-size work (None: fresh tensors); the engine passes its own.
-    scratch: Optional[full_size.Scratch] = None
 
     @property
     def valid(self) -> tuple[int, int]:
@@ -65,29 +63,25 @@ class Frame:
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-resolution logits [H, W, N'] (channels last) of at most full_size.CHUNK low-res
-        logits [N, h, w], in the scratch buffers if any (valid until the next call): chunks
-        bound what the buffers hold between frames. On the CPU N' rounds N up to a multiple of
-        full_size.LANES (zero logits beyond N)."""
-        return full_size.upsample(self._lanes(logits), self._step, self.input_hw, self.orig_hw,
-                                  self.scratch)
+        """Full-resolution logits [H, W, N] (channels last) of at most full_size.CHUNK low-res
+        logits [N, h, w] (chunks bound the memory they take)."""
+        return full_size.upsample(logits, self._step, self.input_hw, self.orig_hw)
 
     def stability_and_boxes(self, logits: torch.Tensor, threshold: float, offset: float
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-size stability scores [N] (``full_size.stability_scores``) and boxes [N, 4]
         (``full_size.boxes_of`` at ``threshold``) of low-res logits [N, h, w]. On the CPU in
         one compiled pass over the low-res logits that makes no full-size logits
-        (``full_size_cpu``): resizing and passing over them was ~2/3 of a 640x480 frame there;
-        one call for all (its threads compete with PyTorch's spinning ones as each call
-        starts). Elsewhere in chunks of full_size.CHUNK."""
+        (``full_size_cpu``): resizing and passing over them was ~2/3 of a 640x480 frame there.
+        Elsewhere in chunks of full_size.CHUNK."""
         if logits.device.type == "cpu":
             return full_size_cpu.stability_and_boxes(logits, self._step, self.input_hw,
                                                      self.orig_hw, threshold, offset)
         parts = []
         for part in full_size.chunks(logits.shape[0]):
-            full, n = self.upsample(logits[part]), len(logits[part])
-            parts.append((stability_scores(full, threshold, offset, (0, 1), self.scratch)[:n],
-                          full_size.boxes_of(full, threshold)[:n]))
+            full = self.upsample(logits[part])
+            parts.append((stability_scores(full, threshold, offset, (0, 1)),
+                          full_size.boxes_of(full, threshold)))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @property
@@ -95,26 +89,20 @@ class Frame:
         """Input pixels per low-res pixel."""
         return self.patch_size // LOW_RES_PER_EMBEDDING
 
-    @staticmethod
-    def _lanes(logits: torch.Tensor) -> torch.Tensor:
-        """CPU logits padded with zero logits to a multiple of full_size.LANES."""
-        pad = -logits.shape[0] % full_size.LANES if logits.device.type == "cpu" and \
-            logits.shape[0] > 1 else 0
-        if not pad:
-            return logits
-        return torch.cat([logits, logits.new_zeros((pad,) + logits.shape[1:])])
-
     def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-resolution masks (bool [N, H, W]) of low-res logits [N, h, w], and their boxes
-        (float [N, 4], as ``full_size.boxes_of``)."""
+        (float [N, 4], as ``full_size.boxes_of``). On the CPU from the low-res logits in one
+        compiled pass (``full_size_cpu``)."""
+        if logits.device.type == "cpu":
+            return full_size_cpu.masks_and_boxes(logits, self._step, self.input_hw, self.orig_hw,
+                                                 threshold)
         out = torch.empty((logits.shape[0],) + self.orig_hw, dtype=torch.bool,
                           device=logits.device)
         boxes = []
         for part in full_size.chunks(logits.shape[0]):
-            n = len(out[part])
             full = self.upsample(logits[part])
-            torch.gt(full[..., :n].permute(2, 0, 1), threshold, out=out[part])
-            boxes.append(full_size.boxes_of(full, threshold)[:n])
+            torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
+            boxes.append(full_size.boxes_of(full, threshold))
         return out, torch.cat(boxes)
 
 

@@ -99,9 +99,6 @@ class EverythingEngine:
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
         self._cuda_encoders: dict[bool, CudaEncoder] = {}  # by the compile setting
-        # Full-size buffers reused from frame to frame: on the CPU fresh large tensors
-        # page-fault; CUDA's caching allocator reuses memory by itself.
-        self._scratch = full_size.Scratch() if self.device.type == "cpu" else None
         if self.device.type == "cpu":  # at start-up, not on the first frame
             full_size_cpu.compile_kernel()
         self._since_keyframe = 0  # streaming frames since the last full grid
@@ -137,7 +134,7 @@ class EverythingEngine:
         emb = self._embed(x.to(dtype))
         cfg = self.model.config
         return Frame(emb, (int(image.shape[0]), int(image.shape[1])), input_hw, cfg.img_size,
-                     cfg.patch_size, self._scratch)
+                     cfg.patch_size)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image embeddings; on CUDA replayed from a CUDA graph of the (compiled) encoder."""

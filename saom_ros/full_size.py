@@ -1,9 +1,11 @@
-"""Full-resolution mask work of everything mode: bilinear upsampling, stability scores, boxes.
+"""Full-resolution mask work of everything mode: bilinear upsampling, stability scores, boxes
+(on the GPU; the CPU makes them from the low-res logits, ``full_size_cpu``), small regions and
+label images.
 
 Masks are kept channels last (memory [H, W, N]): PyTorch's bilinear kernel then vectorises
-across masks, ~10x faster on the CPU than upsampling one channels-first plane per mask, and the
-per-mask counts and extents are reductions over contiguous mask vectors. Masks go through in
-chunks of CHUNK so that a chunk's full-size logits stay in cache between those reductions.
+across masks, and the per-mask counts and extents are reductions over contiguous mask vectors.
+Masks go through in chunks of CHUNK so that a chunk's full-size logits stay in cache between
+those reductions.
 """
 from __future__ import annotations
 
@@ -18,72 +20,32 @@ from torchvision.ops import nms
 
 # Masks per pass (32 masks of 256x256 float logits = 8 MiB).
 CHUNK = 32
-# On the CPU the channels-last kernels vectorise across masks in groups of this many (AVX2
-# floats); a count that is no multiple runs its tail scalar: upsampling 3 masks to 256x256 took
-# 0.38 ms, 8 masks 0.29 ms (2-core CPU).
-LANES = 8
 
 
-class Scratch:
-    """Float32 buffers reused from call to call, one per name. A large tensor allocated anew
-    comes fresh from the system every time (glibc maps blocks above its mmap threshold, at most
-    32 MiB, and unmaps them when freed), and its page faults cost more than the work itself:
-    upsampling 32 masks to 640x480 took 16.9 ms into a new tensor and 2.2 ms into a reused one
-    (2 CPU cores). What a buffer holds is valid until its name is taken again."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def take(self, name: str, numel: int, device: torch.device) -> torch.Tensor:
-        """A 1-D float32 tensor of ``numel`` elements (contents undefined)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.device != device:
-            buf = self._buffers[name] = torch.empty(numel, dtype=torch.float32, device=device)
-        return buf[:numel]
-
-    def channels_last(self, name: str, n: int, size: tuple[int, int],
-                      device: torch.device) -> torch.Tensor:
-        """A [1, n, h, w] float32 tensor in channels-last memory (viewing [h, w, n])."""
-        h, w = size
-        return self.take(name, n * h * w, device).view(1, h, w, n).permute(0, 3, 1, 2)
+def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size, mode="bilinear", align_corners=False)
 
 
-def _bilinear(x: torch.Tensor, size: tuple[int, int], out: Optional[torch.Tensor]
-              ) -> torch.Tensor:
-    """F.interpolate(x, size, mode="bilinear", align_corners=False), into ``out`` if given."""
-    if out is None:
-        return F.interpolate(x, size, mode="bilinear", align_corners=False)
-    return torch.ops.aten.upsample_bilinear2d.out(x, list(size), False, None, None, out=out)
-
-
-def stepped(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
-            scratch: Optional[Scratch] = None) -> torch.Tensor:
+def stepped(logits: torch.Tensor, step: int, input_hw: tuple[int, int]) -> torch.Tensor:
     """Logits at the input size [1, N, h, w] (channels-last memory) of low-res logits [N, h', w']:
     Sam.postprocess_masks' first bilinear resize, a step of ``step`` (the same scale as its
-    resize to img_size, reading only the rows and columns given), and its crop to ``input_hw``.
-    With ``scratch`` the result lives in its buffers (float32 logits only)."""
-    n = logits.shape[0]
-    use = scratch if scratch is not None and logits.dtype == torch.float32 else None
+    resize to img_size, reading only the rows and columns given), and its crop to ``input_hw``."""
     x = logits.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # [1, N, h, w] viewing [h, w, N]
     x = x.contiguous(memory_format=torch.channels_last)
     size = (step * logits.shape[-2], step * logits.shape[-1])
-    out = use.channels_last("stepped", n, size, x.device) if use else None
-    return _bilinear(x, size, out)[..., :input_hw[0], :input_hw[1]]
+    return _bilinear(x, size)[..., :input_hw[0], :input_hw[1]]
 
 
 def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
-             orig_hw: tuple[int, int], scratch: Optional[Scratch] = None) -> torch.Tensor:
+             orig_hw: tuple[int, int]) -> torch.Tensor:
     """Full-resolution logits [H, W, N] of low-res logits [N, h, w], as Sam.postprocess_masks
     makes them from uncropped logits: ``stepped``, then bilinear to ``orig_hw`` (skipped when
-    that is the identity). With ``scratch`` the result lives in its buffers (float32 logits
-    only): valid until the next upsample with it."""
+    that is the identity)."""
     if logits.shape[0] == 0:  # the bilinear kernel refuses empty input
         return logits.new_empty(orig_hw + (0,))
-    use = scratch if scratch is not None and logits.dtype == torch.float32 else None
-    x = stepped(logits, step, input_hw, use)
+    x = stepped(logits, step, input_hw)
     if x.shape[-2:] != orig_hw:
-        x = _bilinear(x, orig_hw, use.channels_last("full", x.shape[1], orig_hw, x.device)
-                      if use else None)
+        x = _bilinear(x, orig_hw)
     return x[0].permute(1, 2, 0)
 
 
@@ -93,22 +55,18 @@ def chunks(n: int) -> Iterator[slice]:
 
 
 def stability_scores(logits: torch.Tensor, threshold: float, offset: float,
-                     dims: tuple[int, ...], scratch: Optional[Scratch] = None) -> torch.Tensor:
+                     dims: tuple[int, ...]) -> torch.Tensor:
     """segment_anything's calculate_stability_score (IoU of the masks thresholded at
     ``threshold`` +- ``offset``), reducing ``dims``; 0/0 stays NaN and fails any filter."""
-    return _count_above(logits, threshold + offset, dims, scratch) / \
-        _count_above(logits, threshold - offset, dims, scratch)
+    return _count_above(logits, threshold + offset, dims) / \
+        _count_above(logits, threshold - offset, dims)
 
 
-def _count_above(logits: torch.Tensor, threshold: float, dims: tuple[int, ...],
-                 scratch: Optional[Scratch]) -> torch.Tensor:
+def _count_above(logits: torch.Tensor, threshold: float, dims: tuple[int, ...]) -> torch.Tensor:
     """Elements above ``threshold`` along ``dims``, as float32. Comparing into a float tensor
     and summing it is ~35% faster on the CPU than summing booleans (which are converted
     first); float32 counts are exact up to 2^24 pixels (the default max_image_pixels)."""
-    if scratch is None:
-        above = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    else:
-        above = scratch.take("above", logits.numel(), logits.device).view(logits.shape)
+    above = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     return torch.gt(logits, threshold, out=above).sum(dims)
 
 

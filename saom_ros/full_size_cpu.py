@@ -125,28 +125,36 @@ def _level(v, t_lo, t_box, t_hi):  # pragma: no cover
 
 
 @numba.njit(inline="always")
-def _add_pixel(tally, v, y, x, t_hi, t_lo, t_box):  # pragma: no cover
-    """Count one full-size logit ``v`` at (y, x) into ``tally`` (``_tally``'s row)."""
+def _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box):  # pragma: no cover
+    """Count one full-size logit ``v`` at (y, x) into ``tally`` (``_tally``'s row); with
+    ``write`` set its pixel of ``mask``."""
     tally[0] += v > t_hi
     tally[1] += v > t_lo
-    if v > t_box:
+    hit = v > t_box
+    if hit:
         tally[2], tally[3] = min(tally[2], y), max(tally[3], y)
         tally[4], tally[5] = min(tally[4], x), max(tally[5], x)
+    if write:
+        mask[y, x] = hit
 
 
 @numba.njit(inline="always")
-def _add_block(tally, level, y0, y1, x0, x1):  # pragma: no cover
-    """Count a block [y0, y1) x [x0, x1) whose pixels are all above ``level`` thresholds."""
+def _add_block(tally, mask, write, level, y0, y1, x0, x1):  # pragma: no cover
+    """Count a block [y0, y1) x [x0, x1) whose pixels are all above ``level`` thresholds;
+    with ``write`` set its pixels of ``mask`` (cleared beforehand) where they are masked."""
     area = (y1 - y0) * (x1 - x0)
     tally[1] += area if level >= 1 else 0
     tally[0] += area if level == 3 else 0
     if level >= 2:
         tally[2], tally[3] = min(tally[2], y0), max(tally[3], y1 - 1)
         tally[4], tally[5] = min(tally[4], x0), max(tally[5], x1 - 1)
+        if write:
+            mask[y0:y1, x0:x1] = True
 
 
 @numba.njit(inline="always")
-def _plain_block(tally, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box):  # pragma: no cover
+def _plain_block(tally, mask, write, m, i, j, sr, sc, yb, xb, t_hi, t_lo,
+                 t_box):  # pragma: no cover
     """Count block (i, j) pixel by pixel where the input is the full size: it reads one pair
     of low-res rows and columns, so each column is interpolated along the rows once."""
     r0, r1 = sr[0][yb[0][i]], sr[1][yb[0][i]]
@@ -155,11 +163,12 @@ def _plain_block(tally, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box):  # pragma: 
         top = _fma(m[r0, c0], w0, m[r0, c1] * w1)
         bottom = _fma(m[r1, c0], w0, m[r1, c1] * w1)
         for y in range(yb[0][i], yb[1][i]):
-            _add_pixel(tally, _fma(top, sr[2][y], bottom * sr[3][y]), y, x, t_hi, t_lo, t_box)
+            v = _fma(top, sr[2][y], bottom * sr[3][y])
+            _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box)
 
 
 @numba.njit(inline="always")
-def _resized_run(tally, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
+def _resized_run(tally, mask, write, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
                  t_hi, t_lo, t_box):  # pragma: no cover
     """Count the blocks ``mixed[:n_mixed]`` of row run ``i`` pixel by pixel from the stepped
     logits: each stepped row the run reads is interpolated across once (into ``across``)."""
@@ -174,16 +183,20 @@ def _resized_run(tally, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
         for t in range(n_mixed):
             for x in range(xb[0][mixed[t]], xb[1][mixed[t]]):
                 v = _fma(across[a0, x], h0, across[a1, x] * h1)
-                _add_pixel(tally, v, y, x, t_hi, t_lo, t_box)
+                _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box)
 
 
 @numba.njit(nogil=True, cache=True)
-def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, t_hi, t_lo, t_box,
-           out):  # pragma: no cover
+def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, thresholds, out,
+           masks):  # pragma: no cover
     """Into ``out[k]`` for each mask k in [first, last) of low-res logits ``low``: the counts
-    above ``t_hi`` and ``t_lo`` and the first and last row and column above ``t_box`` (-1
-    when none). Stepped tables ``sr``/``sc``, resize tables ``rr``/``rc`` (unused when
+    above ``thresholds`` 0 and 1 and the first and last row and column above threshold 2 (-1
+    when none); unless ``masks`` is empty, into ``masks[k]`` (cleared) the full-size mask at
+    threshold 2. Stepped tables ``sr``/``sc``, resize tables ``rr``/``rc`` (unused when
     ``plain``: the input is the full size), blocks ``yb``/``xb`` (``_axis``)."""
+    t_hi, t_lo, t_box = thresholds[0], thresholds[1], thresholds[2]
+    write = masks.shape[0] > 0
+    no_mask = np.zeros((1, 1), np.bool_)
     nx = xb[0].shape[0]
     rows, cols = (1, 1) if plain else (sr[0].shape[0], sc[0].shape[0])
     stepped = np.empty((rows, cols), np.float32)
@@ -198,7 +211,7 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, t_hi, t_lo, t_box,
     level_max = np.empty(nx, np.int64)
     mixed = np.empty(nx, np.int64)
     for k in range(first, last):
-        m, tally = low[k], out[k]
+        m, tally, mask = low[k], out[k], masks[k] if write else no_mask
         tally[:] = (0, 0, 1 << 62, -1, 1 << 62, -1)
         row_done[:] = False
         for i in range(yb[0].shape[0]):
@@ -206,9 +219,10 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, t_hi, t_lo, t_box,
             n_mixed = 0
             for j in range(nx):
                 if level_min[j] == level_max[j]:  # every pixel on the same side of each
-                    _add_block(tally, level_min[j], yb[0][i], yb[1][i], xb[0][j], xb[1][j])
+                    _add_block(tally, mask, write, level_min[j], yb[0][i], yb[1][i], xb[0][j],
+                               xb[1][j])
                 elif plain:
-                    _plain_block(tally, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box)
+                    _plain_block(tally, mask, write, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box)
                 else:
                     mixed[n_mixed] = j
                     n_mixed += 1
@@ -217,41 +231,76 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, t_hi, t_lo, t_box,
                     if not row_done[r]:
                         _stepped_row(m, r, sr, sc, stepped[r])
                         row_done[r] = True
-                _resized_run(tally, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
-                             t_hi, t_lo, t_box)
+                _resized_run(tally, mask, write, stepped, mixed, n_mixed, i, rr, rc, yb, xb,
+                             across, t_hi, t_lo, t_box)
 
 
-# _team_tally's header: the arrays below, then the values.
-_ARRAYS = 3 + 4 * 4 + 2 * 5  # logits, tally, thresholds; four tables; two block lists
-_N, _H, _W, _PLAIN, _THREAD_NUM, _NUM_THREADS = range(2 * _ARRAYS, 2 * _ARRAYS + 6)
+# _team_tally's header: the arrays below (logits, tally, thresholds, masks; four tables; two
+# block lists), then the values.
+_ARRAYS = 4 + 4 * 4 + 2 * 5
+(_N, _H, _W, _PLAIN, _MASKS_N, _MASKS_H, _MASKS_W, _THREAD_NUM,
+ _NUM_THREADS) = range(2 * _ARRAYS, 2 * _ARRAYS + 9)
+
+
+@numba.njit(inline="always")
+def _table_at(head, i):  # pragma: no cover
+    """A resize table (``_resize_table``) from header index ``i``."""
+    return (openmp_team.array_at(head, i, np.int64), openmp_team.array_at(head, i + 2, np.int64),
+            openmp_team.array_at(head, i + 4, np.float32),
+            openmp_team.array_at(head, i + 6, np.float32))
+
+
+@numba.njit(inline="always")
+def _blocks_at(head, i):  # pragma: no cover
+    """Block runs (``_axis``) from header index ``i``."""
+    return (openmp_team.array_at(head, i, np.int64), openmp_team.array_at(head, i + 2, np.int64),
+            openmp_team.array_at(head, i + 4, np.int64),
+            openmp_team.array_at(head, i + 6, np.int64),
+            openmp_team.array_at(head, i + 8, np.int64))
 
 
 @numba.cfunc(types.void(types.voidptr), cache=True)
 def _team_tally(data):  # pragma: no cover
     """``_tally`` of one OpenMP thread's part of the masks, its arguments in the header
-    ``_team_args`` packs."""
+    ``_run`` packs."""
     head = numba.carray(data, (_NUM_THREADS + 1,), np.int64)
     n = head[_N]
+    masks = openmp_team.array_at(head, 6, np.bool_).reshape(
+        (head[_MASKS_N], head[_MASKS_H], head[_MASKS_W]))
     low = openmp_team.array_at(head, 0, np.float32).reshape((n, head[_H], head[_W]))
     out = openmp_team.array_at(head, 2, np.int64).reshape((n, 6))
-    thresholds = openmp_team.array_at(head, 4, np.float32)
-    sr = (openmp_team.array_at(head, 6, np.int64), openmp_team.array_at(head, 8, np.int64),
-          openmp_team.array_at(head, 10, np.float32), openmp_team.array_at(head, 12, np.float32))
-    sc = (openmp_team.array_at(head, 14, np.int64), openmp_team.array_at(head, 16, np.int64),
-          openmp_team.array_at(head, 18, np.float32), openmp_team.array_at(head, 20, np.float32))
-    rr = (openmp_team.array_at(head, 22, np.int64), openmp_team.array_at(head, 24, np.int64),
-          openmp_team.array_at(head, 26, np.float32), openmp_team.array_at(head, 28, np.float32))
-    rc = (openmp_team.array_at(head, 30, np.int64), openmp_team.array_at(head, 32, np.int64),
-          openmp_team.array_at(head, 34, np.float32), openmp_team.array_at(head, 36, np.float32))
-    yb = (openmp_team.array_at(head, 38, np.int64), openmp_team.array_at(head, 40, np.int64),
-          openmp_team.array_at(head, 42, np.int64), openmp_team.array_at(head, 44, np.int64),
-          openmp_team.array_at(head, 46, np.int64))
-    xb = (openmp_team.array_at(head, 48, np.int64), openmp_team.array_at(head, 50, np.int64),
-          openmp_team.array_at(head, 52, np.int64), openmp_team.array_at(head, 54, np.int64),
-          openmp_team.array_at(head, 56, np.int64))
     first, last = openmp_team.my_part(n, head[_THREAD_NUM], head[_NUM_THREADS])
-    _tally(low, first, last, sr, sc, rr, rc, yb, xb, head[_PLAIN] != 0, thresholds[0],
-           thresholds[1], thresholds[2], out)
+    _tally(low, first, last, _table_at(head, 8), _table_at(head, 16), _table_at(head, 24),
+           _table_at(head, 32), _blocks_at(head, 40), _blocks_at(head, 50), head[_PLAIN] != 0,
+           openmp_team.array_at(head, 4, np.float32), out, masks)
+
+
+def _run(logits: torch.Tensor, step: int, input_hw: tuple[int, int], orig_hw: tuple[int, int],
+         thresholds: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``_tally``'s [N, 6] for CPU low-res logits [N, h, w] (N > 0) and float32 ``thresholds``
+    [3]; unless ``masks`` (bool [N or 0, H, W], cleared) is empty, the masks into it."""
+    n, h, w = logits.shape
+    sr, rr, yb = _axis(h, step, input_hw[0], orig_hw[0])
+    sc, rc, xb = _axis(w, step, input_hw[1], orig_hw[1])
+    plain = tuple(input_hw) == tuple(orig_hw)
+    low = logits.detach().float().contiguous().numpy()
+    tally = np.empty((n, 6), np.int64)
+    threads, team = min(torch.get_num_threads(), n), openmp_team.team()
+    if threads > 1 and team is not None:  # on PyTorch's own threads
+        header = openmp_team.pack(
+            [low, tally, thresholds, masks, *sr, *sc, *rr, *rc, *yb, *xb],
+            [n, h, w, plain, *masks.shape, team.thread_num, team.num_threads])
+        openmp_team.run(_team_tally, header, threads)
+    else:
+        _tally(low, 0, n, sr, sc, rr, rc, yb, xb, plain, thresholds, tally, masks)
+    return tally
+
+
+def _boxes(tally: np.ndarray) -> torch.Tensor:
+    """``full_size.boxes_of``'s float [N, 4] from ``_tally``'s extents."""
+    boxes = tally[:, [4, 2, 5, 3]]
+    boxes[tally[:, 3] < 0] = 0  # an empty mask's box
+    return torch.from_numpy(boxes).float()
 
 
 def stability_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
@@ -260,28 +309,27 @@ def stability_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, in
     """``full_size.stability_scores`` at ``threshold`` +- ``offset`` [N] and
     ``full_size.boxes_of`` at ``threshold`` [N, 4] of the full-size masks
     (``full_size.upsample(logits, step, input_hw, orig_hw)``) of CPU low-res logits [N, h, w]."""
-    n, h, w = logits.shape
-    if n == 0:
+    if logits.shape[0] == 0:
         return logits.new_zeros(0), logits.new_zeros(0, 4)
-    sr, rr, yb = _axis(h, step, input_hw[0], orig_hw[0])
-    sc, rc, xb = _axis(w, step, input_hw[1], orig_hw[1])
-    plain = tuple(input_hw) == tuple(orig_hw)
     thresholds = np.array([threshold + offset, threshold - offset, threshold], np.float32)
-    low = logits.detach().float().contiguous().numpy()
-    tally = np.empty((n, 6), np.int64)
-    threads, team = min(torch.get_num_threads(), n), openmp_team.team()
-    if threads > 1 and team is not None:  # on PyTorch's own threads
-        header = openmp_team.pack(
-            [low, tally, thresholds, *sr, *sc, *rr, *rc, *yb, *xb],
-            [n, h, w, plain, team.thread_num, team.num_threads])
-        openmp_team.run(_team_tally, header, threads)
-    else:
-        _tally(low, 0, n, sr, sc, rr, rc, yb, xb, plain, *thresholds, tally)
-    boxes = tally[:, [4, 2, 5, 3]]
-    boxes[tally[:, 3] < 0] = 0  # an empty mask's box, as boxes_of gives it
+    tally = _run(logits, step, input_hw, orig_hw, thresholds, np.zeros((0, 1, 1), np.bool_))
     # float32 counts and division, as the tensor path computes them (0 / 0 is NaN)
     stability = torch.from_numpy(tally[:, 0]).float() / torch.from_numpy(tally[:, 1]).float()
-    return stability, torch.from_numpy(boxes).float()
+    return stability, _boxes(tally)
+
+
+def masks_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+                    orig_hw: tuple[int, int], threshold: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-size masks (bool [N, H, W]) at ``threshold`` of CPU low-res logits [N, h, w]
+    and their boxes (float [N, 4], as ``full_size.boxes_of``): only the blocks that
+    ``threshold`` crosses are evaluated, the others filled."""
+    masks = torch.zeros((logits.shape[0],) + tuple(orig_hw), dtype=torch.bool)
+    if logits.shape[0] == 0:
+        return masks, logits.new_zeros(0, 4)
+    tally = _run(logits, step, input_hw, orig_hw, np.full(3, threshold, np.float32),
+                 masks.numpy())
+    return masks, _boxes(tally)
 
 
 def compile_kernel() -> None:

@@ -8,7 +8,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torch.nn import functional as F
 
 from saom_ros.full_size import (
-    Scratch, boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
+    boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
     upsample)
 
 
@@ -29,23 +29,6 @@ def test_upsample_is_sams_postprocessing(input_hw: tuple, orig_hw: tuple) -> Non
     assert ours.shape == orig_hw + (5,)
     torch.testing.assert_close(ours.permute(2, 0, 1), ref, atol=1e-5, rtol=1e-5)
     assert upsample(low[:0], 4, input_hw, orig_hw).shape == orig_hw + (0,)
-
-
-@pytest.mark.parametrize("input_hw, orig_hw", [((64, 64), (64, 64)), ((48, 64), (90, 120))])
-def test_scratch_buffers_give_the_same_results_call_after_call(input_hw: tuple,
-                                                               orig_hw: tuple) -> None:
-    scratch, low = Scratch(), _logits(7)
-    for n in (7, 3, 7):  # a full chunk, a smaller one reusing the buffers, a full one again
-        ours = upsample(low[:n], 4, input_hw, orig_hw, scratch)
-        ref = upsample(low[:n], 4, input_hw, orig_hw)
-        assert torch.equal(ours, ref)
-        torch.testing.assert_close(stability_scores(ours, 0.0, 1.0, (0, 1), scratch),
-                                   stability_scores(ref, 0.0, 1.0, (0, 1)), equal_nan=True)
-    # the results live in the scratch buffers: the next call overwrites them
-    first = upsample(low[:2], 4, input_hw, orig_hw, scratch)
-    kept = first.clone()
-    upsample(low[2:4], 4, input_hw, orig_hw, scratch)
-    assert not torch.equal(first, kept)
 
 
 @pytest.mark.parametrize("n, hw", [(5, (64, 64)), (8, (64, 64)), (24, (64, 64)), (8, (60, 63))])

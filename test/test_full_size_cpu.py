@@ -1,5 +1,5 @@
 """Tests for saom_ros.full_size_cpu: one compiled pass over low-res logits gives the generator's
-full-size stability scores and boxes."""
+full-size stability scores, masks and boxes."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 from torch.nn import functional as F
 
-from saom_ros.full_size_cpu import stability_and_boxes
+from saom_ros.full_size_cpu import masks_and_boxes, stability_and_boxes
 
 
 def _logits(n: int, hw: tuple[int, int], seed: int) -> torch.Tensor:
@@ -24,23 +24,26 @@ def _logits(n: int, hw: tuple[int, int], seed: int) -> torch.Tensor:
 
 
 def _generator(low: torch.Tensor, input_hw: tuple, orig_hw: tuple, threshold: float,
-               offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stability scores and boxes as SamAutomaticMaskGenerator makes them: the masks resized
-    by Sam.postprocess_masks' two bilinear steps (channels first), then segment_anything's
-    own functions."""
+               offset: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stability scores, masks and boxes as SamAutomaticMaskGenerator makes them: the logits
+    resized by Sam.postprocess_masks' two bilinear steps (channels first), then
+    segment_anything's own functions."""
     x = F.interpolate(low[None], (4 * low.shape[1], 4 * low.shape[2]), mode="bilinear",
                       align_corners=False)[..., :input_hw[0], :input_hw[1]]
     x = F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)[0]
-    return calculate_stability_score(x, threshold, offset), \
+    return calculate_stability_score(x, threshold, offset), x > threshold, \
         batched_mask_to_box(x > threshold).float()
 
 
 def _assert_generators(low: torch.Tensor, input_hw: tuple, orig_hw: tuple,
                        threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     stability, boxes = stability_and_boxes(low, 4, input_hw, orig_hw, threshold, 1.0)
-    expected_stability, expected_boxes = _generator(low, input_hw, orig_hw, threshold, 1.0)
+    masks, mask_boxes = masks_and_boxes(low, 4, input_hw, orig_hw, threshold)
+    expected_stability, expected_masks, expected_boxes = _generator(low, input_hw, orig_hw,
+                                                                    threshold, 1.0)
     torch.testing.assert_close(stability, expected_stability, rtol=0, atol=0, equal_nan=True)
-    assert torch.equal(boxes, expected_boxes)
+    assert torch.equal(masks, expected_masks)
+    assert torch.equal(boxes, expected_boxes) and torch.equal(mask_boxes, expected_boxes)
     return stability, boxes
 
 
@@ -77,6 +80,8 @@ def test_no_masks_give_empty_results() -> None:
     stability, boxes = stability_and_boxes(torch.zeros(0, 16, 16), 4, (64, 64), (64, 64), 0.0,
                                            1.0)
     assert stability.shape == (0,) and boxes.shape == (0, 4)
+    masks, boxes = masks_and_boxes(torch.zeros(0, 16, 16), 4, (64, 64), (90, 120), 0.0)
+    assert masks.shape == (0, 90, 120) and masks.dtype == torch.bool and boxes.shape == (0, 4)
 
 
 def test_masks_on_several_threads_give_the_one_thread_result() -> None:
@@ -86,12 +91,13 @@ def test_masks_on_several_threads_give_the_one_thread_result() -> None:
         results = []
         for n in (1, 3, 7):  # 7 ranges of 16 masks: uneven
             torch.set_num_threads(n)
-            results.append(stability_and_boxes(low, 4, (48, 64), (90, 120), 0.0, 1.0))
+            results.append(stability_and_boxes(low, 4, (48, 64), (90, 120), 0.0, 1.0)
+                           + masks_and_boxes(low, 4, (48, 64), (90, 120), 0.0))
     finally:
         torch.set_num_threads(threads)
-    for stability, boxes in results[1:]:
-        torch.testing.assert_close(stability, results[0][0], rtol=0, atol=0, equal_nan=True)
-        assert torch.equal(boxes, results[0][1])
+    for result in results[1:]:
+        torch.testing.assert_close(result[0], results[0][0], rtol=0, atol=0, equal_nan=True)
+        assert all(torch.equal(a, b) for a, b in zip(result[1:], results[0][1:]))
 
 
 def test_a_forked_child_on_one_thread_counts_without_the_team() -> None:
