@@ -24,6 +24,7 @@ shared the cores with them, still spinning after the decoder's last op.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import numba
 import numpy as np
@@ -125,38 +126,39 @@ def _level(v, t_lo, t_box, t_hi):  # pragma: no cover
 
 
 @numba.njit(inline="always")
-def _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box):  # pragma: no cover
-    """Count one full-size logit ``v`` at (y, x) into ``tally`` (``_tally``'s row); with
-    ``write`` set its pixel of ``mask``."""
-    tally[0] += v > t_hi
-    tally[1] += v > t_lo
+def _add_pixel(acc, masks, k, v, y, x, t_hi, t_lo, t_box):  # pragma: no cover
+    """``acc`` (counts above ``t_hi`` and ``t_lo``; first and last row and column above
+    ``t_box``) with the full-size logit ``v`` at (y, x) of mask ``k`` counted in; unless
+    ``masks`` is None (a specialisation without the branch), its pixel set."""
+    hi, lo, y0, y1, x0, x1 = acc
     hit = v > t_box
     if hit:
-        tally[2], tally[3] = min(tally[2], y), max(tally[3], y)
-        tally[4], tally[5] = min(tally[4], x), max(tally[5], x)
-    if write:
-        mask[y, x] = hit
+        y0, y1, x0, x1 = min(y0, y), max(y1, y), min(x0, x), max(x1, x)
+    if masks is not None:
+        masks[k, y, x] = hit
+    return hi + (v > t_hi), lo + (v > t_lo), y0, y1, x0, x1
 
 
 @numba.njit(inline="always")
-def _add_block(tally, mask, write, level, y0, y1, x0, x1):  # pragma: no cover
-    """Count a block [y0, y1) x [x0, x1) whose pixels are all above ``level`` thresholds;
-    with ``write`` set its pixels of ``mask`` (cleared beforehand) where they are masked."""
+def _add_block(acc, masks, k, level, y0, y1, x0, x1):  # pragma: no cover
+    """``acc`` (``_add_pixel``) with a block [y0, y1) x [x0, x1) of mask ``k`` counted in whose
+    pixels are all above ``level`` thresholds; unless ``masks`` is None, its pixels set
+    (cleared beforehand) where masked."""
+    hi, lo, r0, r1, c0, c1 = acc
     area = (y1 - y0) * (x1 - x0)
-    tally[1] += area if level >= 1 else 0
-    tally[0] += area if level == 3 else 0
     if level >= 2:
-        tally[2], tally[3] = min(tally[2], y0), max(tally[3], y1 - 1)
-        tally[4], tally[5] = min(tally[4], x0), max(tally[5], x1 - 1)
-        if write:
-            mask[y0:y1, x0:x1] = True
+        r0, r1, c0, c1 = min(r0, y0), max(r1, y1 - 1), min(c0, x0), max(c1, x1 - 1)
+        if masks is not None:
+            masks[k, y0:y1, x0:x1] = True
+    return (hi + (area if level == 3 else 0), lo + (area if level >= 1 else 0), r0, r1, c0, c1)
 
 
 @numba.njit(inline="always")
-def _plain_block(tally, mask, write, m, i, j, sr, sc, yb, xb, t_hi, t_lo,
+def _plain_block(acc, masks, k, m, i, j, sr, sc, yb, xb, t_hi, t_lo,
                  t_box):  # pragma: no cover
-    """Count block (i, j) pixel by pixel where the input is the full size: it reads one pair
-    of low-res rows and columns, so each column is interpolated along the rows once."""
+    """``acc`` with block (i, j) counted pixel by pixel where the input is the full size: it
+    reads one pair of low-res rows and columns, so each column is interpolated along the rows
+    once."""
     r0, r1 = sr[0][yb[0][i]], sr[1][yb[0][i]]
     for x in range(xb[0][j], xb[1][j]):
         c0, c1, w0, w1 = sc[0][x], sc[1][x], sc[2][x], sc[3][x]
@@ -164,14 +166,16 @@ def _plain_block(tally, mask, write, m, i, j, sr, sc, yb, xb, t_hi, t_lo,
         bottom = _fma(m[r1, c0], w0, m[r1, c1] * w1)
         for y in range(yb[0][i], yb[1][i]):
             v = _fma(top, sr[2][y], bottom * sr[3][y])
-            _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box)
+            acc = _add_pixel(acc, masks, k, v, y, x, t_hi, t_lo, t_box)
+    return acc
 
 
 @numba.njit(inline="always")
-def _resized_run(tally, mask, write, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
+def _resized_run(acc, masks, k, stepped, mixed, n_mixed, i, rr, rc, yb, xb, across,
                  t_hi, t_lo, t_box):  # pragma: no cover
-    """Count the blocks ``mixed[:n_mixed]`` of row run ``i`` pixel by pixel from the stepped
-    logits: each stepped row the run reads is interpolated across once (into ``across``)."""
+    """``acc`` with the blocks ``mixed[:n_mixed]`` of row run ``i`` counted pixel by pixel from
+    the stepped logits: each stepped row the run reads is interpolated across once (into
+    ``across``)."""
     first = rr[0][yb[0][i]]
     for r in range(first, rr[1][yb[1][i] - 1] + 1):
         for t in range(n_mixed):
@@ -183,7 +187,8 @@ def _resized_run(tally, mask, write, stepped, mixed, n_mixed, i, rr, rc, yb, xb,
         for t in range(n_mixed):
             for x in range(xb[0][mixed[t]], xb[1][mixed[t]]):
                 v = _fma(across[a0, x], h0, across[a1, x] * h1)
-                _add_pixel(tally, mask, write, v, y, x, t_hi, t_lo, t_box)
+                acc = _add_pixel(acc, masks, k, v, y, x, t_hi, t_lo, t_box)
+    return acc
 
 
 @numba.njit(nogil=True, cache=True)
@@ -191,12 +196,10 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, thresholds, out,
            masks):  # pragma: no cover
     """Into ``out[k]`` for each mask k in [first, last) of low-res logits ``low``: the counts
     above ``thresholds`` 0 and 1 and the first and last row and column above threshold 2 (-1
-    when none); unless ``masks`` is empty, into ``masks[k]`` (cleared) the full-size mask at
+    when none); unless ``masks`` is None, into ``masks[k]`` (cleared) the full-size mask at
     threshold 2. Stepped tables ``sr``/``sc``, resize tables ``rr``/``rc`` (unused when
     ``plain``: the input is the full size), blocks ``yb``/``xb`` (``_axis``)."""
     t_hi, t_lo, t_box = thresholds[0], thresholds[1], thresholds[2]
-    write = masks.shape[0] > 0
-    no_mask = np.zeros((1, 1), np.bool_)
     nx = xb[0].shape[0]
     rows, cols = (1, 1) if plain else (sr[0].shape[0], sc[0].shape[0])
     stepped = np.empty((rows, cols), np.float32)
@@ -211,18 +214,18 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, thresholds, out,
     level_max = np.empty(nx, np.int64)
     mixed = np.empty(nx, np.int64)
     for k in range(first, last):
-        m, tally, mask = low[k], out[k], masks[k] if write else no_mask
-        tally[:] = (0, 0, 1 << 62, -1, 1 << 62, -1)
+        m = low[k]
+        acc = (0, 0, 1 << 62, -1, 1 << 62, -1)
         row_done[:] = False
         for i in range(yb[0].shape[0]):
             _levels(m, i, yb, xb, row_min, row_max, level_min, level_max, t_lo, t_box, t_hi)
             n_mixed = 0
             for j in range(nx):
                 if level_min[j] == level_max[j]:  # every pixel on the same side of each
-                    _add_block(tally, mask, write, level_min[j], yb[0][i], yb[1][i], xb[0][j],
-                               xb[1][j])
+                    acc = _add_block(acc, masks, k, level_min[j], yb[0][i], yb[1][i], xb[0][j],
+                                     xb[1][j])
                 elif plain:
-                    _plain_block(tally, mask, write, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box)
+                    acc = _plain_block(acc, masks, k, m, i, j, sr, sc, yb, xb, t_hi, t_lo, t_box)
                 else:
                     mixed[n_mixed] = j
                     n_mixed += 1
@@ -231,15 +234,17 @@ def _tally(low, first, last, sr, sc, rr, rc, yb, xb, plain, thresholds, out,
                     if not row_done[r]:
                         _stepped_row(m, r, sr, sc, stepped[r])
                         row_done[r] = True
-                _resized_run(tally, mask, write, stepped, mixed, n_mixed, i, rr, rc, yb, xb,
-                             across, t_hi, t_lo, t_box)
+                acc = _resized_run(acc, masks, k, stepped, mixed, n_mixed, i, rr, rc, yb, xb,
+                                   across, t_hi, t_lo, t_box)
+        out[k, :] = acc
 
 
 # _team_tally's header: the arrays below (logits, tally, thresholds, masks; four tables; two
 # block lists), then the values.
 _ARRAYS = 4 + 4 * 4 + 2 * 5
-(_N, _H, _W, _PLAIN, _MASKS_N, _MASKS_H, _MASKS_W, _THREAD_NUM,
- _NUM_THREADS) = range(2 * _ARRAYS, 2 * _ARRAYS + 9)
+(_N, _H, _W, _PLAIN, _MASKS_H, _MASKS_W, _THREAD_NUM,
+ _NUM_THREADS) = range(2 * _ARRAYS, 2 * _ARRAYS + 8)
+_HEADER = _NUM_THREADS + 1
 
 
 @numba.njit(inline="always")
@@ -259,14 +264,11 @@ def _blocks_at(head, i):  # pragma: no cover
             openmp_team.array_at(head, i + 8, np.int64))
 
 
-@numba.cfunc(types.void(types.voidptr), cache=True)
-def _team_tally(data):  # pragma: no cover
-    """``_tally`` of one OpenMP thread's part of the masks, its arguments in the header
+@numba.njit(inline="always")
+def _team_part(head, masks):  # pragma: no cover
+    """``_tally`` of the calling OpenMP thread's part of the masks, its arguments in the header
     ``_run`` packs."""
-    head = numba.carray(data, (_NUM_THREADS + 1,), np.int64)
     n = head[_N]
-    masks = openmp_team.array_at(head, 6, np.bool_).reshape(
-        (head[_MASKS_N], head[_MASKS_H], head[_MASKS_W]))
     low = openmp_team.array_at(head, 0, np.float32).reshape((n, head[_H], head[_W]))
     out = openmp_team.array_at(head, 2, np.int64).reshape((n, 6))
     first, last = openmp_team.my_part(n, head[_THREAD_NUM], head[_NUM_THREADS])
@@ -275,10 +277,24 @@ def _team_tally(data):  # pragma: no cover
            openmp_team.array_at(head, 4, np.float32), out, masks)
 
 
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def _team_tally(data):  # pragma: no cover
+    """``_team_part`` without masks."""
+    _team_part(numba.carray(data, (_HEADER,), np.int64), None)
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def _team_masks(data):  # pragma: no cover
+    """``_team_part`` writing the masks."""
+    head = numba.carray(data, (_HEADER,), np.int64)
+    _team_part(head, openmp_team.array_at(head, 6, np.bool_).reshape(
+        (head[_N], head[_MASKS_H], head[_MASKS_W])))
+
+
 def _run(logits: torch.Tensor, step: int, input_hw: tuple[int, int], orig_hw: tuple[int, int],
-         thresholds: np.ndarray, masks: np.ndarray) -> np.ndarray:
+         thresholds: np.ndarray, masks: Optional[np.ndarray]) -> np.ndarray:
     """``_tally``'s [N, 6] for CPU low-res logits [N, h, w] (N > 0) and float32 ``thresholds``
-    [3]; unless ``masks`` (bool [N or 0, H, W], cleared) is empty, the masks into it."""
+    [3]; with ``masks`` (bool [N, H, W], cleared), the masks into it."""
     n, h, w = logits.shape
     sr, rr, yb = _axis(h, step, input_hw[0], orig_hw[0])
     sc, rc, xb = _axis(w, step, input_hw[1], orig_hw[1])
@@ -287,10 +303,11 @@ def _run(logits: torch.Tensor, step: int, input_hw: tuple[int, int], orig_hw: tu
     tally = np.empty((n, 6), np.int64)
     threads, team = min(torch.get_num_threads(), n), openmp_team.team()
     if threads > 1 and team is not None:  # on PyTorch's own threads
+        written = masks if masks is not None else np.zeros((1, 1, 1), np.bool_)
         header = openmp_team.pack(
-            [low, tally, thresholds, masks, *sr, *sc, *rr, *rc, *yb, *xb],
-            [n, h, w, plain, *masks.shape, team.thread_num, team.num_threads])
-        openmp_team.run(_team_tally, header, threads)
+            [low, tally, thresholds, written, *sr, *sc, *rr, *rc, *yb, *xb],
+            [n, h, w, plain, *written.shape[1:], team.thread_num, team.num_threads])
+        openmp_team.run(_team_tally if masks is None else _team_masks, header, threads)
     else:
         _tally(low, 0, n, sr, sc, rr, rc, yb, xb, plain, thresholds, tally, masks)
     return tally
@@ -312,7 +329,7 @@ def stability_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, in
     if logits.shape[0] == 0:
         return logits.new_zeros(0), logits.new_zeros(0, 4)
     thresholds = np.array([threshold + offset, threshold - offset, threshold], np.float32)
-    tally = _run(logits, step, input_hw, orig_hw, thresholds, np.zeros((0, 1, 1), np.bool_))
+    tally = _run(logits, step, input_hw, orig_hw, thresholds, None)
     # float32 counts and division, as the tensor path computes them (0 / 0 is NaN)
     stability = torch.from_numpy(tally[:, 0]).float() / torch.from_numpy(tally[:, 1]).float()
     return stability, _boxes(tally)
