@@ -8,14 +8,15 @@ runtime (``GOMP_parallel``, which GNU, LLVM and Intel OpenMP all export), a kern
 threads instead.
 
 The kernel is a numba ``cfunc`` taking one pointer: an int64 header that the caller packs with
-``pack`` and the kernel reads back with ``array_at``; ``thread_num`` tells each thread which
-part is its own.
+``pack`` and the kernel reads back with ``array_at``; ``my_part`` tells each thread which part
+of the work is its own.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-from typing import NamedTuple, Optional, Sequence
+import os
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numba
 import numpy as np
@@ -30,31 +31,34 @@ RUNTIMES = ("libgomp", "libomp", "libiomp5")
 class Team(NamedTuple):
     """The OpenMP runtime PyTorch's ops run on."""
 
-    parallel: ctypes._CFuncPtr  # GOMP_parallel(fn, data, num_threads, flags)
+    parallel: Callable[[int, int, int, int], None]  # GOMP_parallel(fn, data, num_threads, flags)
     thread_num: int  # address of omp_get_thread_num
     num_threads: int  # address of omp_get_num_threads
 
 
-def _loaded_runtime() -> Optional[str]:
-    """Path of the OpenMP runtime loaded into this process (by PyTorch), if any."""
+def _loaded_libraries() -> list[str]:
+    """Paths of the shared libraries loaded into this process (none where there is no /proc)."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/" in line}
-    except OSError:  # not Linux
-        return None
-    for name in RUNTIMES:
-        for path in sorted(paths):
-            if path.rsplit("/", 1)[-1].startswith(name + "."):
-                return path
-    return None
+            return sorted({line.split()[-1] for line in maps if "/" in line})
+    except OSError:
+        return []
+
+
+def pick_runtime(paths: Sequence[str], torch_dir: str) -> Optional[str]:
+    """The OpenMP runtime among library ``paths``: the one under ``torch_dir`` (a pip wheel of
+    PyTorch bundles its own) before any other (numba's OpenMP layer would load the system's)."""
+    found = sorted((not path.startswith(torch_dir), path) for path in paths
+                   if path.rsplit("/", 1)[-1].startswith(tuple(n + "." for n in RUNTIMES)))
+    return found[0][1] if found else None
 
 
 @functools.lru_cache(maxsize=1)
 def team() -> Optional[Team]:
-    """PyTorch's OpenMP runtime (imported torch loads it), or None where there is none to find:
-    callers then use threads of their own."""
-    import torch  # noqa: F401  (loads the runtime)
-    path = _loaded_runtime()
+    """PyTorch's OpenMP runtime (imported torch loads it), or None where there is none to find
+    (callers then run their kernel in the calling thread)."""
+    import torch  # loads the runtime
+    path = pick_runtime(_loaded_libraries(), os.path.dirname(torch.__file__))
     if path is None:
         return None
     lib = ctypes.CDLL(path)  # the loaded library: dlopen returns its handle
@@ -65,9 +69,9 @@ def team() -> Optional[Team]:
         return None
     parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     parallel.restype = None
-    address = ctypes.cast  # function pointers as integers, for the kernel to call
-    return Team(parallel, address(thread_num, ctypes.c_void_p).value,
-                address(num_threads, ctypes.c_void_p).value)
+    # The two query functions as addresses, which the kernel calls (``call_int``).
+    return Team(parallel, ctypes.cast(thread_num, ctypes.c_void_p).value,
+                ctypes.cast(num_threads, ctypes.c_void_p).value)
 
 
 def run(kernel: numba.core.ccallback.CFunc, header: np.ndarray, threads: int) -> None:

@@ -43,6 +43,17 @@ def test_pytorchs_runtime_is_found() -> None:
     assert team.thread_num and team.num_threads
 
 
+def test_the_runtime_pytorch_bundles_comes_first() -> None:
+    torch_dir = "/venv/site-packages/torch"
+    loaded = ["/lib/x86_64-linux-gnu/libgomp.so.1.0.0", "/lib/x86_64-linux-gnu/libc.so.6",
+              f"{torch_dir}/lib/libgomp.so.1", f"{torch_dir}/lib/libtorch_cpu.so"]
+    assert openmp_team.pick_runtime(loaded, torch_dir) == f"{torch_dir}/lib/libgomp.so.1"
+    assert openmp_team.pick_runtime(loaded[:2], torch_dir) == loaded[0]  # a system runtime
+    assert openmp_team.pick_runtime(["/opt/lib/libiomp5.so"], torch_dir) == "/opt/lib/libiomp5.so"
+    assert openmp_team.pick_runtime(loaded[1:2], torch_dir) is None
+    assert openmp_team.pick_runtime(["/opt/lib/libgompx.so"], torch_dir) is None
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_every_thread_of_the_team_runs_its_part(threads: int) -> None:
     torch.ones(64, 64) @ torch.ones(64, 64)  # the team exists and may still spin
