@@ -350,5 +350,8 @@ def masks_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
 
 
 def compile_kernel() -> None:
-    """Compile the kernel now (numba compiles on first use: seconds, then cached on disk)."""
-    stability_and_boxes(torch.zeros(1, 2, 2), 4, (8, 8), (8, 8), 0.0, 1.0)
+    """Compile the kernel's calling-thread forms now, with and without masks (numba compiles on
+    first use: seconds, then cached on disk; the OpenMP forms compile when imported)."""
+    one = torch.zeros(1, 2, 2)  # one mask: the calling thread
+    stability_and_boxes(one, 4, (8, 8), (8, 8), 0.0, 1.0)
+    masks_and_boxes(one, 4, (8, 8), (8, 8), 0.0)
