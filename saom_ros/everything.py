@@ -244,8 +244,8 @@ class EverythingEngine:
         cand = cand.select(nms(cand.boxes, cand.iou, s.box_nms_thresh))
         masks, boxes = frame.masks(cand.logits, s.mask_threshold)
         if s.min_mask_region_area > 0:
-            masks, boxes, order = full_size.remove_small(masks, cand.iou, s.min_mask_region_area,
-                                                         s.box_nms_thresh)
+            masks, boxes, order = full_size.remove_small(masks, boxes, cand.iou,
+                                                         s.min_mask_region_area, s.box_nms_thresh)
             cand = cand.select(order)
         cand = dataclasses.replace(cand, boxes=boxes)
         if s.max_instances > 0:

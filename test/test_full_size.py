@@ -82,7 +82,7 @@ def test_remove_small_is_the_generators_postprocessing(area: int) -> None:
     data = MaskData(rles=mask_to_rle_pytorch(masks), boxes=batched_mask_to_box(masks).float(),
                     iou_preds=iou)
     ref = SamAutomaticMaskGenerator.postprocess_small_regions(data, area, 0.9)
-    ours, boxes, keep = remove_small(masks, iou, area, 0.9)
+    ours, boxes, keep = remove_small(masks, batched_mask_to_box(masks), iou, area, 0.9)
     # The generator filters in NMS order; it sorts by IoU only when it packs its records.
     order = torch.argsort(ref["iou_preds"], descending=True, stable=True)
     expected = np.stack([rle_to_mask(ref["rles"][i]) for i in order.tolist()])
@@ -99,7 +99,9 @@ def test_remove_small_regions_is_segment_anythings(area: int) -> None:
     masks = _small_region_masks(40, 56, seed=area).numpy()
     specks = np.zeros((40, 56), bool)
     specks[3, 3] = specks[30, 40:42] = True  # every region small: the largest stays
-    for mask in [*masks, specks]:
+    speck = np.zeros((40, 56), bool)
+    speck[7, 9] = True  # one region, small: it stays, though changed
+    for mask in [*masks, specks, speck, ~speck]:
         for mode in ("holes", "islands"):
             ours, changed = remove_small_regions(mask, area, holes=mode == "holes")
             ref, ref_changed = reference(mask, area, mode)
