@@ -41,9 +41,11 @@ class EverythingSettings:
     # the smallest object found; TinySAM's 1/16 missed objects of SAOM-small) ...
     coarse_points_per_side: int = 0
     # ... and the predicted IoU from which a kept coarse mask is confident: full-grid points
-    # inside a confident mask are not decoded. 0 = every kept mask: it passed the filters and
-    # NMS, so the grid inside it would find it again (SAOM-small: 15% fewer points than 0.5).
-    confident_iou_thresh: float = 0.0
+    # inside a confident mask are not decoded. 0 = every kept mask. Inside a kept mask of low
+    # predicted IoU the grid often finds better masks of the objects there (SAOM-small over
+    # eight held-out seeds: mIoU delta to the grid -1.33 points at 0, -0.90 at 0.4 with 7% more
+    # points, -0.49 at 0.5 with 18% more).
+    confident_iou_thresh: float = 0.4
     # streaming: the full grid every N frames ...
     keyframe_interval: int = 10
     # ... up to N points well inside each previous instance, besides the point that gave it ...
