@@ -61,6 +61,8 @@ def test_shipped_checkpoint_carries_the_demo_settings() -> None:
     model = load_model(SHIPPED)
     assert {k: model.everything[k] for k in demo} == demo
     assert {k: getattr(settings_for(model), k) for k in demo} == demo
+    # The rest at today's defaults: what exporting with the demo settings writes now.
+    assert model.everything == carried_settings(EverythingSettings(**demo))
 
 
 @pytest.mark.slow
