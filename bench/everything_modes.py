@@ -10,7 +10,8 @@ training/evaluate.py's everything-mode scoring (greedy IoU matching, per-class I
 are medians per frame, the exact engine and the mode alternating frame by frame in this process
 (each mode's line also gives its mean, which counts streaming's keyframes).
 The last line reads ``hierarchical_speedup=<x> hierarchical_miou_delta=<points>
-streaming_speedup=<x> streaming_miou_delta=<points>`` (deltas: mode minus exact).
+streaming_speedup=<x> streaming_miou_delta=<points>`` (deltas: mode minus exact); with
+``--seeds``, each seed's line comes first and the last line gives their means over the seeds.
 """
 from __future__ import annotations
 
@@ -173,10 +174,29 @@ def _report(mode: str, times: dict[str, list[float]], scores: dict[str, Scorer]
     return t_exact / t_mode, 100 * (m_mode - m_exact)
 
 
+def bench_seed(model: Saom, seed: int, args: argparse.Namespace) -> tuple[float, ...]:
+    """(hierarchical speedup, its delta, streaming speedup, its delta) on the scenes of ``seed``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = CocoInstances(write_dataset(tmp, args.scenes + args.sequences, seed)
+                                / "annotations.json")
+        with torch.inference_mode():
+            return (*bench_hierarchical(model, dataset, args.scenes),
+                    *bench_streaming(model, dataset, args.sequences, args.frames, seed))
+
+
+def _line(result: Sequence[float]) -> str:
+    hs, hd, ss, sd = result
+    return (f"hierarchical_speedup={hs:.2f} hierarchical_miou_delta={hd:.2f} "
+            f"streaming_speedup={ss:.2f} streaming_miou_delta={sd:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(CHECKPOINT))
     p.add_argument("--seed", type=int, default=7, help="synthetic-scene seed (never trained on)")
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="several seeds, comma-separated (e.g. 7,11,13,17,19,23,29,31): a line "
+                        "per seed, then the means over them as the last line")
     p.add_argument("--scenes", type=int, default=40, help="scenes for hierarchical")
     p.add_argument("--sequences", type=int, default=6, help="camera sequences for streaming")
     p.add_argument("--frames", type=int, default=20, help="frames per sequence")
@@ -184,22 +204,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory, as the node sets it (saom_ros.malloc_settings)")
     args = p.parse_args(argv)
-    if args.seed in training_seeds():
-        raise SystemExit(f"seed {args.seed} is a training seed of config/experiment.yaml")
+    seeds = args.seeds or [args.seed]
+    trained = sorted(set(seeds) & training_seeds())
+    if trained:
+        raise SystemExit(f"seeds {trained} are training seeds of config/experiment.yaml")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory and not keep_freed_memory():
         raise SystemExit("--keep-freed-memory needs glibc's mallopt")
     model = load_model(args.checkpoint)
     print(f"checkpoint {args.checkpoint}; settings {settings_for(model)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = CocoInstances(write_dataset(tmp, args.scenes + args.sequences, args.seed)
-                                / "annotations.json")
-        with torch.inference_mode():
-            hs, hd = bench_hierarchical(model, dataset, args.scenes)
-            ss, sd = bench_streaming(model, dataset, args.sequences, args.frames, args.seed)
-    print(f"hierarchical_speedup={hs:.2f} hierarchical_miou_delta={hd:.2f} "
-          f"streaming_speedup={ss:.2f} streaming_miou_delta={sd:.2f}")
+    results = []
+    for seed in seeds:
+        results.append(bench_seed(model, seed, args))
+        if len(seeds) > 1:
+            print(f"seed {seed}: {_line(results[-1])}", flush=True)
+    if len(seeds) > 1:
+        print(f"mean over seeds {','.join(map(str, seeds))}:")
+    print(_line(np.mean(results, axis=0)))
 
 
 if __name__ == "__main__":
