@@ -121,15 +121,18 @@ def camera_sequence(sample: Sample, kind: str, frames: int, rng: np.random.Gener
         yield frame, moved
 
 
-def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int) -> tuple[float, float]:
+def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int,
+                       device: str = "cpu") -> tuple[float, float]:
     """(speedup, mIoU delta in points) of hierarchical over the grid on ``n`` scenes."""
     base = settings_for(model)
-    exact = EverythingEngine(model, base)
-    hier = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="hierarchical"))
+    exact = EverythingEngine(model, base, device)
+    hier = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="hierarchical"),
+                            device)
     scores = {"grid": Scorer(model, dataset.class_names),
               "hierarchical": Scorer(model, dataset.class_names)}
     times: dict[str, list[float]] = {k: [] for k in scores}
-    exact(dataset[0].image)  # warm-up
+    for engine in (exact, hier):  # on CUDA: graph capture and kernel autotuning
+        engine.warm_up()
     for i in range(n):
         sample = dataset[i]
         for name, engine in (("grid", exact), ("hierarchical", hier)):
@@ -140,10 +143,11 @@ def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int) -> tuple[flo
 
 
 def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames: int,
-                    seed: int) -> tuple[float, float]:
+                    seed: int, device: str = "cpu") -> tuple[float, float]:
     """(speedup, mIoU delta in points) of streaming over the grid on camera sequences."""
     base = settings_for(model)
-    exact = EverythingEngine(model, base)
+    exact = EverythingEngine(model, base, device)
+    exact.warm_up()
     names = ("grid", "streaming")
     scores = {k: Scorer(model, dataset.class_names) for k in names}
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -151,7 +155,9 @@ def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames:
     kinds = ("pan", "zoom", "objects")
     for s in range(sequences):
         sample = dataset[len(dataset) - 1 - s]  # scenes the hierarchical part uses last
-        stream = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="streaming"))
+        stream = EverythingEngine(model, dataclasses.replace(base, prompt_strategy="streaming"),
+                                  device)
+        stream.warm_up()
         previous: Optional[Instances] = None
         for image, masks in camera_sequence(sample, kinds[s % len(kinds)], frames, rng):
             inst, dt = _timed(lambda: exact(image))
@@ -179,9 +185,8 @@ def bench_seed(model: Saom, seed: int, args: argparse.Namespace) -> tuple[float,
     with tempfile.TemporaryDirectory() as tmp:
         dataset = CocoInstances(write_dataset(tmp, args.scenes + args.sequences, seed)
                                 / "annotations.json")
-        with torch.inference_mode():
-            return (*bench_hierarchical(model, dataset, args.scenes),
-                    *bench_streaming(model, dataset, args.sequences, args.frames, seed))
+        return (*bench_hierarchical(model, dataset, args.scenes, args.device),
+                *bench_streaming(model, dataset, args.sequences, args.frames, seed, args.device))
 
 
 def _line(result: Sequence[float]) -> str:
@@ -201,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--sequences", type=int, default=6, help="camera sequences for streaming")
     p.add_argument("--frames", type=int, default=20, help="frames per sequence")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the targets' device) or cuda (engines in cuda_dtype, warmed up)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory, as the node sets it (saom_ros.malloc_settings)")
     args = p.parse_args(argv)

@@ -138,6 +138,11 @@ def class_probs(class_logits: Optional[torch.Tensor], iou: torch.Tensor) -> torc
     return class_logits.float().softmax(-1)
 
 
+def prompt_batch(settings: EverythingSettings, device: torch.device) -> int:
+    """Prompts per decoder pass: ``points_per_batch``, or when 0 the device's default."""
+    return settings.points_per_batch or (CPU_BATCH if device.type == "cpu" else DEVICE_BATCH)
+
+
 def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
                       settings: EverythingSettings, method: Callable[[str], Callable]
                       ) -> Candidates:
@@ -150,7 +155,7 @@ def decode_candidates(model: Saom, frame: Frame, points: np.ndarray,
     pts = frame.to_input(points)
     orig = torch.as_tensor(points, dtype=torch.float32, device=pts.device).reshape(-1, 2)
     labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=pts.device)
-    batch = s.points_per_batch or (CPU_BATCH if pts.device.type == "cpu" else DEVICE_BATCH)
+    batch = prompt_batch(s, pts.device)
     starts = range(0, len(pts), batch)
     tokens = (method("decode_tokens")(frame.embedding, pts[i:i + batch, None, :],
                                       labels[i:i + batch]) for i in starts)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from typing import Callable, Optional
 
 import torch
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
+from saom_ros.cuda_graphs import capture
 from saom_ros.encoder_attention import ATTENTION_FORMS, fuse_attention
 
 
@@ -40,17 +40,6 @@ def choose_attention_form(encoder: ImageEncoderViT, images: torch.Tensor,
         times[form] = _median_seconds(lambda: encoder(images), sync, reps)
     fuse_attention(encoder, min(times, key=times.get))
     return times
-
-
-_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One warm-up stream per device for the whole process: cuBLAS keeps a workspace for every
-    stream it has run on, so a new stream per engine held 33 MiB more after each cleanup."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
 
 
 class CudaEncoder:
@@ -82,16 +71,6 @@ class CudaEncoder:
         if not self.form_seconds:
             self.form_seconds = choose_attention_form(self.encoder, images)
         static_in = images.clone()
-        try:
-            side = _side_stream(images.device)  # warm-up off the current stream (torch docs)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.run(static_in)  # with torch.compile: compiles now, outside the capture
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.run(static_in)
-        except RuntimeError as err:
-            warnings.warn(f"image encoder runs without a CUDA graph: capture failed: {err}")
-            return None
-        return graph, static_in, static_out
+        # With torch.compile the warm-up run compiles, outside the capture.
+        captured = capture(lambda: self.run(static_in), images.device, "image encoder")
+        return None if captured is None else (captured[0], static_in, captured[1])

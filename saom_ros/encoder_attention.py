@@ -49,7 +49,9 @@ class FusedAttention(Attention):
         rel_pos = getattr(self, f"rel_pos_{axis}")
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: traced once
             return get_rel_pos(size, size, rel_pos)
-        key = (size, rel_pos.data_ptr(), rel_pos._version, rel_pos.dtype)
+        # Inference tensors (a model made under torch.inference_mode) keep no version counter.
+        version = None if rel_pos.is_inference() else rel_pos._version
+        key = (size, rel_pos.data_ptr(), version, rel_pos.dtype)
         cache = self.__dict__.setdefault("_tables", {})
         if cache.get(axis, (None,))[0] != key:
             cache[axis] = (key, get_rel_pos(size, size, rel_pos))

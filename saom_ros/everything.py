@@ -16,8 +16,10 @@ from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import nms
 
 from saom_ros import full_size, full_size_cpu, prompts
-from saom_ros.candidates import LOW_RES_PER_EMBEDDING, Candidates, Frame, decode_candidates
+from saom_ros.candidates import (LOW_RES_PER_EMBEDDING, Candidates, Frame, decode_candidates,
+                                 prompt_batch)
 from saom_ros.cuda_encoder import CudaEncoder
+from saom_ros.cuda_tokens import CudaTokenStage
 from saom_ros.encoder_attention import fuse_attention
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
@@ -99,6 +101,7 @@ class EverythingEngine:
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
         self._cuda_encoders: dict[bool, CudaEncoder] = {}  # by the compile setting
+        self._token_stage = CudaTokenStage(self.model) if self.device.type == "cuda" else None
         if self.device.type == "cpu":  # at start-up, not on the first frame
             full_size_cpu.compile_kernel()
         self._since_keyframe = 0  # streaming frames since the last full grid
@@ -115,9 +118,12 @@ class EverythingEngine:
             fast.sam.register_buffer(name, getattr(model.sam, name).to(self.device), False)
         return fast.eval()
 
-    def _compiled(self, name: str) -> Callable:
-        """The model's method ``name``, through torch.compile when ``compile`` is set (on CUDA
-        only ``embed``)."""
+    def _method(self, name: str) -> Callable:
+        """The model's method ``name`` as the engine runs it: on CUDA ``decode_tokens`` replayed
+        from CUDA graphs (``CudaTokenStage``); through torch.compile when ``compile`` is set (on
+        CUDA only ``embed``)."""
+        if self._token_stage is not None and name == "decode_tokens":
+            return self._token_stage
         fn = getattr(self.model, name)
         # On CUDA only the encoder: the decoder's fused kernels beat its compiled PyTorch form
         # (vit_b, 640x480 on an H100: 30.8 ms per frame with them, 50.1 ms compiled).
@@ -138,7 +144,7 @@ class EverythingEngine:
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image embeddings; on CUDA replayed from a CUDA graph of the (compiled) encoder."""
-        run = self._compiled("embed")
+        run = self._method("embed")
         if self.device.type != "cuda":
             return run(x)
         key = self.settings.compile
@@ -147,17 +153,23 @@ class EverythingEngine:
         return self._cuda_encoders[key](x)
 
     def _candidates(self, frame: Frame, points: np.ndarray) -> Candidates:
-        return decode_candidates(self.model, frame, points, self.settings, self._compiled)
+        return decode_candidates(self.model, frame, points, self.settings, self._method)
 
     def _grid(self, frame: Frame, points_per_side: int) -> Candidates:
         return self._candidates(frame, prompts.grid_points(points_per_side, frame.orig_hw))
 
     def warm_up(self) -> None:
         """Segment one blank frame, so that one-time work (on CUDA the choice of the encoder's
-        attention form, its CUDA graph, the decoder kernels' autotuning and compilation; with
-        ``compile`` torch.compile) happens now instead of on the first camera frame."""
+        attention form, its CUDA graph, the decoder kernels' autotuning and compilation, the
+        token stage's CUDA graphs for every prompt count up to a batch; with ``compile``
+        torch.compile) happens now instead of on the first camera frame."""
         size = self.model.config.img_size
-        self(np.zeros((size * 3 // 4, size, 3), np.uint8))
+        blank = np.zeros((size * 3 // 4, size, 3), np.uint8)
+        self(blank)
+        if self._token_stage is not None:
+            with torch.inference_mode():
+                self._token_stage.prepare(self._frame(blank).embedding,
+                                          prompt_batch(self.settings, self.device))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, previous: Optional[Instances] = None) -> Instances:
@@ -190,7 +202,7 @@ class EverythingEngine:
         ``confident_iou``), and how many points were decoded in all; the second pass's prompt
         indices follow the first's."""
         s = self.settings
-        near = decode_candidates(self.model, frame, first, _near_pass(s), self._compiled)
+        near = decode_candidates(self.model, frame, first, _near_pass(s), self._method)
         found = near.select(_passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
         confident = kept.select(kept.iou >= confident_iou)

@@ -95,12 +95,19 @@ class Saom(nn.Module):
     def decode_tokens(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
                       point_labels: torch.Tensor) -> DecoderTokens:
         """The decoder's transformer and IoU head for point prompts (model input pixels)."""
+        return run_tokens(self.sam.mask_decoder, image_embeddings,
+                          *self.prompt_inputs(point_coords, point_labels))
+
+    def prompt_inputs(self, point_coords: torch.Tensor, point_labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``run_tokens``' inputs besides the image embedding, in the decoder's dtype: the dense
+        positional encoding [1, C, h, w] and the sparse and dense prompt embeddings of point
+        prompts (model input pixels)."""
         sparse, dense = self.sam.prompt_encoder(
             points=(point_coords, point_labels), boxes=None, masks=None)
         dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
-        return run_tokens(self.sam.mask_decoder, image_embeddings,
-                          self.sam.prompt_encoder.get_dense_pe().to(dtype),
-                          sparse.to(dtype), broadcast_to_dtype(dense, dtype))
+        return (self.sam.prompt_encoder.get_dense_pe().to(dtype), sparse.to(dtype),
+                broadcast_to_dtype(dense, dtype))
 
     def decode_masks(self, state: DecoderTokens, multimask: bool = True,
                      extent: Optional[tuple[int, int]] = None) -> torch.Tensor:

@@ -61,3 +61,15 @@ def test_gradients_reach_the_relative_positions(model) -> None:
 def test_an_unknown_form_is_refused(model) -> None:
     with pytest.raises(ValueError, match="folded"):
         fuse_attention(copy.deepcopy(model).sam.image_encoder, "flash")
+
+
+def test_a_model_copied_under_inference_mode_runs_fused(model) -> None:
+    """Its parameters are inference tensors, which keep no version counter for the cache key
+    (as when an engine is made inside torch.inference_mode)."""
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        fused = copy.deepcopy(model)
+        fuse_attention(fused.sam.image_encoder)
+        assert fused.sam.image_encoder.blocks[0].attn.rel_pos_h.is_inference()
+        out, ref = fused.embed(x), model.embed(x)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
