@@ -9,6 +9,7 @@ frame), keyframes included in the median; grid and hierarchical on one frame rep
 
     python bench/everything_gpu_matrix.py                      # vit_b and vit_h, 640x480 and 1280x720
     python bench/everything_gpu_matrix.py --models vit_b --sizes 640x480 --compile
+    python bench/everything_gpu_matrix.py --models vit_b --sizes 640x480 --no-token-graphs
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def run_model(name: str, sizes: Sequence[tuple[int, int]], args: argparse.Namesp
     model = build_saom(ModelConfig.preset(name, num_classes=len(SAOM_CLASSES)), SAOM_CLASSES)
     engine = EverythingEngine(model.eval(), EverythingSettings(
         points_per_batch=args.points_per_batch, cuda_dtype=args.cuda_dtype,
-        compile=args.compile), device)
+        compile=args.compile), device, token_graphs=not args.no_token_graphs)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for h, w in sizes:
         image = synthetic_scene(h, w, seed=7)[0]
@@ -104,13 +105,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--points-per-batch", type=int, default=0, help="0: the engine's choice")
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-token-graphs", action="store_true",
+                   help="launch the decoder's token stage op by op instead of from CUDA graphs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={name} torch={torch.__version__} dtype={args.cuda_dtype} "
-          f"compile={args.compile} grid=32^2 batch={args.points_per_batch}")
+          f"compile={args.compile} token_graphs={not args.no_token_graphs} grid=32^2 "
+          f"batch={args.points_per_batch}")
     print("| model | frame | strategy | thresholds | median ms | instances | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for model in args.models.split(","):

@@ -95,13 +95,16 @@ class EverythingEngine:
     """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", token_graphs: bool = True) -> None:
+        """``token_graphs``: on CUDA, replay the decoder's token stage from CUDA graphs
+        (``CudaTokenStage``); False launches it op by op (what benchmarks compare against)."""
         self.device = torch.device(device)
         self.settings = settings or EverythingSettings()
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
         self._cuda_encoders: dict[bool, CudaEncoder] = {}  # by the compile setting
-        self._token_stage = CudaTokenStage(self.model) if self.device.type == "cuda" else None
+        self._token_stage = CudaTokenStage(self.model) \
+            if self.device.type == "cuda" and token_graphs else None
         if self.device.type == "cpu":  # at start-up, not on the first frame
             full_size_cpu.compile_kernel()
         self._since_keyframe = 0  # streaming frames since the last full grid
