@@ -63,9 +63,15 @@ class Frame:
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of at most full_size.CHUNK low-res
-        logits [N, h, w] (chunks bound the memory they take)."""
+        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
         return full_size.upsample(logits, self._step, self.input_hw, self.orig_hw)
+
+    def _chunks(self, logits: torch.Tensor) -> Iterator[slice]:
+        """``full_size.chunks`` of low-res logits [N, h, w]: a mask's bytes are its logits at
+        the input step and at full size."""
+        step_area = self._step ** 2 * logits.shape[-2] * logits.shape[-1]
+        return full_size.chunks(logits.shape[0], 4 * (step_area + self.orig_hw[0] *
+                                                     self.orig_hw[1]))
 
     def stability_and_boxes(self, logits: torch.Tensor, threshold: float, offset: float
                             ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +79,12 @@ class Frame:
         (``full_size.boxes_of`` at ``threshold``) of low-res logits [N, h, w]. On the CPU in
         one compiled pass over the low-res logits that makes no full-size logits
         (``full_size_cpu``): resizing and passing over them was ~2/3 of a 640x480 frame there.
-        Elsewhere in chunks of full_size.CHUNK."""
+        Elsewhere in chunks (``_chunks``)."""
         if logits.device.type == "cpu":
             return full_size_cpu.stability_and_boxes(logits, self._step, self.input_hw,
                                                      self.orig_hw, threshold, offset)
         parts = []
-        for part in full_size.chunks(logits.shape[0]):
+        for part in self._chunks(logits):
             full = self.upsample(logits[part])
             parts.append((stability_scores(full, threshold, offset, (0, 1)),
                           full_size.boxes_of(full, threshold)))
@@ -99,7 +105,7 @@ class Frame:
         out = torch.empty((logits.shape[0],) + self.orig_hw, dtype=torch.bool,
                           device=logits.device)
         boxes = []
-        for part in full_size.chunks(logits.shape[0]):
+        for part in self._chunks(logits):
             full = self.upsample(logits[part])
             torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
             boxes.append(full_size.boxes_of(full, threshold))
@@ -121,7 +127,10 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.iou.shape[0])
 
-    def select(self, index: torch.Tensor) -> "Candidates":
+    def select(self, index: torch.Tensor | slice) -> "Candidates":
+        """The rows ``index`` (indices, a slice or a bool mask)."""
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+            index = index.nonzero()[:, 0]  # one wait for the device instead of one per field
         return Candidates(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
     @staticmethod
@@ -184,7 +193,7 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
     filter. ``offset``: the batch's first prompt among the decoded points."""
     iou = state.iou_pred[:, 1:].float()
     n_masks = iou.shape[1]
-    cls = class_probs(model.class_logits(state), iou)
+    cls = class_probs(model.class_logits(state), iou)  # [B, C], one row per prompt
     passed = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
         iou, dtype=torch.bool)
     prompts = passed.any(1).nonzero()[:, 0]
@@ -192,19 +201,19 @@ def _filter_chunk(model: Saom, frame: Frame, state: DecoderTokens, offset: int,
         state = state._replace(tokens=state.tokens[prompts], image=state.image[prompts])
     logits = method("decode_masks")(state, True, frame.extent).flatten(0, 1).float()
     keep = passed[prompts].flatten()
-    iou, cls = iou[prompts].flatten(), cls[prompts].repeat_interleave(n_masks, 0)
-    prompt = (prompts + offset).repeat_interleave(n_masks)
     if s.stability_score_thresh > 0:
         # Cheap pre-screen on the low-res logits; survivors are decided at full size.
         v = frame.valid
         stab = stability_scores(logits[:, :v[0], :v[1]], s.mask_threshold,
                                 s.stability_score_offset, (-2, -1))
         keep &= stab >= s.stability_score_thresh - STABILITY_MARGIN
-    logits, iou, cls, prompt = logits[keep], iou[keep], cls[keep], prompt[keep]
+    # Indices, not bool masks, from here: each bool index waits for the device.
+    rows = keep.nonzero()[:, 0]
+    of_prompt = prompts[rows // n_masks]
+    logits, iou, cls = logits[rows], iou[of_prompt, rows % n_masks], cls[of_prompt]
     stab, boxes = frame.stability_and_boxes(logits, s.mask_threshold, s.stability_score_offset)
+    cand = Candidates(logits, iou, cls, stab, boxes.to(logits.device), of_prompt + offset,
+                      logits.new_empty(len(rows), 2))
     # The generator drops boxes near crop edges; with one crop (the image) there are none.
-    ok = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
-        torch.ones_like(stab, dtype=torch.bool)
-    kept = prompt[ok]
-    return Candidates(logits[ok], iou[ok], cls[ok], stab[ok], boxes[ok].to(logits.device), kept,
-                      kept.new_empty(len(kept), 2, dtype=torch.float32))
+    return cand.select(stab >= s.stability_score_thresh) if s.stability_score_thresh > 0 \
+        else cand

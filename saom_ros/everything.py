@@ -265,31 +265,40 @@ class EverythingEngine:
         cand = dataclasses.replace(cand, boxes=boxes)
         if s.max_instances > 0:
             masks, cand = masks[:s.max_instances], cand.select(slice(0, s.max_instances))
-        prompt = cand.prompt.cpu().numpy()
-        prompt_source = (np.full(len(prompt), -1, np.int32) if source is None
-                         else source[prompt].astype(np.int32))
-        return self._instances(masks, cand, prompt_source)
+        return self._instances(masks, cand, source)
 
     def _instances(self, masks: torch.Tensor, cand: Candidates,
-                   prompt_source: np.ndarray) -> Instances:
+                   source: Optional[np.ndarray]) -> Instances:
         """Pack results; a label-image pixel goes to the first (best) mask covering it."""
-        iou = cand.iou
-        agnostic = self.model.class_head is None
-        class_scores, class_idx = (iou, torch.zeros_like(iou, dtype=torch.long)) if agnostic \
-            else cand.cls.max(dim=1)
+        iou = cand.iou.float()
+        if self.model.class_head is None:  # class-agnostic: scored by predicted IoU
+            class_scores, class_idx = iou, torch.zeros_like(iou, dtype=torch.long)
+        else:
+            class_scores, class_idx = cand.cls.float().max(dim=1)
         class_ids = class_idx + 1
         instance_image, semantic_image = full_size.label_images(masks, class_ids)
+        # The per-mask numbers in one copy to the host (each copy waits for the device);
+        # float32 holds the ids and indices exactly (below 2^24).
+        columns = (cand.boxes.float().reshape(-1, 4), iou[:, None],
+                   cand.stability.float()[:, None], class_ids.float()[:, None],
+                   class_scores[:, None], cand.point.float(), cand.prompt.float()[:, None])
+        table = torch.cat(columns, 1).cpu().numpy()
+        widths = np.cumsum([c.shape[1] for c in columns])[:-1]
+        boxes, iou_, stability, ids, scores, point, prompt = (
+            np.ascontiguousarray(c) for c in np.split(table, widths, axis=1))
+        prompt = prompt[:, 0].astype(np.int64)
         return Instances(
             masks=masks.cpu().numpy(),
-            boxes=cand.boxes.float().cpu().numpy().reshape(-1, 4),
-            predicted_iou=iou.float().cpu().numpy(),
-            stability_score=cand.stability.float().cpu().numpy(),
-            class_ids=class_ids.to(torch.int32).cpu().numpy(),
-            class_scores=class_scores.float().cpu().numpy(),
+            boxes=boxes,
+            predicted_iou=iou_[:, 0],
+            stability_score=stability[:, 0],
+            class_ids=ids[:, 0].astype(np.int32),
+            class_scores=scores[:, 0],
             instance_image=instance_image,
             semantic_image=semantic_image,
-            prompt_source=prompt_source,
-            prompt_point=cand.point.cpu().numpy(),
+            prompt_source=(np.full(len(prompt), -1, np.int32) if source is None
+                           else source[prompt].astype(np.int32)),
+            prompt_point=point,
         )
 
 

@@ -4,8 +4,9 @@ label images.
 
 Masks are kept channels last (memory [H, W, N]): PyTorch's bilinear kernel then vectorises
 across masks, and the per-mask counts and extents are reductions over contiguous mask vectors.
-Masks go through in chunks of CHUNK so that a chunk's full-size logits stay in cache between
-those reductions.
+Masks go through in chunks of at most CHUNK_BYTES of full-size logits: few chunks keep the
+kernel launches few (a chunk is ~25 launches, which cost more than the GPU work for small
+frames), the bound keeps the memory in check.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import nms
 
-# Masks per pass (32 masks of 256x256 float logits = 8 MiB).
-CHUNK = 32
+# Full-size float32 logits per pass (with the input-size step before them), in bytes.
+CHUNK_BYTES = 512 << 20
 
 
 def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -49,9 +50,11 @@ def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
     return x[0].permute(1, 2, 0)
 
 
-def chunks(n: int) -> Iterator[slice]:
-    """Slices of CHUNK masks covering range(n); one empty slice when n is 0."""
-    return (slice(i, min(i + CHUNK, n)) for i in range(0, max(n, 1), CHUNK))
+def chunks(n: int, mask_bytes: int) -> Iterator[slice]:
+    """Slices covering range(n), each of as many masks of ``mask_bytes`` as CHUNK_BYTES holds
+    (at least one); one empty slice when n is 0."""
+    size = max(1, CHUNK_BYTES // max(1, mask_bytes))
+    return (slice(i, min(i + size, n)) for i in range(0, max(n, 1), size))
 
 
 def stability_scores(logits: torch.Tensor, threshold: float, offset: float,
@@ -103,10 +106,11 @@ def remove_small(masks: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor, ar
     boxes [N, 4] (as ``boxes_of``).
 
     Each mask is corrected inside its ``_region`` only, which gives the whole-image result with
-    a fraction of the pixels. Returns the new masks, their boxes (as batched_mask_to_box) and
+    a fraction of the pixels. Returns the new masks (on the host, where the connected
+    components are found and where the results go), their boxes (as batched_mask_to_box) and
     the indices (into the inputs) they came from, by descending IoU.
     """
-    out = masks.cpu().numpy().copy()
+    out = masks.to("cpu", copy=True).numpy()
     new_boxes = boxes.cpu().numpy().astype(np.int64)
     unchanged = np.ones(len(out), np.float32)
     for i, mask in enumerate(out):
@@ -122,9 +126,13 @@ def remove_small(masks: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor, ar
             x0, y0, x1, y1 = _box(crop)
             new_boxes[i] = (x0 + xs.start, y0 + ys.start, x1 + xs.start, y1 + ys.start)
     result = torch.from_numpy(new_boxes).float()
-    keep = nms(result, torch.from_numpy(unchanged), nms_thresh).to(masks.device)
-    keep = keep[torch.argsort(iou[keep], descending=True, stable=True)]
-    return torch.from_numpy(out).to(masks.device)[keep], result.to(masks.device)[keep], keep
+    keep = nms(result, torch.from_numpy(unchanged), nms_thresh)
+    keep = keep[torch.argsort(iou.cpu()[keep], descending=True, stable=True)]
+    # Usually all stay in order (the inputs come sorted); then the masks need no copy.
+    kept = torch.from_numpy(out)
+    if not torch.equal(keep, torch.arange(len(out))):
+        kept = kept[keep]
+    return kept, result[keep].to(boxes.device), keep.to(boxes.device)
 
 
 def remove_small_regions(mask: np.ndarray, area: int, holes: bool) -> tuple[np.ndarray, bool]:
@@ -183,11 +191,16 @@ def label_images(masks: torch.Tensor, class_ids: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Instance and semantic images (uint16 [H, W]) of masks [N, H, W] sorted best first: a pixel
     goes to the first mask covering it (instance i + 1, its class id); 0 where none does."""
-    inst = torch.zeros(masks.shape[-2:], dtype=torch.int32, device=masks.device)
-    # Painted worst first, so the best mask covering a pixel is written last (an argmax over
-    # the mask axis costs ~10x more on the CPU).
-    for i in range(masks.shape[0] - 1, -1, -1):
-        inst.masked_fill_(masks[i], i + 1)
-    lut = torch.cat([class_ids.new_zeros(1), class_ids]).to(torch.int32)
-    return (inst.cpu().numpy().astype(np.uint16),
-            lut[inst.long()].cpu().numpy().astype(np.uint16))
+    if masks.device.type == "cpu" or masks.shape[0] == 0:
+        inst = torch.zeros(masks.shape[-2:], dtype=torch.int32, device=masks.device)
+        # Painted worst first, so the best mask covering a pixel is written last (an argmax
+        # over the mask axis costs ~10x more on the CPU).
+        for i in range(masks.shape[0] - 1, -1, -1):
+            inst.masked_fill_(masks[i], i + 1)
+    else:  # on a GPU one argmax (the first maximum) instead of a kernel per mask
+        first = masks.view(torch.uint8).argmax(0).to(torch.int32)
+        inst = torch.where(masks.any(0), first + 1, 0)
+    lut = torch.cat([class_ids.new_zeros(1), class_ids]).to(inst.device, torch.int32)
+    # One copy to the host for both; int16 holds every id (at most a few thousand masks).
+    both = torch.stack([inst, lut[inst.long()]]).to(torch.int16).cpu().numpy().view(np.uint16)
+    return both[0], both[1]

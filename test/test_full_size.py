@@ -8,7 +8,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torch.nn import functional as F
 
 from saom_ros.full_size import (
-    boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
+    CHUNK_BYTES, boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
     upsample)
 
 
@@ -40,9 +40,11 @@ def test_stability_and_boxes_match_segment_anything(n: int, hw: tuple) -> None:
     torch.testing.assert_close(boxes_of(full, 0.0), batched_mask_to_box(planes > 0).float())
 
 
-def test_chunks_cover_everything_once() -> None:
-    assert [(s.start, s.stop) for s in chunks(70)] == [(0, 32), (32, 64), (64, 70)]
-    assert [(s.start, s.stop) for s in chunks(0)] == [(0, 0)]
+def test_chunks_cover_everything_once_within_the_budget() -> None:
+    assert [(s.start, s.stop) for s in chunks(70, CHUNK_BYTES // 32)] == \
+        [(0, 32), (32, 64), (64, 70)]
+    assert [(s.start, s.stop) for s in chunks(3, 2 * CHUNK_BYTES)] == [(0, 1), (1, 2), (2, 3)]
+    assert [(s.start, s.stop) for s in chunks(0, 1)] == [(0, 0)]
 
 
 def test_label_images_give_each_pixel_to_the_first_mask() -> None:
@@ -82,7 +84,9 @@ def test_remove_small_is_the_generators_postprocessing(area: int) -> None:
     data = MaskData(rles=mask_to_rle_pytorch(masks), boxes=batched_mask_to_box(masks).float(),
                     iou_preds=iou)
     ref = SamAutomaticMaskGenerator.postprocess_small_regions(data, area, 0.9)
+    before = masks.clone()
     ours, boxes, keep = remove_small(masks, batched_mask_to_box(masks), iou, area, 0.9)
+    assert torch.equal(masks, before)  # the input is left as it was
     # The generator filters in NMS order; it sorts by IoU only when it packs its records.
     order = torch.argsort(ref["iou_preds"], descending=True, stable=True)
     expected = np.stack([rle_to_mask(ref["rles"][i]) for i in order.tolist()])
@@ -107,3 +111,24 @@ def test_remove_small_regions_is_segment_anythings(area: int) -> None:
             ref, ref_changed = reference(mask, area, mode)
             np.testing.assert_array_equal(ours, ref)
             assert changed == ref_changed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_label_images_on_a_gpu_are_the_cpus() -> None:
+    masks = _small_region_masks(40, 56, seed=3)  # overlapping, cut by the edges, one empty
+    class_ids = torch.arange(len(masks)) % 4 + 1
+    for cpu, gpu in zip(label_images(masks, class_ids),
+                        label_images(masks.cuda(), class_ids.cuda())):
+        np.testing.assert_array_equal(gpu, cpu)
+        assert gpu.dtype == np.uint16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_remove_small_of_gpu_masks_gives_host_masks_and_device_indices() -> None:
+    masks = _small_region_masks(40, 56, seed=12)
+    iou = torch.linspace(1.0, 0.5, len(masks))
+    cpu = remove_small(masks, batched_mask_to_box(masks), iou, 12, 0.9)
+    gpu = remove_small(masks.cuda(), batched_mask_to_box(masks).cuda(), iou.cuda(), 12, 0.9)
+    assert gpu[0].device.type == "cpu" and gpu[1].is_cuda and gpu[2].is_cuda
+    for ours, expected in zip(gpu, cpu):
+        torch.testing.assert_close(ours.cpu(), expected)
