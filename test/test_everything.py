@@ -47,6 +47,22 @@ def test_extremely_thin_images_are_segmented(tiny_model: Saom, hw: tuple) -> Non
     assert result.masks.shape[1:] == hw
 
 
+def test_cpu_engine_fuses_attention_in_a_copy_sharing_the_weights(tiny_model: Saom) -> None:
+    from saom_ros.encoder_attention import FusedAttention
+
+    model = tiny_model.train()
+    engine = EverythingEngine(model)
+    ours, theirs = engine.model.sam.image_encoder, model.sam.image_encoder
+    assert all(type(b.attn) is FusedAttention for b in ours.blocks)
+    assert not any(isinstance(b.attn, FusedAttention) for b in theirs.blocks)
+    assert model.training and not engine.model.training  # the caller's model as it was
+    assert ours.blocks[0].attn.qkv.weight is theirs.blocks[0].attn.qkv.weight
+    x = torch.randn(1, 3, model.config.img_size, model.config.img_size)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), model.eval().sam.image_encoder(x), atol=1e-5,
+                                   rtol=1e-4)
+
+
 def test_point_grid_is_segment_anythings() -> None:
     grid = make_point_grid(4)
     assert grid.shape == (16, 2)
