@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+from types import ModuleType
 from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
@@ -62,54 +63,31 @@ class Frame:
         scale = np.array([self.input_hw[1] / self.orig_hw[1], self.input_hw[0] / self.orig_hw[0]])
         return torch.as_tensor(points * scale, dtype=torch.float32, device=self.embedding.device)
 
-    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-resolution logits [H, W, N] (channels last) of low-res logits [N, h, w]."""
-        return full_size.upsample(logits, self._step, self.input_hw, self.orig_hw)
-
-    def _chunks(self, logits: torch.Tensor) -> Iterator[slice]:
-        """``full_size.chunks`` of low-res logits [N, h, w]: a mask's bytes are its logits at
-        the input step and at full size."""
-        step_area = self._step ** 2 * logits.shape[-2] * logits.shape[-1]
-        return full_size.chunks(logits.shape[0], 4 * (step_area + self.orig_hw[0] *
-                                                     self.orig_hw[1]))
-
     def stability_and_boxes(self, logits: torch.Tensor, threshold: float, offset: float
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-size stability scores [N] (``full_size.stability_scores``) and boxes [N, 4]
         (``full_size.boxes_of`` at ``threshold``) of low-res logits [N, h, w]. On the CPU in
         one compiled pass over the low-res logits that makes no full-size logits
         (``full_size_cpu``): resizing and passing over them was ~2/3 of a 640x480 frame there.
-        Elsewhere in chunks (``_chunks``)."""
-        if logits.device.type == "cpu":
-            return full_size_cpu.stability_and_boxes(logits, self._step, self.input_hw,
-                                                     self.orig_hw, threshold, offset)
-        parts = []
-        for part in self._chunks(logits):
-            full = self.upsample(logits[part])
-            parts.append((stability_scores(full, threshold, offset, (0, 1)),
-                          full_size.boxes_of(full, threshold)))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        Elsewhere from full-size logits, in chunks (``full_size``)."""
+        return self._full_size(logits).stability_and_boxes(
+            logits, self._step, self.input_hw, self.orig_hw, threshold, offset)
+
+    def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-resolution masks (bool [N, H, W]) of low-res logits [N, h, w], and their boxes
+        (float [N, 4], as ``full_size.boxes_of``); on the CPU in one compiled pass."""
+        return self._full_size(logits).masks_and_boxes(logits, self._step, self.input_hw,
+                                                       self.orig_hw, threshold)
+
+    @staticmethod
+    def _full_size(logits: torch.Tensor) -> ModuleType:
+        """The module that does the full-size work on ``logits``' device."""
+        return full_size_cpu if logits.device.type == "cpu" else full_size
 
     @property
     def _step(self) -> int:
         """Input pixels per low-res pixel."""
         return self.patch_size // LOW_RES_PER_EMBEDDING
-
-    def masks(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-resolution masks (bool [N, H, W]) of low-res logits [N, h, w], and their boxes
-        (float [N, 4], as ``full_size.boxes_of``). On the CPU from the low-res logits in one
-        compiled pass (``full_size_cpu``)."""
-        if logits.device.type == "cpu":
-            return full_size_cpu.masks_and_boxes(logits, self._step, self.input_hw, self.orig_hw,
-                                                 threshold)
-        out = torch.empty((logits.shape[0],) + self.orig_hw, dtype=torch.bool,
-                          device=logits.device)
-        boxes = []
-        for part in self._chunks(logits):
-            full = self.upsample(logits[part])
-            torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
-            boxes.append(full_size.boxes_of(full, threshold))
-        return out, torch.cat(boxes)
 
 
 @dataclasses.dataclass

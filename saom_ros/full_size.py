@@ -50,6 +50,40 @@ def upsample(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
     return x[0].permute(1, 2, 0)
 
 
+def stability_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+                        orig_hw: tuple[int, int], threshold: float, offset: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stability_scores`` [N] and ``boxes_of`` [N, 4] of the full-size logits (``upsample``)
+    of low-res logits [N, h, w], a chunk (``logit_chunks``) at a time."""
+    parts = []
+    for part in logit_chunks(logits, step, orig_hw):
+        full = upsample(logits[part], step, input_hw, orig_hw)
+        parts.append((stability_scores(full, threshold, offset, (0, 1)),
+                      boxes_of(full, threshold)))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def masks_and_boxes(logits: torch.Tensor, step: int, input_hw: tuple[int, int],
+                    orig_hw: tuple[int, int], threshold: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-size masks (bool [N, H, W]) of low-res logits [N, h, w] at ``threshold`` and their
+    ``boxes_of``, a chunk (``logit_chunks``) at a time."""
+    out = torch.empty((logits.shape[0],) + orig_hw, dtype=torch.bool, device=logits.device)
+    boxes = []
+    for part in logit_chunks(logits, step, orig_hw):
+        full = upsample(logits[part], step, input_hw, orig_hw)
+        torch.gt(full.permute(2, 0, 1), threshold, out=out[part])
+        boxes.append(boxes_of(full, threshold))
+    return out, torch.cat(boxes)
+
+
+def logit_chunks(logits: torch.Tensor, step: int, orig_hw: tuple[int, int]) -> Iterator[slice]:
+    """``chunks`` of low-res logits [N, h, w]: a mask's bytes are its float logits at the
+    input step and at full size."""
+    step_area = step ** 2 * logits.shape[-2] * logits.shape[-1]
+    return chunks(logits.shape[0], 4 * (step_area + orig_hw[0] * orig_hw[1]))
+
+
 def chunks(n: int, mask_bytes: int) -> Iterator[slice]:
     """Slices covering range(n), each of as many masks of ``mask_bytes`` as CHUNK_BYTES holds
     (at least one); one empty slice when n is 0."""
@@ -191,16 +225,26 @@ def label_images(masks: torch.Tensor, class_ids: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Instance and semantic images (uint16 [H, W]) of masks [N, H, W] sorted best first: a pixel
     goes to the first mask covering it (instance i + 1, its class id); 0 where none does."""
-    if masks.device.type == "cpu" or masks.shape[0] == 0:
-        inst = torch.zeros(masks.shape[-2:], dtype=torch.int32, device=masks.device)
-        # Painted worst first, so the best mask covering a pixel is written last (an argmax
-        # over the mask axis costs ~10x more on the CPU).
-        for i in range(masks.shape[0] - 1, -1, -1):
-            inst.masked_fill_(masks[i], i + 1)
-    else:  # on a GPU one argmax (the first maximum) instead of a kernel per mask
-        first = masks.view(torch.uint8).argmax(0).to(torch.int32)
-        inst = torch.where(masks.any(0), first + 1, 0)
+    # An argmax over the mask axis costs ~10x the painting on the CPU; on a GPU it is one
+    # kernel instead of one per mask.
+    on_cpu = masks.device.type == "cpu" or masks.shape[0] == 0
+    inst = _painted(masks) if on_cpu else _first_cover(masks)
     lut = torch.cat([class_ids.new_zeros(1), class_ids]).to(inst.device, torch.int32)
     # One copy to the host for both; int16 holds every id (at most a few thousand masks).
     both = torch.stack([inst, lut[inst.long()]]).to(torch.int16).cpu().numpy().view(np.uint16)
     return both[0], both[1]
+
+
+def _painted(masks: torch.Tensor) -> torch.Tensor:
+    """int32 [H, W]: 1 + the index of the first of masks [N, H, W] covering each pixel, else 0;
+    painted worst first, so that the best mask covering a pixel is written last."""
+    inst = torch.zeros(masks.shape[-2:], dtype=torch.int32, device=masks.device)
+    for i in range(masks.shape[0] - 1, -1, -1):
+        inst.masked_fill_(masks[i], i + 1)
+    return inst
+
+
+def _first_cover(masks: torch.Tensor) -> torch.Tensor:
+    """``_painted`` by one argmax (the first maximum) over N >= 1 masks."""
+    first = masks.view(torch.uint8).argmax(0).to(torch.int32)
+    return torch.where(masks.any(0), first + 1, 0)

@@ -7,6 +7,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 from torch.nn import functional as F
 
+from saom_ros import full_size, full_size_cpu
 from saom_ros.full_size import (
     CHUNK_BYTES, boxes_of, chunks, label_images, remove_small, remove_small_regions, stability_scores,
     upsample)
@@ -40,6 +41,25 @@ def test_stability_and_boxes_match_segment_anything(n: int, hw: tuple) -> None:
     torch.testing.assert_close(boxes_of(full, 0.0), batched_mask_to_box(planes > 0).float())
 
 
+@pytest.mark.parametrize("input_hw, orig_hw", [((64, 64), (64, 64)), ((48, 64), (90, 120))])
+def test_chunked_full_size_work_is_the_compiled_cpu_pass(monkeypatch: pytest.MonkeyPatch,
+                                                         input_hw: tuple, orig_hw: tuple) -> None:
+    # The path devices other than the CPU take, here on the CPU against full_size_cpu's pass
+    # (itself tested against the generator), in chunks of 3 masks.
+    low = _logits(8) * 0.3  # soft edges: stability scores between 0 and 1
+    mask_bytes = 4 * (64 * 64 + orig_hw[0] * orig_hw[1])  # logits at the input step, full size
+    monkeypatch.setattr(full_size, "CHUNK_BYTES", 3 * mask_bytes)
+    assert len(list(full_size.logit_chunks(low, 4, orig_hw))) == 3
+    stability, boxes = full_size.stability_and_boxes(low, 4, input_hw, orig_hw, 0.0, 1.0)
+    expected = full_size_cpu.stability_and_boxes(low, 4, input_hw, orig_hw, 0.0, 1.0)
+    torch.testing.assert_close(stability, expected[0], equal_nan=True)
+    torch.testing.assert_close(boxes, expected[1].float())
+    masks, boxes = full_size.masks_and_boxes(low, 4, input_hw, orig_hw, 0.0)
+    expected = full_size_cpu.masks_and_boxes(low, 4, input_hw, orig_hw, 0.0)
+    assert torch.equal(masks, expected[0])
+    torch.testing.assert_close(boxes, expected[1].float())
+
+
 def test_chunks_cover_everything_once_within_the_budget() -> None:
     assert [(s.start, s.stop) for s in chunks(70, CHUNK_BYTES // 32)] == \
         [(0, 32), (32, 64), (64, 70)]
@@ -53,6 +73,11 @@ def test_label_images_give_each_pixel_to_the_first_mask() -> None:
     inst, sem = label_images(masks, torch.tensor([7, 3]))
     assert inst[:, 0].tolist() == [1, 1, 2, 0] and sem[:, 0].tolist() == [7, 7, 3, 0]
     assert inst.dtype == np.uint16 and sem.dtype == np.uint16
+
+
+def test_the_gpus_label_argmax_is_the_cpus_painting() -> None:
+    masks = _small_region_masks(40, 56, seed=5)  # overlapping, cut by the edges, one empty
+    assert torch.equal(full_size._first_cover(masks), full_size._painted(masks))
 
 
 def _small_region_masks(h: int, w: int, seed: int) -> torch.Tensor:
