@@ -26,6 +26,9 @@ from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
 
 
+# SamAutomaticMaskGenerator removes the duplicates that small-region removal leaves at the larger
+# of box_nms_thresh and its crop_nms_thresh (0.7 by default), even with one crop.
+SMALL_REGION_NMS_FLOOR = 0.7
 # hierarchical: coarse masks that pass the predicted-IoU and stability filters or miss them by at
 # most this still mark where the full grid may find an object; where no such mask reaches, the
 # full grid is not decoded (see _unexplained).
@@ -266,8 +269,9 @@ class EverythingEngine:
         cand = cand.select(nms(cand.boxes, cand.iou, s.box_nms_thresh))
         masks, boxes = frame.masks(cand.logits, s.mask_threshold)
         if s.min_mask_region_area > 0:
-            masks, boxes, order = full_size.remove_small(masks, boxes, cand.iou,
-                                                         s.min_mask_region_area, s.box_nms_thresh)
+            masks, boxes, order = full_size.remove_small(
+                masks, boxes, cand.iou, s.min_mask_region_area,
+                max(s.box_nms_thresh, SMALL_REGION_NMS_FLOOR))
             cand = cand.select(order)
         cand = dataclasses.replace(cand, boxes=boxes)
         if s.max_instances > 0:

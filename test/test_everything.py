@@ -10,7 +10,9 @@ import torch
 from saom_ros import everything
 from saom_ros.candidates import Frame
 from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
-from saom_ros.model import ModelConfig, Saom, build_saom
+from saom_ros.everything_settings import settings_for
+from saom_ros.model import ModelConfig, Saom, build_saom, load_model
+from saom_ros.model_config import DEFAULT_CHECKPOINT
 
 from conftest import BENCH
 
@@ -129,6 +131,22 @@ def test_parity_with_sam_automatic_mask_generator(shapes_model: Saom, extra: dic
     ref = BENCH.amg_masks(shapes_model, settings, image)
     assert len(ref) >= 15 and abs(len(ours) - len(ref)) <= 2
     # Every mask of the smaller set has a partner of IoU >= 0.98 in the other.
+    assert BENCH.matched_iou(ours.masks, ref) >= 0.98
+
+
+@pytest.mark.slow
+def test_parity_of_the_packaged_model_with_its_carried_settings() -> None:
+    # Its box_nms_thresh (0.4) is below the generator's crop_nms_thresh (0.7), which the
+    # generator's small-region removal uses; a mask whose removed island shrinks its box must
+    # survive as it does there.
+    model = load_model(DEFAULT_CHECKPOINT)
+    settings = settings_for(model)
+    assert settings.box_nms_thresh < everything.SMALL_REGION_NMS_FLOOR
+    assert settings.min_mask_region_area > 0
+    image = _scene(480, 640, seed=7)
+    ours = EverythingEngine(model, settings)(image)
+    ref = BENCH.amg_masks(model, settings, image)
+    assert len(ours) == len(ref) >= 10
     assert BENCH.matched_iou(ours.masks, ref) >= 0.98
 
 
