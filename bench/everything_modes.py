@@ -131,6 +131,7 @@ def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int,
     scores = {"grid": Scorer(model, dataset.class_names),
               "hierarchical": Scorer(model, dataset.class_names)}
     times: dict[str, list[float]] = {k: [] for k in scores}
+    points: dict[str, list[int]] = {k: [] for k in scores}
     for engine in (exact, hier):  # on CUDA: graph capture and kernel autotuning
         engine.warm_up()
     for i in range(n):
@@ -138,8 +139,9 @@ def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int,
         for name, engine in (("grid", exact), ("hierarchical", hier)):
             inst, dt = _timed(lambda: engine(sample.image))
             times[name].append(dt)
+            points[name].append(inst.points_decoded)
             scores[name].add(sample.masks, sample.class_ids, inst)
-    return _report("hierarchical", times, scores)
+    return _report("hierarchical", times, scores, points)
 
 
 def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames: int,
@@ -151,6 +153,7 @@ def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames:
     names = ("grid", "streaming")
     scores = {k: Scorer(model, dataset.class_names) for k in names}
     times: dict[str, list[float]] = {k: [] for k in names}
+    points: dict[str, list[int]] = {k: [] for k in names}
     rng = np.random.default_rng(seed)
     kinds = ("pan", "zoom", "objects")
     for s in range(sequences):
@@ -162,21 +165,26 @@ def bench_streaming(model: Saom, dataset: CocoInstances, sequences: int, frames:
         for image, masks in camera_sequence(sample, kinds[s % len(kinds)], frames, rng):
             inst, dt = _timed(lambda: exact(image))
             times["grid"].append(dt)
+            points["grid"].append(inst.points_decoded)
             scores["grid"].add(masks, sample.class_ids, inst)
             previous, dt = _timed(lambda: stream(image, previous))
             times["streaming"].append(dt)
+            points["streaming"].append(previous.points_decoded)
             scores["streaming"].add(masks, sample.class_ids, previous)
-    return _report("streaming", times, scores)
+    return _report("streaming", times, scores, points)
 
 
-def _report(mode: str, times: dict[str, list[float]], scores: dict[str, Scorer]
-            ) -> tuple[float, float]:
+def _report(mode: str, times: dict[str, list[float]], scores: dict[str, Scorer],
+            points: dict[str, list[int]]) -> tuple[float, float]:
     t_exact, t_mode = (statistics.median(times[k]) for k in ("grid", mode))
     m_exact, m_mode = scores["grid"].miou, scores[mode].miou
-    # The mean counts streaming's keyframes, which the median passes over.
+    # The means count streaming's keyframes, which the medians pass over.
     print(f"{mode}: {len(times[mode])} frames; grid {t_exact * 1e3:.1f} ms, {mode} "
           f"{t_mode * 1e3:.1f} ms median per frame ({statistics.mean(times[mode]) * 1e3:.1f} ms "
-          f"mean); mIoU grid {100 * m_exact:.2f}%, {mode} {100 * m_mode:.2f}%")
+          f"mean); points decoded per frame: grid {statistics.median(points['grid']):.0f}, "
+          f"{mode} {statistics.median(points[mode]):.0f} median "
+          f"({statistics.mean(points[mode]):.1f} mean); mIoU grid {100 * m_exact:.2f}%, "
+          f"{mode} {100 * m_mode:.2f}%")
     return t_exact / t_mode, 100 * (m_mode - m_exact)
 
 

@@ -60,6 +60,9 @@ class Instances:
     prompt_source: Optional[np.ndarray] = None
     # float32 [N, 2]: the point (x, y pixels) whose prompt gave each mask. None given: NaN.
     prompt_point: Optional[np.ndarray] = None
+    # Prompts the decoder ran for this result (a streaming frame redone as a keyframe counts
+    # both tries): what the prompt strategy spent.
+    points_decoded: int = 0
 
     def __post_init__(self) -> None:
         if self.prompt_source is None:
@@ -112,6 +115,7 @@ class EverythingEngine:
         if self.device.type == "cpu":  # at start-up, not on the first frame
             full_size_cpu.compile_kernel()
         self._since_keyframe = 0  # streaming frames since the last full grid
+        self._decoded = 0  # prompts decoded for the current image
 
     def _on_device(self, model: Saom) -> Saom:
         """The model on the device, as a copy whose image encoder uses fused attention
@@ -165,8 +169,12 @@ class EverythingEngine:
             self._cuda_encoders[key] = CudaEncoder(self.model.sam.image_encoder, run)
         return self._cuda_encoders[key](x)
 
-    def _candidates(self, frame: Frame, points: np.ndarray) -> Candidates:
-        return decode_candidates(self.model, frame, points, self.settings, self._method)
+    def _candidates(self, frame: Frame, points: np.ndarray,
+                    settings: Optional[EverythingSettings] = None) -> Candidates:
+        """Candidates of ``points`` under ``settings`` (default: the engine's), counted."""
+        self._decoded += len(points)
+        return decode_candidates(self.model, frame, points, settings or self.settings,
+                                 self._method)
 
     def _grid(self, frame: Frame, points_per_side: int) -> Candidates:
         return self._candidates(frame, prompts.grid_points(points_per_side, frame.orig_hw))
@@ -189,6 +197,12 @@ class EverythingEngine:
         """Instances of ``image``; ``previous`` (the last result on this camera) is used by the
         streaming strategy only."""
         frame = self._frame(image)
+        self._decoded = 0
+        result = self._by_strategy(frame, previous)
+        result.points_decoded = self._decoded
+        return result
+
+    def _by_strategy(self, frame: Frame, previous: Optional[Instances]) -> Instances:
         strategy = self.settings.prompt_strategy
         if strategy == "hierarchical":
             return self._finish(frame, self._hierarchical(frame))
@@ -215,7 +229,7 @@ class EverythingEngine:
         ``confident_iou``), and how many points were decoded in all; the second pass's prompt
         indices follow the first's."""
         s = self.settings
-        near = decode_candidates(self.model, frame, first, _near_pass(s), self._method)
+        near = self._candidates(frame, first, _near_pass(s))
         found = near.select(_passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
         confident = kept.select(kept.iou >= confident_iou)

@@ -227,6 +227,7 @@ def test_hierarchical_finds_what_the_full_grid_finds(shapes_model: Saom, seed: i
     assert np.all(by_hier[by_grid >= 0.5] >= 0.5)
     # 12x12 coarse points, then only the full-grid points inside new coarse masks
     assert counts[0] == 12 * 12 and sum(counts) < 16 * 16
+    assert hier.points_decoded == sum(counts)
 
 
 def test_hierarchical_decodes_the_points_inside_new_masks_only() -> None:
@@ -279,6 +280,7 @@ def test_streaming_keeps_objects_and_finds_a_new_one_by_the_next_keyframe(
         before = len(counts)
         inst = engine(image, previous)
         decoded = counts[before:]
+        assert inst.points_decoded == sum(decoded)
         best = _best_iou(truth, inst.masks)
         if t == 0:
             first_found = np.flatnonzero(best[:5] >= 0.6)  # found well by the full grid
