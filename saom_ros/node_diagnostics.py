@@ -26,13 +26,14 @@ class FrameStats:
     window_malformed: int = 0
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     inference_ms: list[float] = dataclasses.field(default_factory=list)
+    points_decoded: list[int] = dataclasses.field(default_factory=list)  # prompts per frame
     frame_age_ms: float = float("nan")
 
     def next_window(self) -> "FrameStats":
         """A copy of these stats, and reset the per-window part."""
         snapshot = dataclasses.replace(self)
         self.window_processed = self.window_malformed = 0
-        self.latencies_ms, self.inference_ms = [], []
+        self.latencies_ms, self.inference_ms, self.points_decoded = [], [], []
         return snapshot
 
 
@@ -60,6 +61,7 @@ def frame_values(stats: FrameStats, elapsed_s: float, dropped: int,
     return {
         "latency_ms": median(stats.latencies_ms),
         "inference_ms": median(stats.inference_ms),
+        "points_decoded": median(stats.points_decoded),
         "frame_age_ms": f"{stats.frame_age_ms:.1f}",
         "processing_rate_hz": f"{stats.window_processed / elapsed_s:.2f}",
         "frames_received": str(stats.received),

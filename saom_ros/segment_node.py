@@ -299,6 +299,7 @@ class SegmentNode(LifecycleNode):
             self._stats.window_processed += 1
             self._stats.latencies_ms.append((time.monotonic() - received) * 1e3)
             self._stats.inference_ms.append(inference_ms)
+            self._stats.points_decoded.append(instances.points_decoded)
             self._stats.frame_age_ms = age_ns / 1e6
 
     def _publish_3d(self, instances: Any, ids: Optional[np.ndarray], header: Header) -> None:

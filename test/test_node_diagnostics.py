@@ -11,11 +11,13 @@ QUIET = (Level.OK, "")
 
 def test_the_window_resets_and_the_totals_stay() -> None:
     stats = FrameStats(received=5, processed=4, window_processed=4, window_malformed=1,
-                       latencies_ms=[1.0, 3.0], inference_ms=[2.0])
+                       latencies_ms=[1.0, 3.0], inference_ms=[2.0], points_decoded=[256])
     window = stats.next_window()
     assert (window.window_processed, window.latencies_ms, window.inference_ms) == (4, [1.0, 3.0], [2.0])
+    assert window.points_decoded == [256]
     assert (stats.received, stats.processed) == (5, 4)
     assert (stats.window_processed, stats.window_malformed, stats.latencies_ms) == (0, 0, [])
+    assert stats.points_decoded == []
 
 
 def test_inactive_states_report_ok_unless_configure_failed() -> None:
@@ -35,9 +37,11 @@ def test_malformed_input_warns_before_silence() -> None:
 
 def test_values_give_window_medians_rate_and_counters() -> None:
     stats = FrameStats(received=7, processed=6, malformed=1, without_3d=2, window_processed=3,
-                       latencies_ms=[10.0, 30.0, 20.0], inference_ms=[5.0], frame_age_ms=12.34)
+                       latencies_ms=[10.0, 30.0, 20.0], inference_ms=[5.0],
+                       points_decoded=[256, 40, 36], frame_age_ms=12.34)
     values = frame_values(stats, 2.0, dropped=1, with_3d=True)
-    assert values == {"latency_ms": "20.0", "inference_ms": "5.0", "frame_age_ms": "12.3",
+    assert values == {"latency_ms": "20.0", "inference_ms": "5.0", "points_decoded": "40.0",
+                      "frame_age_ms": "12.3",
                       "processing_rate_hz": "1.50", "frames_received": "7",
                       "frames_processed": "6", "frames_dropped": "1", "frames_malformed": "1",
                       "frames_without_3d": "2"}

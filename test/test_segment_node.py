@@ -344,7 +344,8 @@ def test_diagnostics_report_latency_rate_drops_and_device(listener, node_process
     assert values["device"] == "cpu"
     assert float(values["latency_ms"]) > 0 or values["latency_ms"] == "nan"
     assert {"processing_rate_hz", "frames_dropped", "frames_received", "frames_malformed",
-            "inference_ms", "frame_age_ms"} <= set(values)
+            "inference_ms", "frame_age_ms", "points_decoded"} <= set(values)
+    assert values["points_decoded"] == "nan" or float(values["points_decoded"]) > 0
 
 
 def _malformed() -> list[Image]:
