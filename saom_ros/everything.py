@@ -301,7 +301,6 @@ class EverythingEngine:
         else:
             class_scores, class_idx = cand.cls.float().max(dim=1)
         class_ids = class_idx + 1
-        instance_image, semantic_image = full_size.label_images(masks, class_ids)
         # The per-mask numbers in one copy to the host (each copy waits for the device);
         # float32 holds the ids and indices exactly (below 2^24).
         columns = (cand.boxes.float().reshape(-1, 4), iou[:, None],
@@ -312,12 +311,14 @@ class EverythingEngine:
         boxes, iou_, stability, ids, scores, point, prompt = (
             np.ascontiguousarray(c) for c in np.split(table, widths, axis=1))
         prompt = prompt[:, 0].astype(np.int64)
+        ids = ids[:, 0].astype(np.int32)
+        instance_image, semantic_image = full_size.label_images(masks, ids, boxes)
         return Instances(
             masks=masks.cpu().numpy(),
             boxes=boxes,
             predicted_iou=iou_[:, 0],
             stability_score=stability[:, 0],
-            class_ids=ids[:, 0].astype(np.int32),
+            class_ids=ids,
             class_scores=scores[:, 0],
             instance_image=instance_image,
             semantic_image=semantic_image,
@@ -351,8 +352,13 @@ def _passes(cand: Candidates, s: EverythingSettings) -> torch.Tensor:
 
 
 def _among(points: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """bool [n]: the points of ``points`` [n, 2] that are also in ``decoded`` [m, 2]."""
-    return (points[:, None] == decoded[None]).all(-1).any(1)
+    """bool [n]: the points of ``points`` [n, 2] that are also in ``decoded`` [m, 2] (float32).
+
+    Each point is one complex number (x + iy, equal when both coordinates are), so the test is
+    one sort instead of an [n, m] comparison (a 32x32 grid against a 16x16 one: 6 ms)."""
+    def as_complex(p: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(p, np.float32).reshape(-1, 2).view(np.complex64)[:, 0]
+    return np.isin(as_complex(points), as_complex(decoded))
 
 
 def _low_res(frame: Frame, logits: torch.Tensor, threshold: float) -> torch.Tensor:

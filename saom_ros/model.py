@@ -103,8 +103,11 @@ class Saom(nn.Module):
         """``run_tokens``' inputs besides the image embedding, in the decoder's dtype: the dense
         positional encoding [1, C, h, w] and the sparse and dense prompt embeddings of point
         prompts (model input pixels)."""
-        sparse, dense = self.sam.prompt_encoder(
-            points=(point_coords, point_labels), boxes=None, masks=None)
+        encoder = self.sam.prompt_encoder
+        sparse = point_embeddings(encoder, point_coords, point_labels)
+        # The no-mask embedding, broadcast over the prompts (as PromptEncoder.forward).
+        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            sparse.shape[0], -1, *encoder.image_embedding_size)
         dtype = self.sam.mask_decoder.iou_token.weight.dtype  # the prompt encoder may differ
         return (self.sam.prompt_encoder.get_dense_pe().to(dtype), sparse.to(dtype),
                 broadcast_to_dtype(dense, dtype))
@@ -149,6 +152,23 @@ class Saom(nn.Module):
         else:
             x = resize_on_device(torch.as_tensor(image).to(self.device, non_blocking=True), target)
         return self.sam.preprocess(x), (x.shape[-2], x.shape[-1])
+
+
+def point_embeddings(encoder: PromptEncoder, coords: torch.Tensor, labels: torch.Tensor
+                     ) -> torch.Tensor:
+    """The sparse embeddings [B, N + 1, C] that ``encoder`` gives point prompts (coords
+    [B, N, 2] model input pixels, labels [B, N]) with no box: PromptEncoder._embed_points with
+    its padding point, the same values, without its boolean-mask indexing, each of which waits
+    for the device (four per decoder pass)."""
+    points = torch.cat([coords + 0.5, coords.new_zeros(coords.shape[0], 1, 2)], dim=1)
+    labels = torch.cat([labels.float(), labels.new_full((labels.shape[0], 1), -1.0,
+                                                        dtype=torch.float)], dim=1)[..., None]
+    emb = encoder.pe_layer.forward_with_coords(points, encoder.input_image_size)
+    # Padding points: zeroed, then the not-a-point embedding added.
+    emb = torch.where(labels == -1, encoder.not_a_point_embed.weight + 0.0, emb)
+    for label in (0, 1):
+        emb = torch.where(labels == label, emb + encoder.point_embeddings[label].weight, emb)
+    return emb
 
 
 def broadcast_to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -54,12 +54,14 @@ def inside_points(masks: np.ndarray, per_mask: int = 1) -> tuple[np.ndarray, np.
         # stays inside a mask cut by the frame, and a small mask costs a small transform.
         y0, x0 = rows[0], cols[0]
         crop = mask[y0:rows[-1] + 1, x0:cols[-1] + 1]
-        dist = cv2.distanceTransform(np.pad(crop, 1).astype(np.uint8), cv2.DIST_L2, 5)
+        padded = cv2.copyMakeBorder(crop.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
         for k in range(per_mask):
             y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
             if dist[y, x] < (1.0 if k == 0 else MIN_EXTRA_DEPTH):
                 break
             points.append((x0 + x - 1 + 0.5, y0 + y - 1 + 0.5))
             owner.append(i)
-            cv2.circle(dist, (int(x), int(y)), int(np.ceil(dist[y, x])), 0.0, -1)
+            if k + 1 < per_mask:
+                cv2.circle(dist, (int(x), int(y)), int(np.ceil(dist[y, x])), 0.0, -1)
     return (np.asarray(points, np.float32).reshape(-1, 2), np.asarray(owner, np.int64))

@@ -70,14 +70,18 @@ def test_chunks_cover_everything_once_within_the_budget() -> None:
 def test_label_images_give_each_pixel_to_the_first_mask() -> None:
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[0, :2], masks[1, 1:3] = True, True
-    inst, sem = label_images(masks, torch.tensor([7, 3]))
-    assert inst[:, 0].tolist() == [1, 1, 2, 0] and sem[:, 0].tolist() == [7, 7, 3, 0]
-    assert inst.dtype == np.uint16 and sem.dtype == np.uint16
+    for boxes in (None, batched_mask_to_box(masks).numpy()):
+        inst, sem = label_images(masks, np.array([7, 3]), boxes)
+        assert inst[:, 0].tolist() == [1, 1, 2, 0] and sem[:, 0].tolist() == [7, 7, 3, 0]
+        assert inst.dtype == np.uint16 and sem.dtype == np.uint16
 
 
-def test_the_gpus_label_argmax_is_the_cpus_painting() -> None:
+def test_the_gpus_label_argmax_is_the_cpus_painting_inside_boxes() -> None:
     masks = _small_region_masks(40, 56, seed=5)  # overlapping, cut by the edges, one empty
-    assert torch.equal(full_size._first_cover(masks), full_size._painted(masks))
+    first = full_size._first_cover(masks).numpy()
+    np.testing.assert_array_equal(first, full_size._painted(masks.numpy()))
+    np.testing.assert_array_equal(
+        first, full_size._painted(masks.numpy(), batched_mask_to_box(masks).numpy()))
 
 
 def _small_region_masks(h: int, w: int, seed: int) -> torch.Tensor:
@@ -141,9 +145,9 @@ def test_remove_small_regions_is_segment_anythings(area: int) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_label_images_on_a_gpu_are_the_cpus() -> None:
     masks = _small_region_masks(40, 56, seed=3)  # overlapping, cut by the edges, one empty
-    class_ids = torch.arange(len(masks)) % 4 + 1
+    class_ids = np.arange(len(masks)) % 4 + 1
     for cpu, gpu in zip(label_images(masks, class_ids),
-                        label_images(masks.cuda(), class_ids.cuda())):
+                        label_images(masks.cuda(), class_ids)):
         np.testing.assert_array_equal(gpu, cpu)
         assert gpu.dtype == np.uint16
 

@@ -52,6 +52,17 @@ def test_decode_shapes_and_class_logits_per_prompt(tiny_model: Saom) -> None:
     assert single.low_res_logits.shape == (2, 1, 64, 64)
 
 
+def test_prompt_inputs_are_segment_anything_prompt_encoders(tiny_model: Saom) -> None:
+    torch.manual_seed(1)
+    coords = torch.rand(5, 3, 2) * tiny_model.config.img_size
+    labels = torch.tensor([[1, 1, 0], [1, 0, -1], [0, 0, 0], [1, -1, -1], [-1, 1, 0]])
+    pe, sparse, dense = tiny_model.prompt_inputs(coords, labels)
+    encoder = tiny_model.sam.prompt_encoder
+    ref_sparse, ref_dense = encoder(points=(coords, labels), boxes=None, masks=None)
+    assert torch.equal(sparse, ref_sparse) and torch.equal(dense, ref_dense)
+    assert torch.equal(pe, encoder.get_dense_pe())
+
+
 def test_decode_matches_segment_anything_decoder(tiny_model: Saom) -> None:
     sam = tiny_model.sam
     with torch.no_grad():
