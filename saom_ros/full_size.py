@@ -141,13 +141,18 @@ def remove_small(masks: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor, ar
 
     Each mask is corrected inside its ``_region`` only, which gives the whole-image result with
     a fraction of the pixels. Returns the new masks (on the host, where the connected
-    components are found and where the results go), their boxes (as batched_mask_to_box) and
-    the indices (into the inputs) they came from, by descending IoU.
+    components are found and where the results go; CPU masks that all stay as they were and in
+    order are returned without a copy), their boxes (as batched_mask_to_box) and the indices
+    (into the inputs) they came from, by descending IoU.
     """
-    out = masks.to("cpu", copy=True).numpy()
+    out = masks.cpu().numpy()
+    # Copied before the first change only: the input stays as it was, and the usual frame, in
+    # which nothing changes, makes no copy of its masks (15 MB for 50 masks of 640x480).
+    copied = masks.device.type != "cpu"
     new_boxes = boxes.cpu().numpy().astype(np.int64)
     unchanged = np.ones(len(out), np.float32)
-    for i, mask in enumerate(out):
+    for i in range(len(out)):
+        mask = out[i]
         x0, y0, x1, y1 = box = new_boxes[i].tolist()
         if box == [0, 0, 0, 0] and not mask[0, 0]:  # empty: nothing to remove, no hole to fill
             continue
@@ -155,7 +160,9 @@ def remove_small(masks: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor, ar
         crop, holes = remove_small_regions(mask[region], area, holes=True)
         crop, islands = remove_small_regions(crop, area, holes=False)
         if holes or islands:  # filling holes keeps the box; removing regions may shrink it
-            mask[region] = crop
+            if not copied:
+                out, copied = out.copy(), True
+            out[i][region] = crop
             unchanged[i] = 0.0
             x0, y0, x1, y1 = _box(crop)
             new_boxes[i] = (x0 + xs.start, y0 + ys.start, x1 + xs.start, y1 + ys.start)

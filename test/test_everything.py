@@ -9,7 +9,8 @@ import torch
 
 from saom_ros import everything
 from saom_ros.candidates import Frame
-from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
+from saom_ros.everything import (
+    EverythingEngine, EverythingSettings, Instances, _among, make_point_grid)
 from saom_ros.everything_settings import settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.model_config import DEFAULT_CHECKPOINT
@@ -63,6 +64,17 @@ def test_cpu_engine_fuses_attention_in_a_copy_sharing_the_weights(tiny_model: Sa
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), model.eval().sam.image_encoder(x), atol=1e-5,
                                    rtol=1e-4)
+
+
+def test_among_finds_the_points_equal_in_x_and_y() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # few values, so that many points repeat one coordinate or both
+        points = (rng.integers(0, 4, (rng.integers(0, 30), 2)) * 0.5).astype(np.float32)
+        decoded = (rng.integers(0, 4, (rng.integers(0, 30), 2)) * 0.5).astype(np.float32)
+        expected = (points[:, None] == decoded[None]).all(-1).any(1)
+        np.testing.assert_array_equal(_among(points, decoded), expected)
+    assert _among(np.float32([[0.0, 1.0], [1.0, 0.0]]), np.float32([[-0.0, 1.0]])).tolist() == \
+        [True, False]
 
 
 def test_point_grid_is_segment_anythings() -> None:
