@@ -24,6 +24,7 @@ from saom_ros.cuda_tokens import CudaTokenStage
 from saom_ros.encoder_attention import fuse_attention
 from saom_ros.everything_settings import EverythingSettings
 from saom_ros.model import Saom
+from saom_ros.tracking import MATCH_STRIDE, footprint_iou
 
 
 # SamAutomaticMaskGenerator removes the duplicates that small-region removal leaves at the larger
@@ -36,6 +37,10 @@ NEAR_PASS = 0.05
 # hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
 # outside the confident masks; a mere variant of a found object does not.
 NEW_FRACTION = 0.3
+# streaming: a previous instance is lost when no new instance's footprint (its pixels in the
+# instance image) overlaps its own by this IoU. Whether a new instance merely covers its point
+# is not enough: after a cut to another scene one large mask can cover every old point.
+LOST_IOU = 0.2
 
 
 def make_point_grid(points_per_side: int) -> np.ndarray:
@@ -210,7 +215,6 @@ class EverythingEngine:
             streamed = self._streaming(frame, previous)
             if streamed is not None:
                 return streamed
-            self._since_keyframe = 0
         return self._finish(frame, self._grid(frame, self.settings.points_per_side))
 
     def _hierarchical(self, frame: Frame) -> Candidates:
@@ -246,12 +250,16 @@ class EverythingEngine:
         """Instances from points inside the previous ones and a sub-grid over the uncovered
         area, then the full-grid points their masks leave unexplained (as ``_hierarchical``);
         None when this frame must be a keyframe (none before, a new image size, the keyframe
-        interval is over, or more than max_lost_fraction of the previous instances are lost: no
-        new instance covers their points)."""
+        interval is over) or be redone as one (more than max_lost_fraction of the previous
+        instances are lost, ``_lost``). A redone frame does not restart the keyframe interval:
+        restarting it left the sequences that lose instances longest without a keyframe."""
         s = self.settings
         if previous is None or previous.instance_image.shape != frame.orig_hw or \
                 self._since_keyframe + 1 >= s.keyframe_interval:
+            self._since_keyframe = 0
             return None
+        phase = self._since_keyframe
+        self._since_keyframe += 1
         inside, owner = prompts.inside_points(previous.masks, s.points_per_instance)
         # The points that gave the previous instances, where still inside them, too.
         again = np.flatnonzero(prompts.covered(np.nan_to_num(previous.prompt_point, nan=-1.0),
@@ -260,20 +268,14 @@ class EverythingEngine:
         inside = np.concatenate([inside, previous.prompt_point[again]])
         owner = np.concatenate([owner, again])
         sparse = prompts.grid_points(s.points_per_side, frame.orig_hw)
-        sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride,
-                                           self._since_keyframe)]
+        sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride, phase)]
         sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
         points = np.concatenate([inside, sparse]).reshape(-1, 2)
         cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh)
         source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
         result = self._finish(frame, cand, source)
-        # An instance is lost when no new instance covers any of its points.
-        hit = prompts.covered(inside, result.instance_image > 0)
-        lost = len(np.unique(owner)) - len(np.unique(owner[hit]))
-        if lost > s.max_lost_fraction * len(np.unique(owner)):
-            return None
-        self._since_keyframe += 1
-        return result
+        lost, visible = _lost(previous, result)
+        return None if lost > s.max_lost_fraction * visible else result
 
     def _finish(self, frame: Frame, cand: Candidates,
                 source: Optional[np.ndarray] = None) -> Instances:
@@ -326,6 +328,18 @@ class EverythingEngine:
                            else source[prompt].astype(np.int32)),
             prompt_point=point,
         )
+
+
+def _lost(previous: Instances, result: Instances) -> tuple[int, int]:
+    """(lost, visible): of the previous instances that own pixels of their instance image, how
+    many no instance of ``result`` overlaps by LOST_IOU; footprints compared on every
+    MATCH_STRIDE-th row and column, as the tracker compares them."""
+    old = previous.instance_image[::MATCH_STRIDE, ::MATCH_STRIDE]
+    new = result.instance_image[::MATCH_STRIDE, ::MATCH_STRIDE]
+    iou = footprint_iou(old.astype(np.intp) * (len(result) + 1) + new, len(previous), len(result))
+    visible = np.bincount(old.ravel(), minlength=len(previous) + 1)[1:] > 0
+    found = (iou >= LOST_IOU).any(axis=1)
+    return int(np.count_nonzero(visible & ~found)), int(np.count_nonzero(visible))
 
 
 def _sharing_copy(model: Saom) -> Saom:

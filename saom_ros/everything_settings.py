@@ -56,7 +56,8 @@ class EverythingSettings:
     # no mask reaches, and the keyframe finds those too) ...
     stream_stride: int = 8
     # ... and a keyframe at once when more than this fraction of the previous instances is lost
-    # (no new instance covers any point it was prompted with) ...
+    # (no new instance's footprint overlaps its own by everything.LOST_IOU; the frame is redone
+    # with the full grid, and the keyframe interval goes on from the last keyframe) ...
     max_lost_fraction: float = 0.5
     # ... and confident_iou_thresh for the masks of these prompts: one or two prompts per
     # instance give fewer alternatives than a coarse grid, so a tracked mask of low predicted

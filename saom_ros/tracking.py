@@ -91,7 +91,7 @@ class Tracker:
             pairs *= count + 1
             pairs += grid
             if len(self._slot_ids) and count:
-                iou = self._footprint_iou(pairs, count)
+                iou = footprint_iou(pairs, len(self._slot_ids), count)
                 if prompt_source is not None:
                     self._credit_prompts(prompt_source, iou)
                 self._match(iou, ids, slot_of)
@@ -111,16 +111,6 @@ class Tracker:
                 slot = slot_by_id.get(int(self._last_ids[source]))
                 if slot is not None:
                     iou[slot, i] = max(iou[slot, i], self.iou_threshold)
-
-    def _footprint_iou(self, pairs: np.ndarray, count: int) -> np.ndarray:
-        """IoU [slots, instances] of every track's remembered footprint with every instance's,
-        from one joint histogram of the two images (areas from its margins)."""
-        slots = len(self._slot_ids)
-        joint = np.bincount(pairs.ravel(), minlength=(slots + 1) * (count + 1)
-                            ).reshape(slots + 1, count + 1)
-        inter = joint[1:, 1:]
-        union = joint[1:].sum(axis=1)[:, None] + joint[:, 1:].sum(axis=0)[None, :] - inter
-        return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
 
     def _match(self, iou: np.ndarray, ids: np.ndarray, slot_of: np.ndarray) -> None:
         """Give instances the ids of tracks by the assignment that maximises the total IoU
@@ -183,6 +173,18 @@ class Tracker:
                 del self._retired[candidate]
                 return candidate
         raise RuntimeError("more than 65535 live tracks")  # excluded by the caps above
+
+
+def footprint_iou(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """IoU [rows, cols] of two sets of footprints given as one image of codes: a pixel's code is
+    ``(r + 1) * (cols + 1) + c + 1`` where footprint r of the first set and footprint c of the
+    second cover it (``r + 1`` or ``c + 1`` is 0 where none does), as ``first * (cols + 1) +
+    second`` of two instance images. One joint histogram; the areas are its margins."""
+    joint = np.bincount(codes.ravel(), minlength=(rows + 1) * (cols + 1)
+                        ).reshape(rows + 1, cols + 1)
+    inter = joint[1:, 1:]
+    union = joint[1:].sum(axis=1)[:, None] + joint[:, 1:].sum(axis=0)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
 
 
 def track_image(instance_image: np.ndarray, track_ids: np.ndarray) -> np.ndarray:

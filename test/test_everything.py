@@ -312,6 +312,33 @@ def test_streaming_keeps_objects_and_finds_a_new_one_by_the_next_keyframe(
     assert new_found is not None and new_found <= 4
 
 
+@pytest.mark.parametrize("cut", ["hidden", "another scene"])
+def test_streaming_redoes_a_frame_after_a_cut_as_a_keyframe(
+        shapes_model: Saom, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    settings = EverythingSettings(**STRICT, prompt_strategy="streaming", keyframe_interval=4)
+    engine = EverythingEngine(shapes_model, settings)
+    counts = _count_points(monkeypatch)
+    previous = engine(_separated(2)[0])
+    previous = engine(_separated(2, shift=2)[0], previous)
+    assert len(counts) == 3 and len(previous) >= 3  # a keyframe, then a streamed frame
+    # Every object gone (the quick fit then returns one mask over the whole image, which covers
+    # every old point), or other objects in other places.
+    image = _separated(2, hidden=tuple(range(6)))[0] if cut == "hidden" else _separated(5)[0]
+    inst = engine(image, previous)
+    decoded = counts[3:]
+    assert decoded[-1] == 16 * 16 and len(decoded) >= 2  # streamed, lost, redone in full
+    assert inst.points_decoded == sum(decoded) and np.all(inst.prompt_source == -1)
+    grid = EverythingEngine(shapes_model, dataclasses.replace(settings, prompt_strategy="grid"))
+    np.testing.assert_array_equal(inst.instance_image, grid(image).instance_image)
+    # The keyframe interval goes on from the last keyframe: frame 3 streams, frame 4 is one.
+    before = len(counts)
+    inst = engine(image, inst)
+    assert 16 * 16 not in counts[before:] and np.any(inst.prompt_source >= 0)
+    before = len(counts)
+    engine(image, inst)
+    assert counts[before:] == [16 * 16]
+
+
 def test_streaming_without_previous_or_after_a_resize_is_a_keyframe(shapes_model: Saom) -> None:
     engine = EverythingEngine(shapes_model, EverythingSettings(**STRICT,
                                                                prompt_strategy="streaming"))
