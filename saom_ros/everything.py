@@ -16,9 +16,8 @@ import torch
 from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import nms
 
-from saom_ros import full_size, full_size_cpu, prompts
-from saom_ros.candidates import (LOW_RES_PER_EMBEDDING, Candidates, Frame, decode_candidates,
-                                 prompt_batch)
+from saom_ros import full_size, full_size_cpu, prompts, second_pass
+from saom_ros.candidates import Candidates, Frame, decode_candidates, prompt_batch
 from saom_ros.cuda_encoder import CudaEncoder
 from saom_ros.cuda_tokens import CudaTokenStage
 from saom_ros.encoder_attention import fuse_attention
@@ -30,13 +29,6 @@ from saom_ros.tracking import MATCH_STRIDE, footprint_iou
 # SamAutomaticMaskGenerator removes the duplicates that small-region removal leaves at the larger
 # of box_nms_thresh and its crop_nms_thresh (0.7 by default), even with one crop.
 SMALL_REGION_NMS_FLOOR = 0.7
-# hierarchical: coarse masks that pass the predicted-IoU and stability filters or miss them by at
-# most this still mark where the full grid may find an object; where no such mask reaches, the
-# full grid is not decoded (see _unexplained).
-NEAR_PASS = 0.05
-# hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
-# outside the confident masks; a mere variant of a found object does not.
-NEW_FRACTION = 0.3
 # streaming: a previous instance is lost when no new instance's footprint (its pixels in the
 # instance image) overlaps its own by this IoU. Whether a new instance merely covers its point
 # is not enough: after a cut to another scene one large mask can cover every old point.
@@ -218,7 +210,7 @@ class EverythingEngine:
         return self._finish(frame, self._grid(frame, self.settings.points_per_side))
 
     def _hierarchical(self, frame: Frame) -> Candidates:
-        """Coarse-grid candidates, then those of the full-grid points that ``_unexplained``
+        """Coarse-grid candidates, then those of the full-grid points that ``second_pass.unexplained``
         leaves: inside a new coarse mask, in no confident one. Confident: kept by box NMS with
         predicted IoU >= confident_iou_thresh."""
         s = self.settings
@@ -229,17 +221,18 @@ class EverythingEngine:
     def _two_pass(self, frame: Frame, first: np.ndarray,
                   confident_iou: float) -> tuple[Candidates, int]:
         """Candidates of the points ``first``, then of the full-grid points that their masks
-        leave unexplained (``_unexplained``; confident: kept by NMS with predicted IoU >=
+        leave unexplained (``second_pass.unexplained``; confident: kept by NMS with predicted IoU >=
         ``confident_iou``), and how many points were decoded in all; the second pass's prompt
         indices follow the first's."""
         s = self.settings
-        near = self._candidates(frame, first, _near_pass(s))
-        found = near.select(_passes(near, s))
+        near = self._candidates(frame, first, second_pass.near_pass(s))
+        found = near.select(second_pass.passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
         confident = kept.select(kept.iou >= confident_iou)
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
-        points = points[_unexplained(frame, near.logits, confident.logits, points,
-                                     s.mask_threshold) & ~_among(points, first)]
+        points = points[second_pass.unexplained(frame, near.logits, confident.logits, points,
+                                                s.mask_threshold)
+                        & ~second_pass.among(points, first)]
         if len(points) == 0:  # nothing new: no second decoder pass (on a GPU a few ms)
             return found, len(first)
         more = self._candidates(frame, points)
@@ -346,78 +339,3 @@ def _sharing_copy(model: Saom) -> Saom:
     """A copy of ``model``'s modules that shares its parameters and buffers."""
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     return copy.deepcopy(model, memo)
-
-
-def _near_pass(s: EverythingSettings) -> EverythingSettings:
-    """``s`` with both mask filters lowered by NEAR_PASS (a threshold at or below 0 is off)."""
-    return dataclasses.replace(s, pred_iou_thresh=s.pred_iou_thresh - NEAR_PASS,
-                               stability_score_thresh=s.stability_score_thresh - NEAR_PASS)
-
-
-def _passes(cand: Candidates, s: EverythingSettings) -> torch.Tensor:
-    """bool [N]: the candidates that pass the filters of ``s`` (as decode_candidates applies
-    them: a threshold of 0 filters nothing)."""
-    ok = torch.ones(len(cand), dtype=torch.bool, device=cand.iou.device)
-    if s.pred_iou_thresh > 0:
-        ok &= cand.iou > s.pred_iou_thresh
-    if s.stability_score_thresh > 0:
-        ok &= cand.stability >= s.stability_score_thresh
-    return ok
-
-
-def _among(points: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """bool [n]: the points of ``points`` [n, 2] that are also in ``decoded`` [m, 2] (float32).
-
-    Each point is one complex number (x + iy, equal when both coordinates are), so the test is
-    one sort instead of an [n, m] comparison (a 32x32 grid against a 16x16 one: 6 ms)."""
-    def as_complex(p: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(p, np.float32).reshape(-1, 2).view(np.complex64)[:, 0]
-    return np.isin(as_complex(points), as_complex(decoded))
-
-
-def _low_res(frame: Frame, logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """bool [N, h, w]: the masks of low-res ``logits`` [N, h', w'] where the image is."""
-    v = frame.valid
-    return logits[:, :v[0], :v[1]] > threshold
-
-
-def _at_points(frame: Frame, logits: torch.Tensor, points: np.ndarray,
-               threshold: float) -> torch.Tensor:
-    """bool [N, P]: whether each low-res mask ``logits`` [N, h, w] holds each point (x, y
-    original pixels), its logit read bilinearly there (as the full-size mask would have it,
-    up to the rounding of two resizes)."""
-    # A low-res pixel is patch_size // LOW_RES_PER_EMBEDDING input pixels wide; the logits
-    # start at the input's top-left corner.
-    span = torch.tensor([logits.shape[-1], logits.shape[-2]], device=logits.device) * \
-        (frame.patch_size // LOW_RES_PER_EMBEDDING)
-    xy = frame.to_input(points) / span * 2 - 1
-    at = torch.nn.functional.grid_sample(logits[None].float(), xy[None, None], mode="bilinear",
-                                         padding_mode="border", align_corners=False)
-    return at[0, :, 0] > threshold
-
-
-def _unexplained(frame: Frame, near: torch.Tensor, confident: torch.Tensor,
-                 points: np.ndarray, threshold: float) -> np.ndarray:
-    """bool [P]: the full-grid ``points`` the hierarchical strategy decodes, given the low-res
-    logits of the coarse masks that passed the filters or nearly did (``near``, see NEAR_PASS)
-    and of the confident ones.
-
-    A point is decoded when it lies inside a new near mask (at least NEW_FRACTION of it outside
-    the confident masks) and inside no confident mask. Points inside a confident mask are
-    covered: the object is found. Points outside every near mask are skipped too: no coarse
-    prompt gave a mask reaching them that passes the filters or misses them by NEAR_PASS at
-    most, so that region is one the model refuses (for SAOM-small the wall and floor, ~75% of
-    the grid), and denser prompts there are expected to give rejected masks as well. So an
-    object that no coarse point hits and no near mask reaches is missed: the coarse spacing
-    bounds the smallest object found.
-    """
-    if len(points) == 0 or len(near) == 0:
-        return np.zeros(len(points), bool)
-    near_masks = _low_res(frame, near, threshold)
-    known = _low_res(frame, confident, threshold).any(0)
-    area = near_masks.flatten(1).sum(1).clamp(min=1)
-    new = (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
-    inside = _at_points(frame, near[new], points, threshold).any(0)
-    if len(confident):
-        inside &= ~_at_points(frame, confident, points, threshold).any(0)
-    return inside.cpu().numpy()

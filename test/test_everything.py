@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saom_ros import everything
-from saom_ros.candidates import Frame
-from saom_ros.everything import (
-    EverythingEngine, EverythingSettings, Instances, _among, make_point_grid)
+from saom_ros import everything, second_pass
+from saom_ros.everything import EverythingEngine, EverythingSettings, Instances, make_point_grid
 from saom_ros.everything_settings import settings_for
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.model_config import DEFAULT_CHECKPOINT
@@ -64,17 +62,6 @@ def test_cpu_engine_fuses_attention_in_a_copy_sharing_the_weights(tiny_model: Sa
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), model.eval().sam.image_encoder(x), atol=1e-5,
                                    rtol=1e-4)
-
-
-def test_among_finds_the_points_equal_in_x_and_y() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(50):  # few values, so that many points repeat one coordinate or both
-        points = (rng.integers(0, 4, (rng.integers(0, 30), 2)) * 0.5).astype(np.float32)
-        decoded = (rng.integers(0, 4, (rng.integers(0, 30), 2)) * 0.5).astype(np.float32)
-        expected = (points[:, None] == decoded[None]).all(-1).any(1)
-        np.testing.assert_array_equal(_among(points, decoded), expected)
-    assert _among(np.float32([[0.0, 1.0], [1.0, 0.0]]), np.float32([[-0.0, 1.0]])).tolist() == \
-        [True, False]
 
 
 def test_point_grid_is_segment_anythings() -> None:
@@ -242,31 +229,16 @@ def test_hierarchical_finds_what_the_full_grid_finds(shapes_model: Saom, seed: i
     assert hier.points_decoded == sum(counts)
 
 
-def test_hierarchical_decodes_the_points_inside_new_masks_only() -> None:
-    frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
-    logits = torch.full((3, 16, 16), -1.0)
-    logits[0, :8, :8] = 1.0  # confident: the top-left quarter
-    logits[1, :8, :10] = 1.0  # 1/5 outside the confident mask: a variant of it
-    logits[2, 8:, 8:] = 1.0  # new: the bottom-right quarter
-    points = np.array([[10, 10], [40, 10], [50, 50], [10, 50]], np.float32)
-    near, confident = logits, logits[:1]
-    assert everything._unexplained(frame, near, confident, points, 0.0).tolist() == [
-        False,  # found
-        False,  # only in a variant of the found object
-        True,  # in a new mask
-        False]  # in no mask: every coarse mask there was refused
-
-
 @pytest.mark.parametrize("hier, stream", [(0.0, 1.0), (1.0, 0.0)])
 def test_each_strategy_reads_its_own_confident_threshold(
         shapes_model: Saom, monkeypatch: pytest.MonkeyPatch, hier: float, stream: float) -> None:
-    confident: list[int] = []  # confident first-pass masks per _unexplained call
-    real = everything._unexplained
+    confident: list[int] = []  # confident first-pass masks per unexplained call
+    real = second_pass.unexplained
 
     def spy(frame, near, conf, points, threshold):
         confident.append(len(conf))
         return real(frame, near, conf, points, threshold)
-    monkeypatch.setattr(everything, "_unexplained", spy)
+    monkeypatch.setattr(second_pass, "unexplained", spy)
     settings = EverythingSettings(**STRICT, confident_iou_thresh=hier,
                                   stream_confident_iou_thresh=stream)
     image = _separated(2)[0]
