@@ -95,7 +95,8 @@ class EverythingEngine:
     something new and in no confident one) or ``streaming`` (points inside each of the previous
     frame's instances, among them the point that gave it, plus one interleaved sub-grid of the
     full grid over what they leave uncovered, then the full-grid points inside new masks as in
-    ``hierarchical``; the full grid on keyframes).
+    ``hierarchical``, where a previous instance that a search gave counts as confident; the full
+    grid on keyframes).
     """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
@@ -218,17 +219,23 @@ class EverythingEngine:
         return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
                               s.confident_iou_thresh)[0]
 
-    def _two_pass(self, frame: Frame, first: np.ndarray,
-                  confident_iou: float) -> tuple[Candidates, int]:
+    def _two_pass(self, frame: Frame, first: np.ndarray, confident_iou: float,
+                  settled: Optional[np.ndarray] = None) -> tuple[Candidates, int]:
         """Candidates of the points ``first``, then of the full-grid points that their masks
         leave unexplained (``second_pass.unexplained``; confident: kept by NMS with predicted IoU >=
-        ``confident_iou``), and how many points were decoded in all; the second pass's prompt
+        ``confident_iou``, or given by a point of ``first`` that ``settled`` marks (bool, one
+        per leading point)), and how many points were decoded in all; the second pass's prompt
         indices follow the first's."""
         s = self.settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
         found = near.select(second_pass.passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
-        confident = kept.select(kept.iou >= confident_iou)
+        confident = kept.iou >= confident_iou
+        if settled is not None and settled.any():
+            by_point = np.zeros(len(first), bool)
+            by_point[:len(settled)] = settled
+            confident |= torch.from_numpy(by_point).to(kept.prompt.device)[kept.prompt]
+        confident = kept.select(confident)
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
         points = points[second_pass.unexplained(frame, near.logits, confident.logits, points,
                                                 s.mask_threshold)
@@ -264,7 +271,12 @@ class EverythingEngine:
         sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride, phase)]
         sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
         points = np.concatenate([inside, sparse]).reshape(-1, 2)
-        cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh)
+        # A previous instance that a search gave (the keyframe's grid, the sub-grid or the
+        # second pass: no source) had the full grid's best masks inside it one frame ago; its
+        # tracked masks count as confident, so the grid inside a tracked instance of low
+        # predicted IoU is searched every other frame instead of every frame.
+        settled = previous.prompt_source[owner] < 0
+        cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh, settled)
         source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
         result = self._finish(frame, cand, source)
         lost, visible = _lost(previous, result)

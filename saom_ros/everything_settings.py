@@ -61,7 +61,8 @@ class EverythingSettings:
     max_lost_fraction: float = 0.5
     # ... and confident_iou_thresh for the masks of these prompts: one or two prompts per
     # instance give fewer alternatives than a coarse grid, so a tracked mask of low predicted
-    # IoU (often a part) still gets the full grid inside it (SAOM-small at 0: 1 mIoU point lost).
+    # IoU (often a part) still gets the full grid inside it (SAOM-small at 0: 1 mIoU point lost),
+    # every other frame: a mask tracked from an instance that a search gave counts as confident.
     stream_confident_iou_thresh: float = 0.5
 
     def __post_init__(self) -> None:
