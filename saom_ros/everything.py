@@ -260,16 +260,18 @@ class EverythingEngine:
             return None
         phase = self._since_keyframe
         self._since_keyframe += 1
-        inside, owner = prompts.inside_points(previous.masks, s.points_per_instance)
+        inside, owner = prompts.inside_points(previous.masks, s.points_per_instance,
+                                              previous.boxes)
         # The points that gave the previous instances, where still inside them, too.
+        tracked = previous.instance_image > 0
         again = np.flatnonzero(prompts.covered(np.nan_to_num(previous.prompt_point, nan=-1.0),
-                                               previous.instance_image > 0)
+                                               tracked)
                                & ~np.isnan(previous.prompt_point[:, 0]))
         inside = np.concatenate([inside, previous.prompt_point[again]])
         owner = np.concatenate([owner, again])
         sparse = prompts.grid_points(s.points_per_side, frame.orig_hw)
         sparse = sparse[prompts.grid_phase(s.points_per_side, s.stream_stride, phase)]
-        sparse = sparse[~prompts.covered(sparse, previous.instance_image > 0)]
+        sparse = sparse[~prompts.covered(sparse, tracked)]
         points = np.concatenate([inside, sparse]).reshape(-1, 2)
         # A previous instance that a search gave (the keyframe's grid, the sub-grid or the
         # second pass: no source) had the full grid's best masks inside it one frame ago; its

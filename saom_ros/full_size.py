@@ -164,7 +164,7 @@ def remove_small(masks: torch.Tensor, boxes: torch.Tensor, iou: torch.Tensor, ar
                 out, copied = out.copy(), True
             out[i][region] = crop
             unchanged[i] = 0.0
-            x0, y0, x1, y1 = _box(crop)
+            x0, y0, x1, y1 = mask_extent(crop)
             new_boxes[i] = (x0 + xs.start, y0 + ys.start, x1 + xs.start, y1 + ys.start)
     result = torch.from_numpy(new_boxes).float()
     keep = nms(result, torch.from_numpy(unchanged), nms_thresh)
@@ -200,7 +200,7 @@ def remove_small_regions(mask: np.ndarray, area: int, holes: bool) -> tuple[np.n
     return keep[labels], True
 
 
-def _box(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+def mask_extent(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
     """Inclusive x0, y0, x1, y1 of ``mask`` (bool [H, W]); None when it is empty."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if len(rows) == 0:

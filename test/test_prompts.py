@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from segment_anything.utils.amg import build_point_grid
 
-from saom_ros.prompts import covered, grid_phase, grid_points, inside_points
+from saom_ros.prompts import DEPTH_SIDE, covered, grid_phase, grid_points, inside_points
 
 
 def test_grid_points_are_the_generators_grid_in_pixels() -> None:
@@ -38,3 +38,32 @@ def test_inside_points_are_deep_inside_their_masks() -> None:
         assert masks[k, int(y), int(x)]
     assert abs(points[0, 0] - 15) <= 1 and 10 <= points[0, 1] <= 30
     assert np.hypot(*(points[1] - points[0])) >= 9  # the second is outside the first's disc
+
+
+def test_inside_points_read_only_the_given_boxes() -> None:
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 5:35, 5:25] = True
+    masks[1, 12:20, 40:58] = True
+    boxes = np.array([[5, 5, 24, 34], [40, 12, 57, 19], [0, 0, 0, 0]], np.float32)
+    points, owner = inside_points(masks, 2, boxes)
+    expected = inside_points(masks, 2)
+    np.testing.assert_array_equal(points, expected[0])
+    np.testing.assert_array_equal(owner, expected[1])
+    # Only the box is read: what lies outside it does not move the point.
+    masks[1, :, :12] = True
+    np.testing.assert_array_equal(inside_points(masks, 2, boxes)[0], points)
+
+
+def test_inside_points_of_large_masks_come_from_whole_blocks() -> None:
+    masks = np.zeros((3, 400, 500), bool)
+    masks[0, 50:350, 100:301] = True  # box sides above DEPTH_SIDE: searched on blocks
+    masks[1, 10:12, 20:420] = True  # too thin for a whole block: searched pixel by pixel
+    masks[2, 390:, 450:] = True  # 10x50: at full resolution
+    points, owner = inside_points(masks, per_mask=2)
+    assert owner.tolist() == [0, 0, 1, 2, 2]
+    for (x, y), k in zip(points, owner):
+        assert masks[k, int(y), int(x)]
+    block = -(-300 // DEPTH_SIDE)
+    assert abs(points[0, 0] - 200.5) <= block and abs(points[0, 1] - 200) <= 50 + block
+    assert np.hypot(*(points[1] - points[0])) >= 99  # outside the first's disc (~100 px)
+    assert 10 <= points[2, 1] < 12
