@@ -142,8 +142,8 @@ def bench_hierarchical(model: Saom, dataset: CocoInstances, n: int,
         engine.warm_up()
     engines = {"grid": exact, "hierarchical": hier}
     for turn, start in enumerate(range(0, n, BLOCK)):
-        block = [(dataset[i].image, dataset[i].masks, dataset[i].class_ids)
-                 for i in range(start, min(n, start + BLOCK))]
+        samples = [dataset[i] for i in range(start, min(n, start + BLOCK))]
+        block = [(x.image, x.masks, x.class_ids) for x in samples]
         for name in _in_turn(list(engines), turn):
             _run_block(engines[name], block, times[name], points[name], scores[name])
     return _report("hierarchical", times, scores, points)
