@@ -57,6 +57,9 @@ class Instances:
     prompt_source: Optional[np.ndarray] = None
     # float32 [N, 2]: the point (x, y pixels) whose prompt gave each mask. None given: NaN.
     prompt_point: Optional[np.ndarray] = None
+    # bool [N]: the mask's point is the very point that had given its prompt_source instance,
+    # i.e. an instance's own point found it again (streaming). None given: all False.
+    prompt_repeated: Optional[np.ndarray] = None
     # Prompts the decoder ran for this result (a streaming frame redone as a keyframe counts
     # both tries): what the prompt strategy spent.
     points_decoded: int = 0
@@ -66,6 +69,8 @@ class Instances:
             self.prompt_source = np.full(len(self), -1, np.int32)
         if self.prompt_point is None:
             self.prompt_point = np.full((len(self), 2), np.nan, np.float32)
+        if self.prompt_repeated is None:
+            self.prompt_repeated = np.zeros(len(self), bool)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -93,10 +98,10 @@ class EverythingEngine:
     ``prompt_strategy`` picks the points: ``grid`` (the generator's full grid, exact),
     ``hierarchical`` (a coarse grid, then the full-grid points inside a coarse mask that found
     something new and in no confident one) or ``streaming`` (points inside each of the previous
-    frame's instances, among them the point that gave it, plus one interleaved sub-grid of the
-    full grid over what they leave uncovered, then the full-grid points inside new masks as in
-    ``hierarchical``, where a previous instance that a search gave counts as confident; the full
-    grid on keyframes).
+    frame's instances, among them the point that gave it (alone where that point had found the
+    instance again), plus one interleaved sub-grid of the full grid over what they leave
+    uncovered, then the full-grid points inside new masks as in ``hierarchical``, where a
+    previous instance that a search gave counts as confident; the full grid on keyframes).
     """
 
     def __init__(self, model: Saom, settings: Optional[EverythingSettings] = None,
@@ -260,13 +265,16 @@ class EverythingEngine:
             return None
         phase = self._since_keyframe
         self._since_keyframe += 1
-        inside, owner = prompts.inside_points(previous.masks, s.points_per_instance,
-                                              previous.boxes)
-        # The points that gave the previous instances, where still inside them, too.
+        # The points that gave the previous instances, where still inside them, and points
+        # well inside them. An instance whose own point had found it again (prompt_repeated)
+        # gets its point alone: a second point there mostly gives the same mask again.
         tracked = previous.instance_image > 0
-        again = np.flatnonzero(prompts.covered(np.nan_to_num(previous.prompt_point, nan=-1.0),
-                                               tracked)
-                               & ~np.isnan(previous.prompt_point[:, 0]))
+        held = prompts.covered(np.nan_to_num(previous.prompt_point, nan=-1.0), tracked) \
+            & ~np.isnan(previous.prompt_point[:, 0])
+        again = np.flatnonzero(held)
+        inside, owner = prompts.inside_points(previous.masks, s.points_per_instance,
+                                              previous.boxes,
+                                              np.flatnonzero(~(held & previous.prompt_repeated)))
         inside = np.concatenate([inside, previous.prompt_point[again]])
         owner = np.concatenate([owner, again])
         sparse = prompts.grid_points(s.points_per_side, frame.orig_hw)
@@ -281,6 +289,7 @@ class EverythingEngine:
         cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh, settled)
         source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
         result = self._finish(frame, cand, source)
+        result.prompt_repeated = _repeated(previous, result)
         lost, visible = _lost(previous, result)
         return None if lost > s.max_lost_fraction * visible else result
 
@@ -335,6 +344,16 @@ class EverythingEngine:
                            else source[prompt].astype(np.int32)),
             prompt_point=point,
         )
+
+
+def _repeated(previous: Instances, result: Instances) -> np.ndarray:
+    """bool [N]: the instances of ``result`` whose point is the one that gave their
+    prompt_source instance of ``previous``."""
+    source = result.prompt_source
+    if len(previous) == 0:
+        return np.zeros(len(result), bool)
+    return (source >= 0) & np.all(
+        result.prompt_point == previous.prompt_point[np.maximum(source, 0)], axis=1)
 
 
 def _lost(previous: Instances, result: Instances) -> tuple[int, int]:

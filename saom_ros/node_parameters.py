@@ -106,7 +106,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             integer_range=[_int_range(1, 1_000_000)])),
         ("points_per_instance", engine("points_per_instance"), _d(
             "streaming: points well inside each previous instance (besides the point that gave "
-            "it)", integer_range=[_int_range(0, 16)])),
+            "it; none where that point had found the instance again)",
+            integer_range=[_int_range(0, 16)])),
         ("stream_stride", engine("stream_stride"), _d(
             "streaming: full-grid points outside the previous instances are decoded at this "
             "stride, one interleaved sub-grid per frame (then the full grid inside new masks)", integer_range=[_int_range(1, 16)])),

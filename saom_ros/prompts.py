@@ -42,13 +42,14 @@ def covered(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
     return coverage[ys, xs]
 
 
-def inside_points(masks: np.ndarray, per_mask: int = 1, boxes: Optional[np.ndarray] = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def inside_points(masks: np.ndarray, per_mask: int = 1, boxes: Optional[np.ndarray] = None,
+                  which: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``per_mask`` points well inside each mask of ``masks`` (bool [N, H, W]): the pixel
     farthest from the mask's border (maximum of the L2 distance transform), then the farthest
     outside the disc of that distance around the points already taken; pixel centres, x, y.
     ``boxes`` (float [N, 4], x0, y0, x1, y1 inclusive, as ``Instances.boxes``): each mask's
     extent, when known, so that only the box is read (else found by scanning the whole mask).
+    ``which`` (indices into ``masks``): the masks to search, when not all of them.
 
     A mask whose box is longer than DEPTH_SIDE pixels is searched on blocks of pixels (a block
     counts when all of its pixels are in the mask), so that the transform stays small at camera
@@ -60,7 +61,8 @@ def inside_points(masks: np.ndarray, per_mask: int = 1, boxes: Optional[np.ndarr
     parts too thin to hold another point) give none.
     """
     points, owner = [], []
-    for i, mask in enumerate(masks):
+    for i in range(len(masks)) if which is None else np.asarray(which).tolist():
+        mask = masks[i]
         extent = mask_extent(mask) if boxes is None else boxes[i].astype(np.int64).tolist()
         if extent is None:
             continue

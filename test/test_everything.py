@@ -290,6 +290,35 @@ def test_streaming_searches_inside_a_tracked_instance_every_other_frame(
     assert searched.points_decoded == sum(counts[n:])
 
 
+def test_streaming_prompts_an_instance_its_own_point_found_again_with_that_point_alone(
+        shapes_model: Saom, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = EverythingEngine(shapes_model, EverythingSettings(**STRICT,
+                                                               prompt_strategy="streaming"))
+    image, truth = _separated(2)
+    keyframe = engine(image)
+    found = np.flatnonzero(_best_iou(truth, keyframe.masks) >= 0.6)
+    assert len(found) >= 2 and not keyframe.prompt_repeated.any()  # the grid's: none repeated
+    searched = _record(monkeypatch, everything.prompts, "inside_points",
+                       lambda masks, per_mask, boxes, which: list(which))
+    decoded = _record(monkeypatch, everything, "decode_candidates",
+                      lambda model, frame, points, *_: points)
+    first = engine(image, keyframe)
+    assert searched[0] == list(range(len(keyframe)))  # a point inside every instance
+    # A mask from the point that gave its source instance repeats it.
+    own = first.prompt_source >= 0
+    assert np.array_equal(first.prompt_repeated[own], np.all(
+        first.prompt_point[own] == keyframe.prompt_point[first.prompt_source[own]], axis=1))
+    assert not first.prompt_repeated[~own].any() and first.prompt_repeated.sum() >= 2
+    passes = len(decoded)
+    second = engine(image, first)
+    # Those instances get their own point alone; the others a point inside them as well.
+    held = first.prompt_repeated & everything.prompts.covered(first.prompt_point,
+                                                              first.instance_image > 0)
+    assert searched[1] == np.flatnonzero(~held).tolist() and held.any()
+    assert second_pass.among(first.prompt_point[held], decoded[passes]).all()
+    assert np.all(_best_iou(truth[found], second.masks) >= 0.5)  # the objects persist
+
+
 @pytest.mark.parametrize("seed", [2])  # the quick fit loses an object on seeds 1 and 3
 def test_streaming_keeps_objects_and_finds_a_new_one_by_the_next_keyframe(
         shapes_model: Saom, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:

@@ -54,6 +54,20 @@ def test_inside_points_read_only_the_given_boxes() -> None:
     np.testing.assert_array_equal(inside_points(masks, 2, boxes)[0], points)
 
 
+def test_inside_points_search_only_the_masks_asked_for() -> None:
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 5:35, 5:25] = True
+    masks[1, 12:20, 40:58] = True
+    masks[2, 25:38, 30:50] = True
+    everywhere, owners = inside_points(masks, 1)
+    points, owner = inside_points(masks, 1, which=np.array([2, 0]))
+    # The same points as when every mask is searched, in the order asked, with the masks' own
+    # indices.
+    np.testing.assert_array_equal(owner, [2, 0])
+    np.testing.assert_array_equal(points, everywhere[[2, 0]])
+    assert len(inside_points(masks, 1, which=np.zeros(0, np.int64))[0]) == 0
+
+
 def test_inside_points_of_large_masks_come_from_whole_blocks() -> None:
     masks = np.zeros((3, 400, 500), bool)
     masks[0, 50:350, 100:301] = True  # box sides above DEPTH_SIDE: searched on blocks
