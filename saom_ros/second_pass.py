@@ -12,7 +12,9 @@ import dataclasses
 
 import numpy as np
 import torch
+from torchvision.ops import nms
 
+from saom_ros import prompts
 from saom_ros.candidates import LOW_RES_PER_EMBEDDING, Candidates, Frame
 from saom_ros.everything_settings import EverythingSettings
 
@@ -23,6 +25,9 @@ NEAR_PASS = 0.05
 # hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
 # outside the confident masks; a mere variant of a found object does not.
 NEW_FRACTION = 0.3
+# hierarchical: a confident mask below this predicted IoU gets a second-pass point at its deepest
+# pixel, as every new near mask does (``deepest_points``).
+DEEP_BELOW_IOU = 0.5
 
 
 def near_pass(s: EverythingSettings) -> EverythingSettings:
@@ -90,11 +95,38 @@ def unexplained(frame: Frame, near: torch.Tensor, confident: torch.Tensor,
     """
     if len(points) == 0 or len(near) == 0:
         return np.zeros(len(points), bool)
-    near_masks = _low_res(frame, near, threshold)
-    known = _low_res(frame, confident, threshold).any(0)
-    area = near_masks.flatten(1).sum(1).clamp(min=1)
-    new = (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
-    inside = _at_points(frame, near[new], points, threshold).any(0)
+    inside = _at_points(frame, near[_new(frame, near, confident, threshold)], points,
+                        threshold).any(0)
     if len(confident):
         inside &= ~_at_points(frame, confident, points, threshold).any(0)
     return inside.cpu().numpy()
+
+
+def _new(frame: Frame, near: torch.Tensor, confident: torch.Tensor, threshold: float
+         ) -> torch.Tensor:
+    """bool [N]: the near masks (low-res logits [N, h, w]) with at least NEW_FRACTION of their
+    pixels outside the confident ones."""
+    near_masks = _low_res(frame, near, threshold)
+    known = _low_res(frame, confident, threshold).any(0)
+    area = near_masks.flatten(1).sum(1).clamp(min=1)
+    return (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
+
+
+def deepest_points(frame: Frame, near: Candidates, confident: Candidates, threshold: float,
+                   nms_thresh: float) -> np.ndarray:
+    """[K, 2] points (x, y original pixels) that hierarchical decodes besides the full grid's:
+    the deepest pixel (``prompts.inside_points``, on the low-res mask) of each new near mask
+    that box NMS keeps and of each confident mask of predicted IoU below DEEP_BELOW_IOU.
+
+    The full-grid points inside such a mask may all lie near its border, where prompts give
+    parts or neighbours; its deepest point is the one most likely to give the whole object.
+    """
+    new = near.select(_new(frame, near.logits, confident.logits, threshold))
+    new = new.select(nms(new.boxes, new.iou, nms_thresh))
+    logits = torch.cat([new.logits, confident.logits[confident.iou < DEEP_BELOW_IOU]])
+    if len(logits) == 0:
+        return np.zeros((0, 2), np.float32)
+    points, _ = prompts.inside_points(_low_res(frame, logits, threshold).cpu().numpy())
+    # Low-res pixels -> model input pixels -> original pixels.
+    scale = np.array([frame.orig_hw[1] / frame.input_hw[1], frame.orig_hw[0] / frame.input_hw[0]])
+    return (points * (frame.patch_size // LOW_RES_PER_EMBEDDING) * scale).astype(np.float32)
