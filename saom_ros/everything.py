@@ -216,23 +216,25 @@ class EverythingEngine:
         return self._finish(frame, self._grid(frame, self.settings.points_per_side))
 
     def _hierarchical(self, frame: Frame) -> Candidates:
-        """Coarse-grid candidates, then those of the full-grid points that ``second_pass.unexplained``
-        leaves (inside a new coarse mask, in no confident one) and of the deepest point of each
-        new coarse mask and low-IoU confident one (``second_pass.deepest_points``). Confident:
-        kept by box NMS with predicted IoU >= confident_iou_thresh."""
+        """Coarse-grid candidates, then those of the full-grid points that
+        ``second_pass.spread_over_new_masks`` picks (a few deep ones inside each new coarse mask,
+        in no confident one) and of the deepest point of each new coarse mask and low-IoU
+        confident one (``second_pass.deepest_points``). Confident: kept by box NMS with
+        predicted IoU >= confident_iou_thresh."""
         s = self.settings
         side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
         return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
-                              s.confident_iou_thresh, deepest=True)[0]
+                              s.confident_iou_thresh, hierarchical=True)[0]
 
     def _two_pass(self, frame: Frame, first: np.ndarray, confident_iou: float,
-                  settled: Optional[np.ndarray] = None, deepest: bool = False
+                  settled: Optional[np.ndarray] = None, hierarchical: bool = False
                   ) -> tuple[Candidates, int]:
-        """Candidates of the points ``first``, then of the full-grid points that their masks
-        leave unexplained (``second_pass.unexplained``; confident: kept by NMS with predicted IoU >=
-        ``confident_iou``, or given by a point of ``first`` that ``settled`` marks (bool, one
-        per leading point)), with ``deepest`` also of ``second_pass.deepest_points``, and how
-        many points were decoded in all; the second pass's prompt indices follow the first's."""
+        """Candidates of the points ``first``, then of the full-grid points inside their new
+        masks that ``second_pass.spread_over_new_masks`` picks (confident: kept by NMS with
+        predicted IoU >= ``confident_iou``, or given by a point of ``first`` that ``settled``
+        marks (bool, one per leading point)): with ``hierarchical`` POINTS_PER_NEW_MASK of them
+        per new mask and ``second_pass.deepest_points``, else all of them; and how many points
+        were decoded in all. The second pass's prompt indices follow the first's."""
         s = self.settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
         found = near.select(second_pass.passes(near, s))
@@ -243,13 +245,15 @@ class EverythingEngine:
             by_point[:len(settled)] = settled
             confident |= torch.from_numpy(by_point).to(kept.prompt.device)[kept.prompt]
         confident = kept.select(confident)
+        new = second_pass.new_masks(frame, near, confident, s.mask_threshold, s.box_nms_thresh)
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
-        points = points[second_pass.unexplained(frame, near.logits, confident.logits, points,
-                                                s.mask_threshold)
-                        & ~second_pass.among(points, first)]
-        if deepest:
+        points = points[~second_pass.among(points, first)]
+        points = points[second_pass.spread_over_new_masks(
+            frame, new, confident.logits, points, s.mask_threshold,
+            second_pass.POINTS_PER_NEW_MASK if hierarchical else None)]
+        if hierarchical:
             points = np.concatenate([points, second_pass.deepest_points(
-                frame, near, confident, s.mask_threshold, s.box_nms_thresh)])
+                frame, new, confident, s.mask_threshold)])
         if len(points) == 0:  # nothing new: no second decoder pass (on a GPU a few ms)
             return found, len(first)
         more = self._candidates(frame, points)

@@ -218,9 +218,9 @@ def _count_points(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _count_confident(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Confident first-pass masks per second_pass.unexplained call."""
-    return _record(monkeypatch, second_pass, "unexplained",
-                   lambda frame, near, confident, *_: len(confident))
+    """Confident first-pass masks per second_pass.spread_over_new_masks call."""
+    return _record(monkeypatch, second_pass, "spread_over_new_masks",
+                   lambda frame, new, confident, *_: len(confident))
 
 
 @pytest.mark.parametrize("seed", [0, 2])

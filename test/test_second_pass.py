@@ -1,26 +1,11 @@
-"""The second pass's points: inside new near masks, outside confident ones, not decoded yet."""
+"""The second pass's points: a few deep ones inside each new near mask, outside confident ones."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from saom_ros.candidates import Candidates, Frame
-from saom_ros.second_pass import among, deepest_points, unexplained
-
-
-def test_only_points_inside_new_masks_and_outside_confident_ones_are_unexplained() -> None:
-    frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
-    logits = torch.full((3, 16, 16), -1.0)
-    logits[0, :8, :8] = 1.0  # confident: the top-left quarter
-    logits[1, :8, :10] = 1.0  # 1/5 outside the confident mask: a variant of it
-    logits[2, 8:, 8:] = 1.0  # new: the bottom-right quarter
-    points = np.array([[10, 10], [40, 10], [50, 50], [10, 50]], np.float32)
-    near, confident = logits, logits[:1]
-    assert unexplained(frame, near, confident, points, 0.0).tolist() == [
-        False,  # found
-        False,  # only in a variant of the found object
-        True,  # in a new mask
-        False]  # in no mask: every coarse mask there was refused
+from saom_ros.second_pass import among, deepest_points, new_masks, spread_over_new_masks
 
 
 def test_among_finds_the_points_equal_in_x_and_y() -> None:
@@ -57,9 +42,50 @@ def test_deepest_points_of_new_masks_and_of_confident_masks_of_low_iou() -> None
     logits[4, :8, :10] = 1.0  # 1/5 outside the confident masks: a variant, not new
     near = _candidates(logits, [0.9, 0.3, 0.6, 0.5, 0.8], 8.0)
     confident = near.select(torch.tensor([0, 1]))
-    points = deepest_points(frame, near, confident, 0.0, 0.7)
+    points = deepest_points(frame, new_masks(frame, near, confident, 0.0, 0.7), confident, 0.0)
     # The deepest pixels of the 8x8 squares lie within half a low-res pixel of their centres.
     np.testing.assert_allclose(points, [[96, 32], [32, 96]], atol=4.0)
-    none = deepest_points(frame, near.select(torch.tensor([0])), confident.select(
-        torch.tensor([0])), 0.0, 0.7)
+    only_found = near.select(torch.tensor([0]))
+    none = deepest_points(frame, new_masks(frame, only_found, only_found, 0.0, 0.7), only_found,
+                          0.0)
     assert none.shape == (0, 2)
+
+
+def test_new_masks_are_those_mostly_outside_the_confident_ones_kept_by_nms_first() -> None:
+    frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
+    logits = torch.full((5, 16, 16), -1.0)
+    logits[0, :8, :8] = 1.0  # confident: the top-left quarter
+    logits[1, :8, :10] = 1.0  # 1/5 outside the confident mask: a variant of it, not new
+    logits[2, 6:, 6:] = 1.0  # new, overlapping mask 3: box NMS removes it
+    logits[3, 8:, 8:] = 1.0  # new, the bottom-right quarter, of higher predicted IoU
+    logits[4, :4, 12:] = 1.0  # new, apart from the others
+    near = _candidates(logits, [0.9, 0.8, 0.6, 0.7, 0.5], 4.0)
+    new = new_masks(frame, near, near.select(torch.tensor([0])), 0.0, 0.5)
+    assert new.kept == 2
+    assert [int(torch.nonzero((logits == m).all(-1).all(-1))) for m in new.logits] == [3, 4, 2]
+
+
+def test_each_new_mask_takes_its_deepest_points_that_no_mask_before_it_took() -> None:
+    frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
+    logits = torch.full((3, 16, 16), -1.0)
+    logits[0, :8, :8] = 1.0  # confident: the top-left quarter
+    logits[1, 8:, 8:] = 1.0  # new, kept by NMS: the bottom-right quarter
+    logits[2, 6:, 6:] = 1.0  # new, removed by NMS, reaching into the confident mask
+    near = _candidates(logits, [0.9, 0.8, 0.6], 4.0)
+    confident = near.select(torch.tensor([0]))
+    new = new_masks(frame, near, confident, 0.0, 0.5)
+    points = np.stack(np.meshgrid(np.arange(4, 64, 8), np.arange(4, 64, 8)), -1).reshape(-1, 2)
+    points = points.astype(np.float32)
+    taken = points[spread_over_new_masks(frame, new, confident.logits, points, 0.0, 2)]
+    assert len(taken) == 4
+    # Mask 1 first: its deepest point (4 low-res pixels from its border), then one 3 deep.
+    assert [44, 44] in taken.tolist()
+    assert sum(p[0] >= 32 and p[1] >= 32 for p in taken.tolist()) >= 2
+    # Mask 2 then takes two more of its points, none that mask 1 took.
+    assert np.all(taken >= 28) and len(np.unique(taken, axis=0)) == 4
+    every = points[spread_over_new_masks(frame, new, confident.logits, points, 0.0, None)]
+    # Without a limit (streaming's second pass): every point inside a new mask and outside the confident one. The point
+    # (28, 28) lies in mask 2 and in the confident mask; points outside new masks are refused.
+    assert len(every) == 5 * 5 - 1 and [28, 28] not in every.tolist()
+    assert not spread_over_new_masks(frame, new._replace(logits=new.logits[:0], kept=0),
+                                     confident.logits, points, 0.0, 2).any()
