@@ -217,10 +217,9 @@ class EverythingEngine:
 
     def _hierarchical(self, frame: Frame) -> Candidates:
         """Coarse-grid candidates, then those of the full-grid points that
-        ``second_pass.spread_over_new_masks`` picks (a few deep ones inside each new coarse mask,
-        in no confident one) and of the deepest point of each new coarse mask and low-IoU
-        confident one (``second_pass.deepest_points``). Confident: kept by box NMS with
-        predicted IoU >= confident_iou_thresh."""
+        ``second_pass.spread_over_new_masks`` picks (the deepest few inside each new coarse mask,
+        in no confident one). Confident: kept by box NMS with predicted IoU >=
+        confident_iou_thresh."""
         s = self.settings
         side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
         return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
@@ -233,8 +232,8 @@ class EverythingEngine:
         masks that ``second_pass.spread_over_new_masks`` picks (confident: kept by NMS with
         predicted IoU >= ``confident_iou``, or given by a point of ``first`` that ``settled``
         marks (bool, one per leading point)): with ``hierarchical`` POINTS_PER_NEW_MASK of them
-        per new mask and ``second_pass.deepest_points``, else all of them; and how many points
-        were decoded in all. The second pass's prompt indices follow the first's."""
+        per new mask, else all of them; and how many points were decoded in all. The second
+        pass's prompt indices follow the first's."""
         s = self.settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
         found = near.select(second_pass.passes(near, s))
@@ -251,9 +250,6 @@ class EverythingEngine:
         points = points[second_pass.spread_over_new_masks(
             frame, new, confident.logits, points, s.mask_threshold,
             second_pass.POINTS_PER_NEW_MASK if hierarchical else None)]
-        if hierarchical:
-            points = np.concatenate([points, second_pass.deepest_points(
-                frame, new, confident, s.mask_threshold)])
         if len(points) == 0:  # nothing new: no second decoder pass (on a GPU a few ms)
             return found, len(first)
         more = self._candidates(frame, points)

@@ -10,14 +10,13 @@ points the first pass decoded (``among``).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from saom_ros import prompts
 from saom_ros.candidates import LOW_RES_PER_EMBEDDING, Candidates, Frame
 from saom_ros.everything_settings import EverythingSettings
 
@@ -33,13 +32,10 @@ NEW_FRACTION = 0.3
 # again. Streaming decodes them all: with its one or two first-pass points per tracked instance
 # the limit cost the usual 0.1 mIoU point per point saved (SAOM-small, seed 7: -1.55 at a
 # median 18 points a frame with 2, against -0.47 at 28 for all). SAOM-small, four
-# held-out seeds, confident_iou_thresh 0.5: mIoU delta to the grid -0.93 at 84.9 points a frame
-# with 2, -0.87 at 89.2 with 3, -1.41 at 78.2 with 1; every point inside new masks (the former
-# rule) gave -1.20 at 97.1 with confident_iou_thresh 0.4.
+# held-out seeds, confident_iou_thresh 0.5: mIoU delta to the grid -1.06 at 80.5 points a frame
+# with 2, -1.03 at 84.7 with 3; every point inside new masks and the deepest pixel of each
+# (the former rule) gave -1.20 at 97.1 with confident_iou_thresh 0.4.
 POINTS_PER_NEW_MASK = 2
-# hierarchical: a confident mask below this predicted IoU gets a second-pass point at its deepest
-# pixel, as every new near mask does (``deepest_points``).
-DEEP_BELOW_IOU = 0.5
 
 
 def near_pass(s: EverythingSettings) -> EverythingSettings:
@@ -90,19 +86,12 @@ def _at_points(frame: Frame, logits: torch.Tensor, points: np.ndarray,
     return at[0, :, 0] > threshold
 
 
-class NewMasks(NamedTuple):
-    """The first pass's new near masks (``new_masks``), as low-res logits [N, h, w]: first the
-    ``kept`` ones that box NMS keeps, then those it removes, each group by descending predicted
-    IoU."""
-
-    logits: torch.Tensor
-    kept: int
-
-
 def new_masks(frame: Frame, near: Candidates, confident: Candidates, threshold: float,
-              nms_thresh: float) -> NewMasks:
-    """The near masks (see NEAR_PASS) with at least NEW_FRACTION of their pixels outside the
-    ``confident`` ones: where the first pass found something it has not explained."""
+              nms_thresh: float) -> torch.Tensor:
+    """The low-res logits [N, h, w] of the near masks (see NEAR_PASS) with at least NEW_FRACTION
+    of their pixels outside the ``confident`` ones, where the first pass found something it has
+    not explained: first those that box NMS keeps, then those it removes, each group by
+    descending predicted IoU."""
     index = _new(frame, near.logits, confident.logits, threshold).nonzero()[:, 0]
     iou = near.iou[index]
     kept = nms(near.boxes[index], iou, nms_thresh)
@@ -110,14 +99,14 @@ def new_masks(frame: Frame, near: Candidates, confident: Candidates, threshold: 
     removed[kept] = False
     removed = removed.nonzero()[:, 0]
     removed = removed[torch.argsort(iou[removed], descending=True, stable=True)]
-    return NewMasks(near.logits[index[torch.cat([kept, removed])]], len(kept))
+    return near.logits[index[torch.cat([kept, removed])]]
 
 
-def spread_over_new_masks(frame: Frame, new: NewMasks, confident: torch.Tensor,
+def spread_over_new_masks(frame: Frame, new: torch.Tensor, confident: torch.Tensor,
                           points: np.ndarray, threshold: float,
                           per_mask: Optional[int] = POINTS_PER_NEW_MASK) -> np.ndarray:
-    """bool [P]: the full-grid ``points`` that the second pass decodes, given the first pass's
-    new masks and the low-res logits of its confident ones.
+    """bool [P]: the full-grid ``points`` that the second pass decodes, given the low-res logits
+    of the first pass's new masks (``new_masks``) and of its confident ones.
 
     A point is a candidate when it lies inside a new mask and inside no confident mask. Points
     inside a confident mask are covered: the object is found. Points outside every new mask are
@@ -127,22 +116,22 @@ def spread_over_new_masks(frame: Frame, new: NewMasks, confident: torch.Tensor,
     rejected masks as well. So an object that no coarse point hits and no near mask reaches is
     missed: the coarse spacing bounds the smallest object found.
 
-    Each new mask in turn (``NewMasks``' order) takes up to ``per_mask`` (None: all) of the
+    Each new mask in turn (``new_masks``' order) takes up to ``per_mask`` (None: all) of the
     candidates inside it that no mask before it took, the deepest first (the distance transform
     of its low-res mask at the point). Inside a large new mask a dozen grid points mostly give
     its object again; a few deep ones give its best masks, and the overlapping variants that
     NMS removes spread further points over the same region.
     """
     taken = np.zeros(len(points), bool)
-    if len(points) == 0 or len(new.logits) == 0:
+    if len(points) == 0 or len(new) == 0:
         return taken
-    inside = _at_points(frame, new.logits, points, threshold)
+    inside = _at_points(frame, new, points, threshold)
     if len(confident):
         inside &= ~_at_points(frame, confident, points, threshold).any(0)
     inside = inside.cpu().numpy()
     if per_mask is None:
         return inside.any(0)
-    depth = _depth_at(frame, _low_res(frame, new.logits, threshold).cpu().numpy(), points)
+    depth = _depth_at(frame, _low_res(frame, new, threshold).cpu().numpy(), points)
     for free, deep in zip(inside, depth):
         free &= ~taken
         order = np.flatnonzero(free)[np.argsort(-deep[free], kind="stable")]
@@ -171,21 +160,3 @@ def _new(frame: Frame, near: torch.Tensor, confident: torch.Tensor, threshold: f
     known = _low_res(frame, confident, threshold).any(0)
     area = near_masks.flatten(1).sum(1).clamp(min=1)
     return (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
-
-
-def deepest_points(frame: Frame, new: NewMasks, confident: Candidates, threshold: float
-                   ) -> np.ndarray:
-    """[K, 2] points (x, y original pixels) that hierarchical decodes besides the full grid's:
-    the deepest pixel (``prompts.inside_points``, on the low-res mask) of each new mask that box
-    NMS keeps and of each confident mask of predicted IoU below DEEP_BELOW_IOU.
-
-    The full-grid points inside such a mask may all lie near its border, where prompts give
-    parts or neighbours; its deepest point is the one most likely to give the whole object.
-    """
-    logits = torch.cat([new.logits[:new.kept], confident.logits[confident.iou < DEEP_BELOW_IOU]])
-    if len(logits) == 0:
-        return np.zeros((0, 2), np.float32)
-    points, _ = prompts.inside_points(_low_res(frame, logits, threshold).cpu().numpy())
-    # Low-res pixels -> model input pixels -> original pixels.
-    scale = np.array([frame.orig_hw[1] / frame.input_hw[1], frame.orig_hw[0] / frame.input_hw[0]])
-    return (points * (frame.patch_size // LOW_RES_PER_EMBEDDING) * scale).astype(np.float32)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from saom_ros.candidates import Candidates, Frame
-from saom_ros.second_pass import among, deepest_points, new_masks, spread_over_new_masks
+from saom_ros.second_pass import among, new_masks, spread_over_new_masks
 
 
 def test_among_finds_the_points_equal_in_x_and_y() -> None:
@@ -31,26 +31,6 @@ def _candidates(logits: torch.Tensor, iou: list[float], scale: float) -> Candida
                       boxes.float(), torch.arange(n), torch.zeros(n, 2))
 
 
-def test_deepest_points_of_new_masks_and_of_confident_masks_of_low_iou() -> None:
-    # Input 64x64 (low-res 16x16, 4 input px each), shown at 128x128: 8 original px each.
-    frame = Frame(torch.zeros(1, 8, 4, 4), (128, 128), (64, 64), 64, 16)
-    logits = torch.full((5, 16, 16), -1.0)
-    logits[0, :8, :8] = 1.0  # confident, high predicted IoU: no point
-    logits[1, 8:, :8] = 1.0  # confident, low predicted IoU: a point at its centre
-    logits[2, :8, 8:] = 1.0  # new: a point at its centre
-    logits[3, :8, 9:] = 1.0  # new, but box NMS keeps mask 2 over it
-    logits[4, :8, :10] = 1.0  # 1/5 outside the confident masks: a variant, not new
-    near = _candidates(logits, [0.9, 0.3, 0.6, 0.5, 0.8], 8.0)
-    confident = near.select(torch.tensor([0, 1]))
-    points = deepest_points(frame, new_masks(frame, near, confident, 0.0, 0.7), confident, 0.0)
-    # The deepest pixels of the 8x8 squares lie within half a low-res pixel of their centres.
-    np.testing.assert_allclose(points, [[96, 32], [32, 96]], atol=4.0)
-    only_found = near.select(torch.tensor([0]))
-    none = deepest_points(frame, new_masks(frame, only_found, only_found, 0.0, 0.7), only_found,
-                          0.0)
-    assert none.shape == (0, 2)
-
-
 def test_new_masks_are_those_mostly_outside_the_confident_ones_kept_by_nms_first() -> None:
     frame = Frame(torch.zeros(1, 8, 4, 4), (64, 64), (64, 64), 64, 16)  # low-res 16x16, 4 px
     logits = torch.full((5, 16, 16), -1.0)
@@ -61,8 +41,7 @@ def test_new_masks_are_those_mostly_outside_the_confident_ones_kept_by_nms_first
     logits[4, :4, 12:] = 1.0  # new, apart from the others
     near = _candidates(logits, [0.9, 0.8, 0.6, 0.7, 0.5], 4.0)
     new = new_masks(frame, near, near.select(torch.tensor([0])), 0.0, 0.5)
-    assert new.kept == 2
-    assert [int(torch.nonzero((logits == m).all(-1).all(-1))) for m in new.logits] == [3, 4, 2]
+    assert [int(torch.nonzero((logits == m).all(-1).all(-1))) for m in new] == [3, 4, 2]
 
 
 def test_each_new_mask_takes_its_deepest_points_that_no_mask_before_it_took() -> None:
@@ -87,5 +66,4 @@ def test_each_new_mask_takes_its_deepest_points_that_no_mask_before_it_took() ->
     # Without a limit (streaming's second pass): every point inside a new mask and outside the confident one. The point
     # (28, 28) lies in mask 2 and in the confident mask; points outside new masks are refused.
     assert len(every) == 5 * 5 - 1 and [28, 28] not in every.tolist()
-    assert not spread_over_new_masks(frame, new._replace(logits=new.logits[:0], kept=0),
-                                     confident.logits, points, 0.0, 2).any()
+    assert not spread_over_new_masks(frame, new[:0], confident.logits, points, 0.0, 2).any()
