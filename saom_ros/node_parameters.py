@@ -94,7 +94,7 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("prompt_strategy", engine("prompt_strategy"), _d(
             f"which points prompt the decoder: {', '.join(PROMPT_STRATEGIES)} (grid: the full "
             "grid, exact; hierarchical: coarse grid, then the deepest full-grid points of new "
-            "masks outside confident ones and their deepest point; streaming: previous "
+            "masks outside confident ones; streaming: previous "
             "instances' points plus part of the grid, keyframes)")),
         ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
             "hierarchical: first-pass grid side (0: points_per_side // 2)",
