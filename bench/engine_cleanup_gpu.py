@@ -24,7 +24,8 @@ MB = 2 ** 20
 
 def main() -> None:
     torch.manual_seed(0)
-    vit_b = Path(tempfile.mkdtemp()) / "vit_b.pt"
+    tmp = tempfile.TemporaryDirectory()  # a vit_b checkpoint is 360 MB: removed on exit
+    vit_b = Path(tmp.name) / "vit_b.pt"
     save_checkpoint(vit_b, build_saom(ModelConfig.preset("vit_b")).eval())
     frame = cv2.resize(cv2.cvtColor(cv2.imread(str(ROOT / "saom_ros/data/demo_frames/frame_00.png")),
                                     cv2.COLOR_BGR2RGB), (640, 480))

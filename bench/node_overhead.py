@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def end_to_end(frames: int, points_per_side: int, reliability: str) -> None:
         proc.send_signal(2)
         proc.wait(timeout=30)
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint and the node's log
 
 
 def main() -> None:
