@@ -223,16 +223,15 @@ class EverythingEngine:
         s = self.settings
         side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
         return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
-                              s.confident_iou_thresh, hierarchical=True)[0]
+                              s.confident_iou_thresh, s.points_per_new_mask)[0]
 
-    def _two_pass(self, frame: Frame, first: np.ndarray, confident_iou: float,
-                  settled: Optional[np.ndarray] = None, hierarchical: bool = False
-                  ) -> tuple[Candidates, int]:
+    def _two_pass(self, frame: Frame, first: np.ndarray, confident_iou: float, per_mask: int,
+                  settled: Optional[np.ndarray] = None) -> tuple[Candidates, int]:
         """Candidates of the points ``first``, then of the full-grid points inside their new
         masks that ``second_pass.spread_over_new_masks`` picks (confident: kept by NMS with
         predicted IoU >= ``confident_iou``, or given by a point of ``first`` that ``settled``
-        marks (bool, one per leading point)): with ``hierarchical`` POINTS_PER_NEW_MASK of them
-        per new mask, else all of them; and how many points were decoded in all. The second
+        marks (bool, one per leading point)): ``per_mask`` of them per new mask (0: all); and
+        how many points were decoded in all. The second
         pass's prompt indices follow the first's."""
         s = self.settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
@@ -248,8 +247,7 @@ class EverythingEngine:
         points = prompts.grid_points(s.points_per_side, frame.orig_hw)
         points = points[~second_pass.among(points, first)]
         points = points[second_pass.spread_over_new_masks(
-            frame, new, confident.logits, points, s.mask_threshold,
-            second_pass.POINTS_PER_NEW_MASK if hierarchical else None)]
+            frame, new, confident.logits, points, s.mask_threshold, per_mask)]
         if len(points) == 0:  # nothing new: no second decoder pass (on a GPU a few ms)
             return found, len(first)
         more = self._candidates(frame, points)
@@ -291,7 +289,8 @@ class EverythingEngine:
         # tracked masks count as confident, so the grid inside a tracked instance of low
         # predicted IoU is searched every other frame instead of every frame.
         settled = previous.prompt_source[owner] < 0
-        cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh, settled)
+        cand, decoded = self._two_pass(frame, points, s.stream_confident_iou_thresh,
+                                       s.stream_points_per_new_mask, settled)
         source = np.concatenate([owner, np.full(decoded - len(owner), -1)]).astype(np.int32)
         result = self._finish(frame, cand, source)
         result.prompt_repeated = _repeated(previous, result)

@@ -47,6 +47,11 @@ class EverythingSettings:
     # deepest pixel: mIoU delta to the grid -0.93 points at 0.5, -1.35 at 0.4 with 5% fewer
     # points decoded).
     confident_iou_thresh: float = 0.5
+    # ... and the full-grid points decoded inside each new coarse mask (one that lies mostly
+    # outside the confident ones: second_pass.new_masks), the deepest first; 0 = all of them.
+    # Inside a large new mask a dozen grid points mostly give its object again. The speed-quality
+    # knob of hierarchical (SAOM-small: the README's parameter table) ...
+    points_per_new_mask: int = 2
     # streaming: the full grid every N frames ...
     keyframe_interval: int = 10
     # ... up to N points well inside each previous instance, besides the point that gave it
@@ -66,6 +71,9 @@ class EverythingSettings:
     # IoU (often a part) still gets the full grid inside it (SAOM-small at 0: 1 mIoU point lost),
     # every other frame: a mask tracked from an instance that a search gave counts as confident.
     stream_confident_iou_thresh: float = 0.5
+    # ... and points_per_new_mask for its second pass; 0 = all: with one or two first-pass points
+    # per tracked instance a limit costs more quality than in hierarchical (README).
+    stream_points_per_new_mask: int = 0
 
     def __post_init__(self) -> None:
         if self.prompt_strategy not in PROMPT_STRATEGIES:

@@ -30,11 +30,13 @@ ENGINE_PARAMETERS = {
     "prompt_strategy": "prompt_strategy",
     "coarse_points_per_side": "coarse_points_per_side",
     "confident_iou_thresh": "confident_iou_thresh",
+    "points_per_new_mask": "points_per_new_mask",
     "keyframe_interval": "keyframe_interval",
     "points_per_instance": "points_per_instance",
     "stream_stride": "stream_stride",
     "max_lost_fraction": "max_lost_fraction",
     "stream_confident_iou_thresh": "stream_confident_iou_thresh",
+    "stream_points_per_new_mask": "stream_points_per_new_mask",
 }
 # Engine parameters without a default of their own: the checkpoint's value unless set.
 FROM_CHECKPOINT = tuple(name for name, field in ENGINE_PARAMETERS.items()
@@ -102,6 +104,9 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
             "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "
             "points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
+        ("points_per_new_mask", engine("points_per_new_mask"), _d(
+            "hierarchical: full-grid points decoded inside each new coarse mask, the deepest "
+            "first (0: all of them)", integer_range=[_int_range(0, 65536)])),
         ("keyframe_interval", engine("keyframe_interval"), _d(
             "streaming: the full grid every N frames (1: every frame)",
             integer_range=[_int_range(1, 1_000_000)])),
@@ -119,6 +124,9 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "streaming: predicted IoU from which a kept mask of the first pass (previous "
             "instances' points, sub-grid) skips the full-grid points it covers (0: every kept "
             "mask)", floating_point_range=[_unit_range()])),
+        ("stream_points_per_new_mask", engine("stream_points_per_new_mask"), _d(
+            "streaming: points_per_new_mask for its second pass (0: all of them)",
+            integer_range=[_int_range(0, 65536)])),
         ("compile", engine("compile"), _d(
             "torch.compile the image encoder at start-up (on the CPU the decoder too; on CUDA "
             "the decoder keeps its fused kernels, which were faster than compiling it)", True)),

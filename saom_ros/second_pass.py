@@ -10,7 +10,6 @@ points the first pass decoded (``among``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -27,16 +26,6 @@ NEAR_PASS = 0.05
 # hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
 # outside the confident masks; a mere variant of a found object does not.
 NEW_FRACTION = 0.3
-# hierarchical: full-grid points decoded per new near mask, the deepest first
-# (``spread_over_new_masks``): inside a large new mask a dozen grid points mostly give its object
-# again. Streaming decodes them all: with its one or two first-pass points per tracked instance
-# the limit cost the usual 0.1 mIoU point per point saved (SAOM-small, seed 7: -1.55 at a
-# median 18 points a frame with 2, against -0.47 at 28 for all). SAOM-small, four
-# held-out seeds, confident_iou_thresh 0.5: mIoU delta to the grid -1.06 at 80.5 points a frame
-# with 2, -1.03 at 84.7 with 3; every point inside new masks and the deepest pixel of each
-# (the former rule) gave -1.20 at 97.1 with confident_iou_thresh 0.4. On six other seeds: -2.00
-# at 81.4 with 2, -1.85 at 85.9 with 3, -1.67 at 88.9 with 4, the former rule -1.50 at 99.1.
-POINTS_PER_NEW_MASK = 2
 
 
 def near_pass(s: EverythingSettings) -> EverythingSettings:
@@ -105,7 +94,7 @@ def new_masks(frame: Frame, near: Candidates, confident: Candidates, threshold: 
 
 def spread_over_new_masks(frame: Frame, new: torch.Tensor, confident: torch.Tensor,
                           points: np.ndarray, threshold: float,
-                          per_mask: Optional[int] = POINTS_PER_NEW_MASK) -> np.ndarray:
+                          per_mask: int) -> np.ndarray:
     """bool [P]: the full-grid ``points`` that the second pass decodes, given the low-res logits
     of the first pass's new masks (``new_masks``) and of its confident ones.
 
@@ -117,7 +106,7 @@ def spread_over_new_masks(frame: Frame, new: torch.Tensor, confident: torch.Tens
     rejected masks as well. So an object that no coarse point hits and no near mask reaches is
     missed: the coarse spacing bounds the smallest object found.
 
-    Each new mask in turn (``new_masks``' order) takes up to ``per_mask`` (None: all) of the
+    Each new mask in turn (``new_masks``' order) takes up to ``per_mask`` (0: all) of the
     candidates inside it that no mask before it took, the deepest first (the distance transform
     of its low-res mask at the point). Inside a large new mask a dozen grid points mostly give
     its object again; a few deep ones give its best masks, and the overlapping variants that
@@ -130,27 +119,28 @@ def spread_over_new_masks(frame: Frame, new: torch.Tensor, confident: torch.Tens
     if len(confident):
         inside &= ~_at_points(frame, confident, points, threshold).any(0)
     inside = inside.cpu().numpy()
-    if per_mask is None:
+    if per_mask == 0:
         return inside.any(0)
-    depth = _depth_at(frame, _low_res(frame, new, threshold).cpu().numpy(), points)
-    for free, deep in zip(inside, depth):
-        free &= ~taken
-        order = np.flatnonzero(free)[np.argsort(-deep[free], kind="stable")]
+    masks = _low_res(frame, new, threshold).cpu().numpy()
+    for mask, free in zip(masks, inside):
+        order = np.flatnonzero(free & ~taken)
+        if len(order) > per_mask:  # only then does depth choose among them
+            order = order[np.argsort(-_depth_at(frame, mask, points[order]), kind="stable")]
         taken[order[:per_mask]] = True
     return taken
 
 
-def _depth_at(frame: Frame, masks: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """float [N, P]: each mask's (bool [N, h, w], low-res) distance to its border at the low-res
-    pixel of each point (0 outside it)."""
+def _depth_at(frame: Frame, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """float [P]: a mask's (bool [h, w], low-res) distance to its border at the low-res pixel of
+    each point."""
     step = frame.patch_size // LOW_RES_PER_EMBEDDING
     scale = np.array([frame.input_hw[1] / frame.orig_hw[1], frame.input_hw[0] / frame.orig_hw[0]])
     pixel = (points * scale / step).astype(np.int64)
-    x = np.clip(pixel[:, 0], 0, masks.shape[2] - 1)
-    y = np.clip(pixel[:, 1], 0, masks.shape[1] - 1)
+    x = np.clip(pixel[:, 0], 0, mask.shape[1] - 1)
+    y = np.clip(pixel[:, 1], 0, mask.shape[0] - 1)
     # A one-pixel zero border: the image's edge counts as the mask's border.
-    return np.stack([cv2.distanceTransform(np.pad(mask.view(np.uint8), 1), cv2.DIST_L2, 5)[
-        y + 1, x + 1] for mask in masks]) if len(masks) else np.zeros((0, len(points)), np.float32)
+    bordered = cv2.copyMakeBorder(mask.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return cv2.distanceTransform(bordered, cv2.DIST_L2, 5)[y + 1, x + 1]
 
 
 def _new(frame: Frame, near: torch.Tensor, confident: torch.Tensor, threshold: float

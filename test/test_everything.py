@@ -262,6 +262,29 @@ def test_each_strategy_reads_its_own_confident_threshold(
         (confident[1] > 0) == (stream == 0.0)
 
 
+def test_each_strategy_decodes_its_own_points_per_new_mask(
+        shapes_model: Saom, monkeypatch: pytest.MonkeyPatch) -> None:
+    spread = _record(monkeypatch, second_pass, "spread_over_new_masks",
+                     lambda frame, new, confident, points, threshold, per_mask:
+                     (len(new), per_mask))
+    counts = _count_points(monkeypatch)
+    image = _separated(2)[0]
+    second = {}
+    for per_mask in (0, 1):  # no mask confident: every new mask has grid points inside
+        engine = EverythingEngine(shapes_model, EverythingSettings(
+            **STRICT, prompt_strategy="hierarchical", confident_iou_thresh=1.0,
+            points_per_new_mask=per_mask, stream_points_per_new_mask=3))
+        result = engine(image)
+        second[per_mask] = result.points_decoded - counts[-2]
+        assert len(counts) % 2 == 0 and spread[-1][1] == per_mask
+    new = spread[-1][0]
+    assert 0 < second[1] <= new < second[0]  # one point per new mask, against all of them
+    streaming = EverythingEngine(shapes_model, dataclasses.replace(
+        engine.settings, prompt_strategy="streaming"))
+    streaming(image, _tracked(streaming(image)))
+    assert spread[-1][1] == 3
+
+
 def _tracked(inst: Instances) -> Instances:
     """``inst`` as if each instance had come from a point inside an instance before it."""
     return dataclasses.replace(inst, prompt_source=np.arange(len(inst), dtype=np.int32))

@@ -62,8 +62,9 @@ def test_each_new_mask_takes_its_deepest_points_that_no_mask_before_it_took() ->
     assert sum(p[0] >= 32 and p[1] >= 32 for p in taken.tolist()) >= 2
     # Mask 2 then takes two more of its points, none that mask 1 took.
     assert np.all(taken >= 28) and len(np.unique(taken, axis=0)) == 4
-    every = points[spread_over_new_masks(frame, new, confident.logits, points, 0.0, None)]
-    # Without a limit (streaming's second pass): every point inside a new mask and outside the confident one. The point
-    # (28, 28) lies in mask 2 and in the confident mask; points outside new masks are refused.
+    every = points[spread_over_new_masks(frame, new, confident.logits, points, 0.0, 0)]
+    # 0 (streaming's default): every point inside a new mask and outside the confident one. The
+    # point (28, 28) lies in mask 2 and in the confident mask; points outside new masks are
+    # refused.
     assert len(every) == 5 * 5 - 1 and [28, 28] not in every.tolist()
     assert not spread_over_new_masks(frame, new[:0], confident.logits, points, 0.0, 2).any()
