@@ -125,11 +125,10 @@ class EverythingEngine:
         """The model on the device, as a copy whose image encoder uses fused attention
         (``fuse_attention``; on the CPU its ``mask`` form: the vit_b encoder took 7.6 s instead
         of 13.3-14.0 s on 2 cores, SAOM-small's 1.80 instead of 2.0 ms) and, on the CPU, GEMMs
-        for its convolutions (``gemm_convolutions``: SAOM-small's 3.3 instead of 4.2 ms, on a
-        slower day). On CUDA the copy is
-        in ``cuda_dtype`` (prompt encoder in float32, its Fourier features need the
-        precision); elsewhere it shares the model's parameters, so that the caller's model is
-        left as it was without a second copy of the weights."""
+        for its convolutions (``gemm_convolutions``: SAOM-small's 3.3 instead of 4.2 ms). On
+        CUDA the copy is in ``cuda_dtype`` (prompt encoder in float32, its Fourier features
+        need the precision); elsewhere it shares the model's parameters, so that the caller's
+        model is left as it was without a second copy of the weights."""
         if self.device.type != "cuda":
             fast = _sharing_copy(model.to(self.device)).eval()
             fuse_attention(fast.sam.image_encoder)
@@ -236,8 +235,8 @@ class EverythingEngine:
         masks that ``second_pass.spread_over_new_masks`` picks (confident: kept by NMS with
         predicted IoU >= ``confident_iou``, or given by a point of ``first`` that ``settled``
         marks (bool, one per leading point)): ``per_mask`` of them per new mask (0: all); and
-        how many points were decoded in all. The second
-        pass's prompt indices follow the first's."""
+        how many points were decoded in all. The second pass's prompt indices follow the
+        first's."""
         s = self.settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
         found = near.select(second_pass.passes(near, s))
