@@ -9,6 +9,7 @@ is the same node as
         -p checkpoint:=/path/to/sam_vit_b_01ec64.pth -p device:=cuda -p pred_iou_thresh:=0.8 \
         -r image:=/camera/color/image_raw
 
+The input topics ``image``, ``depth`` and ``camera_info`` are launch arguments that remap them.
 Every node parameter is a launch argument of the same name (the list comes from the node's own
 parameter table, so new parameters need no change here); one left empty keeps the params file's
 value. ``ros2 launch saom_ros segment.launch.py --show-args`` lists them.
@@ -21,8 +22,14 @@ from launch_ros.substitutions import FindPackageShare
 
 from saom_ros.node_parameters import launch_value, parameter_table
 
-ARGUMENTS = {
+# The node's input topics, each a launch argument that remaps it.
+TOPICS = {
     "image": ("image", "input image topic (image_transport base; compressed: <image>/compressed)"),
+    "depth": ("depth", "depth image registered to the colour image (with use_depth)"),
+    "camera_info": ("camera_info", "the colour camera's CameraInfo (with use_depth)"),
+}
+ARGUMENTS = {
+    **TOPICS,
     "params_file": (PathJoinSubstitution([FindPackageShare("saom_ros"), "config", "saom.yaml"]),
                     "node parameters"),
     "namespace": ("", "namespace of the node and its topics"),
@@ -41,7 +48,7 @@ def _node(context):
         name="segment_node",
         namespace=arg("namespace"),
         parameters=[arg("params_file"), overrides],
-        remappings=[("image", arg("image"))],
+        remappings=[(topic, arg(topic)) for topic in TOPICS],
         output="screen",
     )]
 

@@ -130,8 +130,9 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("compile", engine("compile"), _d(
             "torch.compile the image encoder at start-up (on the CPU the decoder too; on CUDA "
             "the decoder keeps its fused kernels, which were faster than compiling it)", True)),
-        ("classes", "", _d("YAML class-name list overriding the checkpoint's names "
-                           "(same count); empty: the checkpoint's", True)),
+        ("classes", "", _d("path of a YAML file holding the class names (classes: [A, B, ...] "
+                           "or a bare list) overriding the checkpoint's (same count); empty: the "
+                           "checkpoint's", True)),
         ("input_reliability", "auto", _d(
             "input QoS reliability: auto (reliable if every publisher is, else best_effort), "
             "reliable or best_effort", True)),

@@ -23,7 +23,7 @@ from saom_ros import node_parameters
 from saom_ros.node_parameters import launch_value, parameter_table
 
 LAUNCH_FILE = ROOT / "launch" / "segment.launch.py"
-FIXED = {"image", "params_file", "namespace"}
+FIXED = {"image", "depth", "camera_info", "params_file", "namespace"}
 
 
 def test_launch_file_uses_launch_ros_and_the_parameter_table():
@@ -93,12 +93,15 @@ def test_every_node_parameter_is_a_launch_argument_that_defaults_to_the_params_f
     assert (node["package"], node["executable"], node["name"]) == ("saom_ros", "segment_node",
                                                                    "segment_node")
     assert node["parameters"] == ["<share>/saom.yaml", {}]  # nothing given, nothing overridden
-    assert node["remappings"] == [("image", "image")] and node["namespace"] == ""
+    assert node["remappings"] == [("image", "image"), ("depth", "depth"),
+                                  ("camera_info", "camera_info")]
+    assert node["namespace"] == ""
 
 
 def test_given_arguments_override_with_the_parameter_type(monkeypatch):
     _, node = run_launch(monkeypatch, {
-        "image": "/camera/color/image_raw", "namespace": "robot1", "pred_iou_thresh": "0.5",
+        "image": "/camera/color/image_raw", "depth": "/camera/aligned_depth_to_color/image_raw",
+        "camera_info": "/camera/color/camera_info", "namespace": "robot1", "pred_iou_thresh": "0.5",
         "points_per_side": "8", "use_compressed": "True", "checkpoint": "/models/sam.pth",
         "max_instances": "", "params_file": str(PARAMS_FILE)})
     params_file, overrides = node["parameters"]
@@ -106,7 +109,9 @@ def test_given_arguments_override_with_the_parameter_type(monkeypatch):
     assert overrides == {"pred_iou_thresh": 0.5, "points_per_side": 8, "use_compressed": True,
                          "checkpoint": "/models/sam.pth"}
     assert type(overrides["pred_iou_thresh"]) is float and type(overrides["points_per_side"]) is int
-    assert node["remappings"] == [("image", "/camera/color/image_raw")]
+    assert node["remappings"] == [("image", "/camera/color/image_raw"),
+                                  ("depth", "/camera/aligned_depth_to_color/image_raw"),
+                                  ("camera_info", "/camera/color/camera_info")]
     assert node["namespace"] == "robot1"
 
 

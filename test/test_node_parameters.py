@@ -69,3 +69,13 @@ def test_the_parameter_table_loads_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'segment_anything', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_gives_every_parameter_range_as_the_descriptors_check_it():
+    readme = " ".join((PARAMS_FILE.parents[1] / "README.md").read_text().split())
+    for name, _, descriptor in parameter_table():
+        ranges = descriptor.integer_range or descriptor.floating_point_range
+        if ranges:
+            low, high = (f"{v:g}" if isinstance(v, float) else str(v)
+                         for v in (ranges[0].from_value, ranges[0].to_value))
+            assert f"`{name}` {low}–{high}" in readme, name
