@@ -81,18 +81,43 @@ class EverythingSettings:
                              f"got {self.prompt_strategy!r}")
 
 
+# Inclusive ranges of the fields a user sets (node parameters, --everything, a checkpoint's
+# settings); outside them the engine fails or does nothing useful (a grid of 0 points divides by
+# zero). Internal variants (second_pass.near_pass lowers the thresholds below 0) are not checked.
+RANGES: dict[str, tuple[float, float]] = {
+    "points_per_side": (1, 256),
+    "pred_iou_thresh": (0.0, 1.0),
+    "stability_score_thresh": (0.0, 1.0),
+    "box_nms_thresh": (0.0, 1.0),
+    "min_mask_region_area": (0, 2**31 - 1),
+    "max_instances": (0, 65535),  # the instance image is uint16
+    "coarse_points_per_side": (0, 256),
+    "confident_iou_thresh": (0.0, 1.0),
+    "points_per_new_mask": (0, 65536),
+    "keyframe_interval": (1, 1_000_000),
+    "points_per_instance": (0, 16),
+    "stream_stride": (1, 16),
+    "max_lost_fraction": (0.0, 1.0),
+    "stream_confident_iou_thresh": (0.0, 1.0),
+    "stream_points_per_new_mask": (0, 65536),
+}
+
 # Fields that change only speed and memory, never which masks come out: checkpoints do not carry
 # them, so every machine keeps its own.
 RUNTIME_FIELDS = frozenset({"points_per_batch", "max_image_pixels", "cuda_dtype", "compile"})
 
 
-def _typed(name: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` as the type of the field's default (an int is a valid float); else ValueError."""
+def _checked(name: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` as the type of the field's default (an int is a valid float), inside the
+    field's RANGES; else ValueError."""
     kind = type(default)
     if kind is float and type(value) is int:
-        return float(value)
+        value = float(value)
     if type(value) is not kind:
         raise ValueError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")
+    low, high = RANGES.get(name, (value, value))
+    if not low <= value <= high:
+        raise ValueError(f"{source}: {name} must be within {low}..{high}, got {value!r}")
     return value
 
 
@@ -100,7 +125,8 @@ def settings_for(model: Saom, **explicit: Any) -> EverythingSettings:
     """Generator defaults, then the settings the model's checkpoint carries (``model.everything``),
     then the ``explicit`` ones (a None value counts as not given).
 
-    Unknown field names and values of the wrong type raise ValueError naming their source.
+    Unknown field names, values of the wrong type and values outside RANGES raise ValueError
+    naming their source.
     """
     defaults = dataclasses.asdict(EverythingSettings())
     values: dict[str, Any] = {}
@@ -111,7 +137,7 @@ def settings_for(model: Saom, **explicit: Any) -> EverythingSettings:
             if name not in defaults:
                 raise ValueError(f"{source}: unknown setting {name!r}; known: "
                                  f"{', '.join(defaults)}")
-            values[name] = _typed(name, value, defaults[name], source)
+            values[name] = _checked(name, value, defaults[name], source)
     return EverythingSettings(**{**defaults, **values})
 
 

@@ -14,7 +14,8 @@ from typing import Any, Optional
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from saom_ros.everything_settings import PROMPT_STRATEGIES, RUNTIME_FIELDS, EverythingSettings
+from saom_ros.everything_settings import (PROMPT_STRATEGIES, RANGES, RUNTIME_FIELDS,
+                                          EverythingSettings)
 from saom_ros.input_qos import RELIABILITY_SETTINGS
 from saom_ros.model_config import DEFAULT_CHECKPOINT, PRESETS
 
@@ -53,6 +54,15 @@ def _int_range(low: int, high: int) -> IntegerRange:
     return IntegerRange(from_value=low, to_value=high, step=1)
 
 
+def _engine_range(name: str) -> dict[str, list]:
+    """The descriptor range of an engine parameter: its field's ``RANGES`` entry."""
+    low, high = RANGES[ENGINE_PARAMETERS[name]]
+    if isinstance(low, float):
+        return {"floating_point_range": [FloatingPointRange(from_value=low, to_value=high,
+                                                            step=0.0)]}
+    return {"integer_range": [_int_range(low, high)]}
+
+
 def _d(text: str, read_only: bool = False, **ranges: Any) -> ParameterDescriptor:
     return ParameterDescriptor(description=text, read_only=read_only, **ranges)
 
@@ -79,20 +89,21 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
         ("device", "auto", _d("auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)",
                               True)),
         ("points_per_side", engine("points_per_side"), _d(
-            "prompt grid is points_per_side^2 points", integer_range=[_int_range(1, 256)])),
+            "prompt grid is points_per_side^2 points", **_engine_range("points_per_side"))),
         ("pred_iou_thresh", engine("pred_iou_thresh"), _d(
-            "drop masks whose predicted IoU is lower", floating_point_range=[_unit_range()])),
+            "drop masks whose predicted IoU is lower", **_engine_range("pred_iou_thresh"))),
         ("stability_score_thresh", engine("stability_score_thresh"), _d(
-            "drop masks whose stability score is lower", floating_point_range=[_unit_range()])),
+            "drop masks whose stability score is lower",
+            **_engine_range("stability_score_thresh"))),
         ("box_nms_thresh", engine("box_nms_thresh"), _d(
             "box IoU above which the lower-scoring mask is suppressed",
-            floating_point_range=[_unit_range()])),
+            **_engine_range("box_nms_thresh"))),
         ("min_mask_area", engine("min_mask_area"), _d(
             "pixels; smaller holes and islands are removed (0: off)",
-            integer_range=[_int_range(0, 2**31 - 1)])),
+            **_engine_range("min_mask_area"))),
         ("max_instances", engine("max_instances"), _d(
             "keep at most this many best-scoring instances (0: all)",
-            integer_range=[_int_range(0, 65535)])),
+            **_engine_range("max_instances"))),
         ("prompt_strategy", engine("prompt_strategy"), _d(
             f"which points prompt the decoder: {', '.join(PROMPT_STRATEGIES)} (grid: the full "
             "grid, exact; hierarchical: coarse grid, then the deepest full-grid points of new "
@@ -100,33 +111,34 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "instances' points plus part of the grid, keyframes)")),
         ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
             "hierarchical: first-pass grid side (0: points_per_side // 2)",
-            integer_range=[_int_range(0, 256)])),
+            **_engine_range("coarse_points_per_side"))),
         ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
             "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "
-            "points it covers (0: every kept mask)", floating_point_range=[_unit_range()])),
+            "points it covers (0: every kept mask)", **_engine_range("confident_iou_thresh"))),
         ("points_per_new_mask", engine("points_per_new_mask"), _d(
             "hierarchical: full-grid points decoded inside each new coarse mask, the deepest "
-            "first (0: all of them)", integer_range=[_int_range(0, 65536)])),
+            "first (0: all of them)", **_engine_range("points_per_new_mask"))),
         ("keyframe_interval", engine("keyframe_interval"), _d(
             "streaming: the full grid every N frames (1: every frame)",
-            integer_range=[_int_range(1, 1_000_000)])),
+            **_engine_range("keyframe_interval"))),
         ("points_per_instance", engine("points_per_instance"), _d(
             "streaming: points well inside each previous instance (besides the point that gave "
             "it; none where that point had found the instance again)",
-            integer_range=[_int_range(0, 16)])),
+            **_engine_range("points_per_instance"))),
         ("stream_stride", engine("stream_stride"), _d(
             "streaming: full-grid points outside the previous instances are decoded at this "
-            "stride, one interleaved sub-grid per frame (then the full grid inside new masks)", integer_range=[_int_range(1, 16)])),
+            "stride, one interleaved sub-grid per frame (then the full grid inside new masks)",
+            **_engine_range("stream_stride"))),
         ("max_lost_fraction", engine("max_lost_fraction"), _d(
             "streaming: a keyframe at once when more than this fraction of the previous "
-            "instances is lost", floating_point_range=[_unit_range()])),
+            "instances is lost", **_engine_range("max_lost_fraction"))),
         ("stream_confident_iou_thresh", engine("stream_confident_iou_thresh"), _d(
             "streaming: predicted IoU from which a kept mask of the first pass (previous "
             "instances' points, sub-grid) skips the full-grid points it covers (0: every kept "
-            "mask)", floating_point_range=[_unit_range()])),
+            "mask)", **_engine_range("stream_confident_iou_thresh"))),
         ("stream_points_per_new_mask", engine("stream_points_per_new_mask"), _d(
             "streaming: points_per_new_mask for its second pass (0: all of them)",
-            integer_range=[_int_range(0, 65536)])),
+            **_engine_range("stream_points_per_new_mask"))),
         ("compile", engine("compile"), _d(
             "torch.compile the image encoder at start-up (on the CPU the decoder too; on CUDA "
             "the decoder keeps its fused kernels, which were faster than compiling it)", True)),

@@ -11,7 +11,7 @@ import yaml
 
 from saom_ros.everything import EverythingEngine
 from saom_ros.everything_settings import (
-    RUNTIME_FIELDS, EverythingSettings, carried_settings, settings_for)
+    RANGES, RUNTIME_FIELDS, EverythingSettings, carried_settings, settings_for)
 from saom_ros.model import Saom, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,23 @@ def test_checkpoint_values_then_explicit_values(tiny_model: Saom) -> None:
     ({}, {"points_per_side": True}, "points_per_side must be of type int"),
     ({}, {"pred_iou_thresh": "0.5"}, "pred_iou_thresh must be of type float"),
     ({}, {"compile": 1}, "compile must be of type bool"),
+    ({"points_per_side": 0}, {}, r"the checkpoint's everything-mode settings: points_per_side "
+                                 r"must be within 1\.\.256, got 0"),
+    ({}, {"box_nms_thresh": 7.0}, r"box_nms_thresh must be within 0\.0\.\.1\.0, got 7\.0"),
+    ({}, {"stream_stride": -3}, r"stream_stride must be within 1\.\.16"),
 ])
 def test_bad_settings_name_their_source(tiny_model: Saom, carried: dict, explicit: dict,
                                         message: str) -> None:
     tiny_model.everything = carried
     with pytest.raises(ValueError, match=message):
         settings_for(tiny_model, **explicit)
+
+
+def test_the_range_ends_are_accepted(tiny_model: Saom) -> None:
+    tiny_model.everything = {}
+    for name, (low, high) in RANGES.items():
+        assert getattr(settings_for(tiny_model, **{name: low}), name) == low
+        assert getattr(settings_for(tiny_model, **{name: high}), name) == high
 
 
 def test_checkpoints_carry_no_runtime_fields() -> None:
