@@ -32,6 +32,9 @@ MIN_BAND_M = 0.05
 FENCE_SAMPLES = 256
 # Relative difference of width/height ratios under which a depth image counts as the same shape.
 ASPECT_TOLERANCE = 0.01
+# Smallest focal length (pixels) taken from camera info: below a pixel the field of view of any
+# real image is near 180 degrees, and a denormal one (1e-300) made infinite boxes.
+MIN_FOCAL_PX = 1.0
 _QUIET_NAN_BITS = np.uint32(0x7FC00000)  # exponent all ones, top mantissa bit: NaN
 
 
@@ -58,9 +61,9 @@ class Intrinsics:
         if k.shape != (9,) or not np.all(np.isfinite(k)):
             raise DepthError(f"camera info K must be 9 finite numbers, got {k.tolist()}")
         fx, fy, cx, cy = k[0], k[4], k[2], k[5]
-        if fx <= 0 or fy <= 0:
-            raise DepthError(f"camera info K has fx={fx}, fy={fy}; both must be positive "
-                             "(an uncalibrated camera sends zeros)")
+        if fx < MIN_FOCAL_PX or fy < MIN_FOCAL_PX:
+            raise DepthError(f"camera info K has fx={fx}, fy={fy}; both must be at least "
+                             f"{MIN_FOCAL_PX} pixel (an uncalibrated camera sends zeros)")
         (ih, iw), (h, w) = info_size, image_size
         if (ih, iw) in ((0, 0), (h, w)):
             return cls(float(fx), float(fy), float(cx), float(cy))

@@ -1,7 +1,8 @@
 """sensor_msgs Image / CompressedImage <-> numpy, with cv_bridge's semantics.
 
-cv_bridge does the raw-image conversion where it is installed; elsewhere (e.g. a venv built from
-ROS wheels, which have no cv_bridge) the same conversion is done here with numpy. Every message is
+cv_bridge does the raw-image conversion of unpadded rows where it is installed; elsewhere (e.g. a
+venv built from ROS wheels, which have no cv_bridge), and for rows with padding, the same
+conversion is done here with numpy. Every message is
 validated first, so both paths reject the same malformed images with the same ``ImageDecodeError``.
 Images over a pixel limit are refused from their header fields (raw) or file header (compressed)
 before any pixel memory is allocated. Compressed images are decoded by ``image_decode`` (Pillow:
@@ -94,8 +95,11 @@ def image_to_array(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray
 
 def image_to_rgb(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """``imgmsg_to_cv2(msg, 'rgb8')``: uint8 HxWx3 RGB from an rgb8/bgr8/rgba8/bgra8/mono8 image."""
-    _check_layout(msg, max_pixels, RGB_ENCODINGS)
-    if CvBridge is not None:
+    dtype, channels = _check_layout(msg, max_pixels, RGB_ENCODINGS)
+    # cv_bridge views the buffer as rows of step // pixel-size whole pixels: rows padded by a
+    # part of a pixel (rgb8, width 65, step 196) would come out sheared, without an error.
+    # Padded rows go the numpy way, which drops the padding byte-exactly.
+    if CvBridge is not None and msg.step == msg.width * channels * dtype.itemsize:
         try:
             return CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
         except CvBridgeError as err:

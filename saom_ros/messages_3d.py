@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from saom_ros.depth import Boxes3D, Intrinsics, depth_scale, match_size
+from saom_ros.depth import Boxes3D, DepthError, Intrinsics, depth_scale, match_size
 from saom_ros.image_codec import image_to_array
 
 if TYPE_CHECKING:  # everything.py imports torch; this module must not.
@@ -54,7 +54,11 @@ def depth_image(msg: Image, size: tuple[int, int]) -> np.ndarray:
     ValueError (``DepthError``, ``ImageDecodeError``) for an unsupported encoding, a malformed
     message, or a size of another aspect ratio."""
     depth_scale(msg.encoding)
-    return match_size(image_to_array(msg), size)
+    try:
+        depth = image_to_array(msg)
+    except ValueError as err:  # say which image: the colour one is decoded the same way
+        raise DepthError(f"depth image: {err}") from None
+    return match_size(depth, size)
 
 
 def intrinsics(info: CameraInfo, size: tuple[int, int]) -> Intrinsics:

@@ -30,12 +30,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
 from saom_ros import image_codec, messages
+from saom_ros.messages_3d import stamp_ns
 from saom_ros.depth_stage import DepthStage
 from saom_ros.engine_loader import StartupError, load_engine
 from saom_ros.everything import EverythingEngine, Instances
@@ -273,6 +273,9 @@ class SegmentNode(LifecycleNode):
                 except Exception as err:  # keep serving the next frame whatever went wrong
                     if self._frames.closed or not self.context.ok():  # shutting down
                         return
+                    with self._stats_lock:
+                        self._stats.failed += 1
+                        self._stats.window_failed += 1
                     self.get_logger().error(f"processing failed: {type(err).__name__}: {err}",
                                             throttle_duration_sec=_WARN_EVERY_S)
 
@@ -293,7 +296,8 @@ class SegmentNode(LifecycleNode):
                 messages.overlay(rgb, instances, self.class_names), "rgb8", header))
         if self._depth is not None:
             self._publish_3d(instances, ids, header)
-        age_ns = self.get_clock().now().nanoseconds - Time.from_msg(header.stamp).nanoseconds
+        # Plain integers: rclpy's Time refuses a negative stamp, which the message type allows.
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns(header)
         with self._stats_lock:
             self._stats.processed += 1
             self._stats.window_processed += 1
@@ -311,6 +315,7 @@ class SegmentNode(LifecycleNode):
         except ValueError as err:  # DepthError, ImageDecodeError: the 2D outputs are out already
             with self._stats_lock:
                 self._stats.without_3d += 1
+                self._stats.window_without_3d += 1
             self.get_logger().warning(
                 f"no 3D output (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): {err}",
                 throttle_duration_sec=_WARN_EVERY_S)

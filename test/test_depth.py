@@ -34,8 +34,10 @@ def test_intrinsics_from_camera_info():
     assert Intrinsics.from_camera_info(k, (5, 9), (5, 9)) == K
     # Half the resolution: focal lengths halve, centres move with pixel edges (4.5 / 2 - 0.5).
     assert Intrinsics.from_camera_info(k, (10, 20), (5, 10)) == Intrinsics(50.0, 100.0, 1.75, 0.75)
-    with pytest.raises(DepthError, match="must be positive"):
+    with pytest.raises(DepthError, match="must be at least 1.0 pixel"):
         Intrinsics.from_camera_info([0.0] * 9, (0, 0), (5, 9))
+    with pytest.raises(DepthError, match="must be at least"):  # denormal: infinite rays
+        Intrinsics.from_camera_info([1e-300, 0, 4.0, 0, 1e-300, 2.0, 0, 0, 1], (0, 0), (5, 9))
     with pytest.raises(DepthError, match="9 finite numbers"):
         Intrinsics.from_camera_info(k[:8], (0, 0), (5, 9))
     with pytest.raises(DepthError, match="aspect ratio"):

@@ -228,3 +228,7 @@ def test_cv_bridge_does_the_conversion_where_it_is_installed(monkeypatch):
     with pytest.raises(ImageDecodeError, match="data holds"):  # validated before cv_bridge
         image_to_rgb(_truncated())
     assert len(calls) == 2
+    # Rows padded by a part of a pixel, which cv_bridge would shear: the numpy way, exact.
+    np.testing.assert_array_equal(image_to_rgb(hand_built(RGB, "rgb8", pad=1)), RGB)
+    np.testing.assert_array_equal(image_to_rgb(hand_built(RGB[..., ::-1], "bgr8", pad=3)), RGB)
+    assert len(calls) == 2

@@ -8,7 +8,7 @@ from vision_msgs.msg import Detection3DArray
 
 from saom_ros import messages_3d
 from saom_ros.depth import DepthError, Intrinsics, boxes_3d
-from saom_ros.image_codec import ImageDecodeError, array_to_image
+from saom_ros.image_codec import array_to_image
 from test_messages import HEADER, make_instances, rect
 
 
@@ -30,7 +30,7 @@ def test_bad_depth_messages_are_value_errors():
         messages_3d.depth_image(array_to_image(np.zeros((4, 4), np.uint16), "16UC1"), (4, 6))
     truncated = array_to_image(np.zeros((4, 6), np.float32), "32FC1")
     truncated.data = truncated.data[:10]
-    with pytest.raises(ImageDecodeError):
+    with pytest.raises(DepthError, match="depth image: data holds 10 bytes"):
         messages_3d.depth_image(truncated, (4, 6))
 
 

@@ -11,12 +11,15 @@ QUIET = (Level.OK, "")
 
 def test_the_window_resets_and_the_totals_stay() -> None:
     stats = FrameStats(received=5, processed=4, window_processed=4, window_malformed=1,
+                       window_failed=1, window_without_3d=2, failed=1, without_3d=2,
                        latencies_ms=[1.0, 3.0], inference_ms=[2.0], points_decoded=[256])
     window = stats.next_window()
     assert (window.window_processed, window.latencies_ms, window.inference_ms) == (4, [1.0, 3.0], [2.0])
     assert window.points_decoded == [256]
-    assert (stats.received, stats.processed) == (5, 4)
+    assert (window.window_failed, window.window_without_3d) == (1, 2)
+    assert (stats.received, stats.processed, stats.failed, stats.without_3d) == (5, 4, 1, 2)
     assert (stats.window_processed, stats.window_malformed, stats.latencies_ms) == (0, 0, [])
+    assert (stats.window_failed, stats.window_without_3d) == (0, 0)
     assert stats.points_decoded == []
 
 
@@ -35,8 +38,20 @@ def test_malformed_input_warns_before_silence() -> None:
     assert summary("active", None, FrameStats(), QUIET, "/cam") == (DiagnosticStatus.OK, "ok")
 
 
+def test_failed_frames_are_an_error_and_frames_without_3d_a_warning() -> None:
+    both = FrameStats(window_failed=1, window_malformed=3, window_without_3d=2)
+    assert summary("active", None, both, QUIET, "/cam") == \
+        (DiagnosticStatus.ERROR, "processing failed on 1 frame(s)")
+    assert summary("active", None, FrameStats(window_without_3d=2), QUIET, "/cam") == \
+        (DiagnosticStatus.WARN, "2 frame(s) without 3D output")
+    # A count from an earlier window alone says nothing about this one.
+    assert summary("active", None, FrameStats(without_3d=5, failed=1), QUIET, "/cam") == \
+        (DiagnosticStatus.OK, "ok")
+
+
 def test_values_give_window_medians_rate_and_counters() -> None:
-    stats = FrameStats(received=7, processed=6, malformed=1, without_3d=2, window_processed=3,
+    stats = FrameStats(received=7, processed=6, malformed=1, failed=1, without_3d=2,
+                       window_processed=3,
                        latencies_ms=[10.0, 30.0, 20.0], inference_ms=[5.0],
                        points_decoded=[256, 40, 36], frame_age_ms=12.34)
     values = frame_values(stats, 2.0, dropped=1, with_3d=True)
@@ -44,7 +59,7 @@ def test_values_give_window_medians_rate_and_counters() -> None:
                       "frame_age_ms": "12.3",
                       "processing_rate_hz": "1.50", "frames_received": "7",
                       "frames_processed": "6", "frames_dropped": "1", "frames_malformed": "1",
-                      "frames_without_3d": "2"}
+                      "frames_failed": "1", "frames_without_3d": "2"}
     empty = frame_values(FrameStats(), 1.0, dropped=0, with_3d=False)
     assert empty["latency_ms"] == "nan" and "frames_without_3d" not in empty
     assert math.isnan(float(empty["frame_age_ms"]))

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -214,6 +215,10 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
     # The warnings are throttled; the count shows that each of the four frames was skipped.
     assert lis.spin_until(lambda: int(lis.diagnostics_values()["frames_without_3d"]) >= before + 4,
                           15, node_process), lis.diagnostics_values()
+    assert any(status.level == DiagnosticStatus.WARN and
+               status.message.endswith("frame(s) without 3D output")
+               for msg in lis.messages("diagnostics") for status in msg.status
+               if status.name == lis.node_name)
     labels, dets, cloud = camera.send(8, array_to_image(good_depth, "32FC1", header(8)),
                                       camera_info(8), node_process)
     check_3d(labels, dets, cloud, good_depth, header(8))

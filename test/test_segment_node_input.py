@@ -117,6 +117,23 @@ def test_corrupt_frames_get_throttled_warnings_and_no_decoder_output(listener, n
     assert 1 <= sum("skipped image" in line for line in lines) <= 3  # once per 5 s
 
 
+def test_a_frame_stamped_before_1970_is_segmented_and_not_counted_malformed(listener,
+                                                                           node_process):
+    """int32 seconds allow a negative stamp (rclpy's Time does not): the frame is answered with
+    its own header and counts as processed, not as a skipped frame."""
+    request(listener, jpeg_frame(400), node_process)
+    assert listener.spin_until(lambda: listener.diagnostics_values(), 5, node_process)
+    before = listener.diagnostics_values()
+    frame = jpeg_frame(401)
+    frame.header.stamp.sec = -5
+    _, instances, _ = request(listener, frame, node_process)
+    assert instances.header == frame.header
+    assert listener.spin_until(lambda: int(listener.diagnostics_values()["frames_processed"])
+                               > int(before["frames_processed"]), 5, node_process)
+    assert listener.diagnostics_values()["frames_malformed"] == before["frames_malformed"]
+    assert "skipped image (frame_id 'cam_optical', stamp -5" not in node_process.output
+
+
 def test_a_directory_as_checkpoint_is_reported_as_one(tmp_path):
     result = run_node({"checkpoint": tmp_path})
     assert result.returncode != 0
