@@ -1,9 +1,9 @@
 """Instance-segmentation datasets: COCO files (ours and any other) and the SAOM authors' layout.
 
 Both readers validate when they are built (missing image files, masks whose size differs from
-their image, unknown categories) and raise :class:`DatasetError` naming the file and the problem,
-so a bad dataset fails before training starts instead of hours into it. They return the same
-torch-free :class:`Sample`.
+their image, unknown categories, COCO segmentations that would not decode) and raise
+:class:`DatasetError` naming the file and the problem, so a bad dataset fails before training
+starts instead of hours into it. They return the same torch-free :class:`Sample`.
 
 The COCO writing helpers (:func:`mask_to_annotation`, :func:`write_coco`,
 :func:`atomic_write_bytes`) and the iTHOR scene split (:func:`ithor_split`, :func:`ithor_scenes`)
@@ -202,6 +202,71 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
+def _segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """Why a COCO segmentation would not decode to a ``height`` x ``width`` mask, or None.
+
+    Checks its structure and run lengths without drawing it (drawing every mask would make
+    indexing cost as much as an epoch of mask decoding)."""
+    if isinstance(segmentation, list):
+        return _polygons_problem(segmentation)
+    if not isinstance(segmentation, dict):
+        return f"segmentation is {segmentation!r:.40}, neither polygons nor RLE"
+    counts = segmentation.get("counts")
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+        if runs is None or (runs < 0).any():
+            return f"RLE counts {counts!r:.40} is not a compressed RLE string"
+        total = int(runs.sum())
+    elif isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts):
+        total = sum(counts)
+    else:
+        return (f"RLE counts {counts!r:.40} is neither a compressed RLE string nor a list of "
+                "non-negative integers")
+    if total != height * width:  # pycocotools' decode refuses these, or draws a partial mask
+        return (f"RLE counts cover {total} pixels, not height*width = {height}*{width} = "
+                f"{height * width}")
+    return None
+
+
+def _polygons_problem(polygons: list) -> str | None:
+    """Why a list of COCO polygons would not decode, or None."""
+    if not polygons:
+        return "segmentation is an empty list of polygons"
+    for k, polygon in enumerate(polygons):
+        if not isinstance(polygon, list) or not all(type(v) in (int, float) for v in polygon):
+            return f"polygon {k} is not a list of numbers"
+        # pycocotools reads a 4-number "polygon" as a box, and fails on other short ones.
+        if len(polygon) < 6 or len(polygon) % 2:
+            return (f"polygon {k} has {len(polygon)} coordinates; a polygon needs an even "
+                    "number, at least 6 (x, y of 3 points)")
+    return None
+
+
+def _rle_string_counts(counts: str) -> np.ndarray | None:
+    """The run lengths a compressed RLE string encodes, or None if it is not one.
+
+    pycocotools parses these strings only in C, inside decode, which draws every pixel. Format
+    (its maskApi.c): each number in 5-bit groups, low first, each written as chr(48 + group), 0x20
+    set on all but a number's last group, 0x10 of the last group its sign; from the fourth number
+    on, a number is stored as its difference to the number two before it.
+    """
+    if not counts.isascii():
+        return None
+    chars = np.frombuffer(counts.encode(), np.uint8).astype(np.int64) - 48
+    if chars.size == 0 or chars.min() < 0 or chars.max() > 63 or chars[-1] & 0x20:
+        return None
+    ends = np.flatnonzero((chars & 0x20) == 0)  # the last group of each number
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (ends - starts).max() >= 7:  # 7 groups hold any 32-bit count
+        return None
+    shifts = 5 * (np.arange(chars.size) - np.repeat(starts, ends - starts + 1))
+    numbers = np.add.reduceat((chars & 0x1F) << shifts, starts)
+    numbers -= np.where(chars[ends] & 0x10, 1 << (shifts[ends] + 5), 0)  # negative numbers
+    numbers[1::2] = np.cumsum(numbers[1::2])  # undo the differences, odd and even runs apart
+    numbers[2::2] = np.cumsum(numbers[2::2])
+    return numbers
+
+
 class CocoInstances:
     """A COCO instance-segmentation dataset (any COCO file; ours use class ids as category ids).
 
@@ -237,6 +302,14 @@ class CocoInstances:
         self.images: list[dict] = data["images"]
         by_id = {}
         for img in self.images:
+            if img["id"] in by_id:
+                raise DatasetError(f"{src}: image id {img['id']!r} is used twice "
+                                   f"({by_id[img['id']]['file_name']} and {img['file_name']})")
+            for key in ("height", "width"):
+                if type(img[key]) is not int:
+                    raise DatasetError(f"{src}: image {img['id']!r} ({img['file_name']}) has "
+                                       f"{key} {img[key]!r}, a {type(img[key]).__name__}, "
+                                       "not an integer")
             path = self.image_root / img["file_name"]
             size = _image_size(path)
             if size != (img["height"], img["width"]):
@@ -253,11 +326,14 @@ class CocoInstances:
             img = by_id.get(ann["image_id"])
             if img is None:
                 raise DatasetError(f"{where} refers to unknown image id {ann['image_id']}")
-            seg = ann["segmentation"]
+            seg = ann.get("segmentation")
             if isinstance(seg, dict) and list(seg.get("size", [])) != [img["height"], img["width"]]:
                 raise DatasetError(f"{where}: mask size {seg.get('size')} (h, w) differs from "
                                    f"its image {img['file_name']} "
                                    f"({img['height']}, {img['width']})")
+            problem = _segmentation_problem(seg, img["height"], img["width"])
+            if problem is not None:
+                raise DatasetError(f"{where}: {problem}")
             self._annotations[ann["image_id"]].append((ann, category_to_class[ann["category_id"]]))
 
     def __len__(self) -> int:

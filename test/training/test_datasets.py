@@ -147,12 +147,56 @@ def test_coco_instances_maps_foreign_categories_by_name(coco_dir):
      "annotation 70 refers to unknown image id 5"),
     (lambda d: d.pop("categories"), "not a COCO instance file"),
     (lambda d: d["images"][0].pop("height"), "malformed entry .*'height'"),
+    (lambda d: d["images"][0].update(height="24"),
+     r"image 7 \(a\.png\) has height '24', a str, not an integer"),
+    (lambda d: d["images"][1].update(id=7), r"image id 7 is used twice \(a\.png and sub/b\.png\)"),
+    # Segmentations pycocotools would fail on in a DataLoader worker, or (too short) decode into
+    # a partial mask without a word.
+    (lambda d: d["annotations"][0]["segmentation"].update(counts="!!garbage~~"),
+     "annotation 70: RLE counts '!!garbage~~' is not a compressed RLE string"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts=[10000, 10000]),
+     r"annotation 70: RLE counts cover 20000 pixels, not height\*width = 24\*32 = 768"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts=[5, 5]),
+     "annotation 70: RLE counts cover 10 pixels, not"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts=[700, -5, 73]),
+     "annotation 70: RLE counts .* nor a list of non-negative integers"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts="0"),
+     "annotation 70: RLE counts cover 0 pixels"),
+    (lambda d: d["annotations"][0].update(segmentation=None),
+     "annotation 70: segmentation is None, neither polygons nor RLE"),
+    (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]),
+     "annotation 70: polygon 0 has 3 coordinates; a polygon needs an even number, at least 6"),
+    (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4]]),
+     "annotation 70: polygon 1 has 4 coordinates"),
+    (lambda d: d["annotations"][0].update(segmentation=[[1, 2, "3", 4, 5, 6]]),
+     "annotation 70: polygon 0 is not a list of numbers"),
+    (lambda d: d["annotations"][0].update(segmentation=[]),
+     "annotation 70: segmentation is an empty list of polygons"),
 ])
 def test_coco_instances_validation(coco_dir, breakage, message):
     root, _ = coco_dir
     rewrite(root / "ann.json", breakage)
     with pytest.raises(DatasetError, match=message):
         CocoInstances(root / "ann.json", image_root=root / "imgs")
+
+
+def test_coco_instances_accepts_every_rle_pycocotools_writes(tmp_path):
+    """The load-time RLE check reads long runs (several characters), runs shorter than the one
+    two before (negative differences), empty and full masks as pycocotools does."""
+    rng = np.random.default_rng(3)
+    h, w = 300, 700
+    write_image(tmp_path / "big.png", random_image(rng, h, w))
+    masks = [np.zeros((h, w), bool), np.ones((h, w), bool)]
+    for _ in range(20):
+        mask = np.zeros((h, w), bool)
+        for _ in range(rng.integers(1, 6)):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            mask[y:y + rng.integers(1, h), x:x + rng.integers(1, w)] = True
+        masks.append(mask ^ (rng.random((h, w)) < 0.001))
+    write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "big.png", "height": h, "width": w}],
+               [mask_to_annotation(m, k, 1, 1) for k, m in enumerate(masks)],
+               coco_categories(["Mug"]))
+    np.testing.assert_array_equal(CocoInstances(tmp_path / "ann.json")[0].masks, masks)
 
 
 def test_coco_instances_bad_file(tmp_path):
