@@ -170,7 +170,8 @@ def _image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
+    """The JSON in ``path``; DatasetError naming it if it is missing or not JSON."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -281,7 +282,7 @@ class CocoInstances:
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root) if image_root is not None \
             else self.annotation_file.parent
-        data = _load_json(self.annotation_file)
+        data = load_json(self.annotation_file)
         src = str(self.annotation_file)
         if not isinstance(data, dict) or not all(
                 isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
@@ -373,7 +374,7 @@ class SaomMetadataDataset:
         src = str(self.metadata_file)
         if split not in self._SPLIT_KEYS:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(self._SPLIT_KEYS)}")
-        data = _load_json(self.metadata_file)
+        data = load_json(self.metadata_file)
         key = self._SPLIT_KEYS[split]
         if not isinstance(data, dict) or "entity classes" not in data or key not in data:
             raise DatasetError(f"{src} lacks 'entity classes' or {key!r}")

@@ -7,7 +7,8 @@ back to front), objects standing on furniture, lighting gain/gradient and sensor
 
 The output is the collector's COCO layout: ``images/*.png``, ``annotations.json`` (visible whole
 objects, category ids 1..C of :data:`SYNTH_CLASSES`) and ``annotations_parts.json`` (visible parts,
-class-agnostic: every part is category 1, ``"object"``, the convention for class-agnostic models).
+class-agnostic: every part is category 1, ``"object"``, the convention for class-agnostic models),
+plus ``synth_settings.json``, the scene settings a rerun must match to resume in that folder.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import cv2
 import numpy as np
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
-from saom_ros.training.datasets import coco_categories, mask_to_annotation, write_coco, write_image
+from saom_ros.training.datasets import (DatasetError, atomic_write_json, coco_categories,
+                                        load_json, mask_to_annotation, write_coco, write_image)
 
 # The synthetic world's vocabulary: SAOM classes with recognisable shapes; ids are positions + 1.
 SYNTH_CLASSES: tuple[str, ...] = (
@@ -353,15 +355,21 @@ def generate_scene(rng: np.random.Generator, size: int = 256, num_objects: tuple
 # ----------------------------------------------------------------------------- datasets
 ANNOTATIONS = "annotations.json"
 PART_ANNOTATIONS = "annotations_parts.json"
+SETTINGS = "synth_settings.json"
+# What a scene's pixels depend on besides its index (so not the number of images).
+SCENE_SETTINGS = ("seed", "size", "num_objects")
 
 
 def write_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size: int = 256,
                   num_objects: tuple[int, int] = (3, 6)) -> Path:
     """Render ``num_images`` scenes into ``out_dir`` (images/, annotations*.json); returns out_dir.
 
-    Scene ``i`` depends only on (seed, i), so datasets of different lengths share their first
-    scenes and an interrupted run resumes: existing images are kept, and a folder whose
-    annotations already describe the same parameters is left as it is.
+    Scene ``i`` depends only on i and the scene settings (seed, size, num_objects), so datasets
+    of different lengths share their first scenes and an interrupted run resumes: existing images
+    are kept, and a folder whose annotations already describe the same parameters is left as it
+    is. The folder records the scene settings (:data:`SETTINGS`) before its first image; a folder
+    drawn with other settings, or holding a dataset without that record, is refused with
+    DatasetError.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
@@ -373,6 +381,7 @@ def write_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size: int
     info = {"description": "saom_ros synthetic indoor scenes", "generator": "saom-train synth",
             "seed": seed, "num_images": num_images, "size": size,
             "num_objects": list(num_objects)}
+    _claim(out, {k: info[k] for k in SCENE_SETTINGS})
     if _complete(out, info):
         return out
     images, objects, parts = [], [], []
@@ -395,6 +404,43 @@ def write_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size: int
     return out
 
 
+def _claim(out: Path, settings: dict) -> None:
+    """Record in ``out`` the settings its scenes are drawn with; refuse a folder drawn with others
+    (resuming there would pair its kept images with the new settings' annotations) or holding a
+    dataset whose settings are unknown (it would be overwritten)."""
+    recorded = _recorded_settings(out)
+    if recorded is None:
+        found = [n for n in (ANNOTATIONS, PART_ANNOTATIONS, "images") if (out / n).exists()]
+        if found:
+            raise DatasetError(f"{out} already holds {', '.join(found)} but no {SETTINGS}: its "
+                               "scenes' settings are unknown; write the scenes to a new folder")
+    else:
+        differing = [f"{k} {recorded.get(k)!r} (this run: {v!r})" for k, v in settings.items()
+                     if recorded.get(k) != v]
+        if differing:
+            raise DatasetError(f"{out} holds scenes drawn with other settings: "
+                               f"{', '.join(differing)}; its images would not match this run's "
+                               "annotations. Write to another folder, or delete this one first")
+    if not (out / SETTINGS).is_file():
+        atomic_write_json(out / SETTINGS, settings)
+
+
+def _recorded_settings(out: Path) -> dict | None:
+    """The scene settings ``out`` was drawn with: its record or, in a folder finished before
+    records existed, the part annotations' info (written last); None if it holds neither."""
+    if (out / SETTINGS).is_file():
+        recorded = load_json(out / SETTINGS)
+        if not isinstance(recorded, dict):
+            raise DatasetError(f"{out / SETTINGS} is not a JSON object of scene settings")
+        return recorded
+    if (out / PART_ANNOTATIONS).is_file():
+        data = load_json(out / PART_ANNOTATIONS)
+        info = data.get("info") if isinstance(data, dict) else None
+        if isinstance(info, dict) and info.get("generator") == "saom-train synth":
+            return {k: info.get(k) for k in SCENE_SETTINGS}
+    return None
+
+
 def _complete(out: Path, info: dict) -> bool:
     """Whether ``out`` already holds this exact dataset."""
     try:
@@ -409,7 +455,7 @@ def _complete(out: Path, info: dict) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``saom-train synth``."""
     parser.add_argument("out", type=Path, help="output folder (images/, annotations.json, "
-                        "annotations_parts.json)")
+                        f"annotations_parts.json, {SETTINGS})")
     parser.add_argument("-n", "--num-images", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="scene i depends on (seed, i) only")
     parser.add_argument("--size", type=int, default=256, help="square image side in pixels")

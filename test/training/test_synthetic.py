@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from saom_ros.classes import SAOM_CLASSES
-from saom_ros.training.datasets import CocoInstances, decode_segmentation
+from saom_ros.training.datasets import CocoInstances, DatasetError, decode_segmentation
 from saom_ros.training.synthetic import (
-    ANNOTATIONS, PART_ANNOTATIONS, SYNTH_CLASSES, TEMPLATES, add_arguments, generate_scene, run,
-    write_dataset)
+    ANNOTATIONS, PART_ANNOTATIONS, SETTINGS, SYNTH_CLASSES, TEMPLATES, add_arguments,
+    generate_scene, run, write_dataset)
 
 
 def scenes(n: int, seed: int = 0):
@@ -116,6 +117,50 @@ def test_write_dataset_resumes_and_rejects_bad_arguments(tmp_path: Path):
         write_dataset(tmp_path / "bad", num_images=0)
     with pytest.raises(ValueError, match="num_objects"):
         write_dataset(tmp_path / "bad", num_images=1, num_objects=(4, 2))
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_write_dataset_refuses_a_folder_drawn_with_other_settings(tmp_path: Path):
+    """Resuming keeps existing images, so other scene settings would pair them with another
+    picture's annotations: refused, naming the folder and the settings, with nothing changed."""
+    out = write_dataset(tmp_path / "ds", num_images=3, seed=0, size=64)
+    (out / ANNOTATIONS).unlink()  # also when interrupted before the annotations
+    before = folder_bytes(out)
+    for change, message in [({"seed": 7}, r"seed 0 \(this run: 7\)"),
+                            ({"size": 96}, r"size 64 \(this run: 96\)"),
+                            ({"num_objects": (1, 2)},
+                             r"num_objects \[3, 6\] \(this run: \[1, 2\]\)")]:
+        with pytest.raises(DatasetError, match=re.escape(f"{out} holds scenes drawn with other "
+                                                         "settings: ") + message):
+            write_dataset(out, **{"num_images": 3, "seed": 0, "size": 64, **change})
+        assert folder_bytes(out) == before
+    # The same settings resume, and may change the number of scenes.
+    write_dataset(out, num_images=4, seed=0, size=64)
+    scene = generate_scene(np.random.default_rng([0, 3]), 64)
+    assert np.array_equal(CocoInstances(out / ANNOTATIONS)[3].masks,
+                          np.stack([o.mask for o in scene.objects]))
+    assert all(folder_bytes(out)[k] == v for k, v in before.items() if k.startswith("images/"))
+
+
+def test_write_dataset_adopts_older_folders_and_keeps_foreign_ones(tmp_path: Path):
+    out = write_dataset(tmp_path / "old", num_images=2, seed=5, size=64)
+    (out / SETTINGS).unlink()  # finished before folders recorded their settings
+    with pytest.raises(DatasetError, match=r"seed 5 \(this run: 6\)"):
+        write_dataset(out, num_images=2, seed=6, size=64)
+    write_dataset(out, num_images=2, seed=5, size=64)
+    assert json.loads((out / SETTINGS).read_text()) == {"seed": 5, "size": 64,
+                                                       "num_objects": [3, 6]}
+    # Another tool's dataset (no record): left as it is.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ANNOTATIONS).write_text("{}")
+    with pytest.raises(DatasetError, match=re.escape(f"{other} already holds {ANNOTATIONS} but "
+                                                     f"no {SETTINGS}")):
+        write_dataset(other, num_images=1, size=64)
+    assert folder_bytes(other) == {ANNOTATIONS: b"{}"}
 
 
 def test_cli_arguments_and_run(tmp_path: Path, capsys):
