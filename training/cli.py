@@ -32,8 +32,13 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-type", help="architecture preset (model.model_type)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
     p.add_argument("--device", help="auto, cpu or cuda (train.device)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <run_dir>/checkpoints/last.pt when it exists")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from <run_dir>/checkpoints/last.pt when it exists (if it "
+                       "is unreadable, from the newest readable step_*.pt)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in the run dir (its checkpoints, metrics "
+                       "and logs are deleted)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="checkpoint and stop after N more steps (for time-limited jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,8 +79,9 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=Path, help="run folder (its last checkpoint) or a training "
-                   "checkpoint file")
+    p.add_argument("source", type=Path, help="run folder (its last checkpoint), a training "
+                   "checkpoint file, or a SAOM or official SAM checkpoint (to change only the "
+                   "settings it carries)")
     p.add_argument("-o", "--out", type=Path, required=True, help="SAOM checkpoint to write")
     _everything_arg(p, "to carry, over the run's evaluate section or the source checkpoint's own")
 
@@ -113,12 +119,17 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
                                       description=_DELEGATED[command][1])
         module.add_arguments(sub)
         return int(module.run(sub.parse_args(rest)) or 0)
-    from saom_ros.training.config import load_config
+    from saom_ros.training.config import check_device, load_config, validate_config
     if command == "train":
-        from saom_ros.training.finetune import train
+        from saom_ros.training.finetune import TrainingInterrupted, train
         cfg = load_config(args.config, [*args.overrides, *_train_overrides(args)])
-        last = train(cfg, resume=args.resume, stop_after=args.stop_after,
-                     progress=not args.no_progress)
+        try:
+            last = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                         progress=not args.no_progress, overwrite=args.overwrite)
+        except TrainingInterrupted as stop:  # the shell's convention for death by a signal
+            if stop.main:
+                print(f"saom-train train: {stop}", file=sys.stderr)
+            return 128 + stop.signum
         print(f"checkpoint: {last}")
         return 0
     if command == "export":
@@ -130,6 +141,8 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
     from saom_ros.training.datasets import open_dataset
     cfg = load_config(args.config, [
         *args.overrides, {"evaluate": {"everything": _everything_values(args.everything)}}])
+    validate_config(cfg)
+    check_device(args.device, "--device")
     names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])
     dataset = open_dataset(args.data, args.split)
     evaluate.evaluate_checkpoints(args.checkpoint, names, dataset, cfg, args.out,

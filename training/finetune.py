@@ -14,6 +14,9 @@ import io
 import math
 import os
 import random
+import shutil
+import signal
+import sys
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -31,18 +34,37 @@ from tqdm import tqdm
 
 from saom_ros.atomic import atomic_write_text, remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
-from saom_ros.model import ModelConfig, Saom, build_saom, load_model
-from saom_ros.training.config import validate_config
+from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_model
+from saom_ros.training.config import check_device, validate_config
 from saom_ros.training.datasets import open_dataset
 from saom_ros.training.distributed import init_distributed, resolve_device
 from saom_ros.training.embedding_cache import EmbeddingCache, encoder_fingerprint
-from saom_ros.training.process_lifetime import dataloader_worker_init
+from saom_ros.training.process_lifetime import (
+    StopRequest, catch_stop_signals, dataloader_worker_init, stop_signals_blocked)
 from saom_ros.training.train_state import (
     STATE_FORMAT, atomic_torch_save, config_diff, load_train_state, rng_state, set_rng_state)
 from saom_ros.training.train_step import Prepared, TrainStep
 
 _CSV_FIELDS = ("step", "epoch", "lr", "loss", "dice", "focal", "ce", "iou", "prompts",
                "images_per_s")
+# What a run leaves in its run dir (the embedding cache is keyed by encoder, so it stays valid).
+_RUN_OUTPUTS = ("checkpoints", "metrics.csv", "config.yaml", "tensorboard")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a finished step; ``checkpoint`` holds that step."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[Path], main: bool) -> None:
+        self.signum, self.step, self.checkpoint, self.main = signum, step, checkpoint, main
+        where = (f"checkpoint: {checkpoint}" if checkpoint is not None
+                 else "no step finished, nothing new saved")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}; "
+                         "to continue, run the same command with --resume")
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, in the CLI's voice."""
+    print(f"saom-train train: warning: {message}", file=sys.stderr)
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -88,6 +110,7 @@ class Trainer:
         self.cfg = cfg
         tc = cfg["train"]
         validate_config(cfg)
+        check_device(tc["device"])
         if cfg["data"]["train"] is None:
             raise ValueError("data.train is not set: give a COCO or SAOM-layout dataset")
         self.device = resolve_device(tc["device"], int(os.environ.get("LOCAL_RANK", 0)))
@@ -135,6 +158,7 @@ class Trainer:
                                             if self.device.type == "cuda" else None)
                     if self.dist.world > 1 else self.step_module)
         self.writer = None
+        self.stop_request = StopRequest()  # never fires unless train() installs the handlers
 
     # -- checkpoints
     @property
@@ -161,13 +185,17 @@ class Trainer:
         os.link(path, tmp)
         os.replace(tmp, self.checkpoint_dir / "last.pt")
         keep = int(self.cfg["train"]["keep_checkpoints"])
-        for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-keep] if keep > 0 else []:
+        # files of later steps (left by a resume from an older, readable checkpoint) are not
+        # older: they must not push this one out
+        older = sorted(p for p in self.checkpoint_dir.glob("step_*.pt") if p.name <= path.name)
+        for old in older[:-keep] if keep > 0 else []:
             old.unlink()
         remove_temp_files(self.checkpoint_dir)  # of writes killed before this run resumed
         return path
 
-    def load(self, path: Path) -> None:
-        state = load_train_state(path)
+    def load(self, path: Path, state: Optional[dict] = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its content, already read)."""
+        state = load_train_state(path) if state is None else state
         diff = config_diff(state["config"], self.cfg)
         if diff:
             raise ValueError(f"cannot resume from {path}: the config differs: {'; '.join(diff)}")
@@ -197,7 +225,9 @@ class Trainer:
             loader = DataLoader(_Indexed(self.dataset), batch_size=self.batch, sampler=indices,
                                 collate_fn=list, num_workers=int(self.cfg["data"]["num_workers"]),
                                 worker_init_fn=partial(dataloader_worker_init, os.getpid()))
-            for batch in loader:
+            with stop_signals_blocked():  # the workers start here and must not die of Ctrl-C
+                batches = iter(loader)
+            for batch in batches:
                 yield epoch, batch
             epoch, offset = epoch + 1, 0
 
@@ -238,10 +268,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path = self.run_dir / "metrics.csv"
-        rows = []
-        if csv_path.is_file():  # a resumed run rewrites the steps after its checkpoint
-            with open(csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        rows = _metric_rows(csv_path, self.step) if csv_path.is_file() else []
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS)
         w.writeheader()
@@ -267,8 +294,17 @@ class Trainer:
                 self.writer.add_scalar(f"train/{k}", v, self.step)
 
     # -- the loop
+    def stop_signal(self) -> int:
+        """The stop signal any process received (0: none); every rank gets the same answer."""
+        if self.dist.world == 1:
+            return self.stop_request.signum
+        flag = torch.tensor([self.stop_request.signum], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def fit(self, stop_after: Optional[int] = None) -> Path:
-        """Train to ``total_steps`` (or ``stop_after`` more steps); returns the last checkpoint."""
+        """Train to ``total_steps`` (or ``stop_after`` more steps, or to the step that finishes
+        when a stop signal comes); returns the last checkpoint."""
         tc = self.cfg["train"]
         if self.dist.main:
             self._open_logs()
@@ -305,6 +341,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
+            signum = self.stop_signal()
+            if signum:  # this step is the last: logged and checkpointed like the end
+                end = self.step
             bar.update(1)
             bar.set_postfix(loss=f"{acc.get('loss', 0.0):.4f}")
             if self.step % int(tc["log_every"]) == 0 or self.step == end:
@@ -322,6 +361,42 @@ class Trainer:
             self.writer.close()
         return last if last is not None else self.checkpoint_dir / "last.pt"
 
+    def fit_until_stopped(self, stop_after: Optional[int]) -> Path:
+        """fit, or TrainingInterrupted when a stop signal came (before or during it)."""
+        start = self.step
+        last = None if self.stop_signal() else self.fit(stop_after)
+        signum = self.stop_signal()
+        if signum and self.step < self.total_steps:  # finished anyway: nothing to resume
+            saved = last if last is not None and self.step > start else None
+            raise TrainingInterrupted(signum, self.step, saved, self.dist.main)
+        return last
+
+
+def _metric_row(row: dict) -> Optional[dict]:
+    """A metrics.csv row with every field a number, else None (a torn or foreign line)."""
+    if list(row) != list(_CSV_FIELDS):
+        return None
+    try:
+        int(row["step"]), int(row["epoch"])
+        for key in _CSV_FIELDS[2:]:
+            float(row[key])
+    except (TypeError, ValueError):
+        return None
+    return row
+
+
+def _metric_rows(path: Path, step: int) -> list[dict]:
+    """The well-formed rows of ``path`` up to ``step`` (a resumed run rewrites those after it);
+    dropped malformed ones are reported."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, restkey="_extra")
+        rows = [(r, _metric_row(r)) for r in reader]
+    bad = [raw for raw, row in rows if row is None]
+    if bad:
+        warn(f"{path}: dropped {len(bad)} malformed row(s), e.g. "
+             f"{','.join(str(v) for v in bad[0].values())!r}")
+    return [row for _, row in rows if row is not None and int(row["step"]) <= step]
+
 
 class _Indexed(torch.utils.data.Dataset):
     """(index, sample) pairs, so per-image randomness can be keyed by the index."""
@@ -337,18 +412,79 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- entry point
+def _has_run(run_dir: Path) -> bool:
+    """Whether a run wrote into ``run_dir`` (checkpoints or metrics)."""
+    return ((run_dir / "metrics.csv").exists() or (run_dir / "checkpoints" / "last.pt").exists()
+            or any((run_dir / "checkpoints").glob("step_*.pt")))
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove a previous run's outputs: each moves into one hidden folder (one atomic rename
+    apiece, so no old checkpoint stays visible once its folder moved), then that goes."""
+    trash = run_dir / ".overwritten"
+    shutil.rmtree(trash, ignore_errors=True)  # of an overwrite killed half-way
+    trash.mkdir()
+    for name in _RUN_OUTPUTS:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, trash / name)
+    shutil.rmtree(trash)
+
+
+def _readable_checkpoint(checkpoint_dir: Path, report: bool) -> Optional[tuple[Path, dict]]:
+    """The newest readable of last.pt and the step files, with its state; None: there is none.
+
+    An unreadable last.pt falls back to the newest readable step file, with a warning naming
+    both (when ``report``); when none is readable, last.pt's error is raised.
+    """
+    last = checkpoint_dir / "last.pt"
+    candidates = [last] if last.exists() else []
+    candidates += sorted(checkpoint_dir.glob("step_*.pt"), reverse=True)
+    first_error = None
+    for path in candidates:
+        try:
+            state = load_train_state(path)
+        except CheckpointError as err:
+            first_error = first_error or err
+            continue
+        if first_error is not None and report:
+            warn(f"{first_error}; resuming from {path} instead")
+        return path, state
+    if first_error is not None:
+        raise first_error
+    return None
+
+
 def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
-          progress: bool = True) -> Path:
-    """Run (or, with ``resume``, continue from <run_dir>/checkpoints/last.pt) a training job."""
-    trainer = Trainer(cfg, progress=progress)
-    last = trainer.checkpoint_dir / "last.pt"
-    if resume and trainer.dist.main:  # a kill mid-write left temp files; nothing writes now
-        for folder in (trainer.run_dir, trainer.checkpoint_dir):
-            remove_temp_files(folder)
-    if resume and last.is_file():
-        trainer.load(last)
-    try:
-        return trainer.fit(stop_after)
-    finally:
-        if trainer.dist.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+          progress: bool = True, overwrite: bool = False) -> Path:
+    """Run a training job: a new one in an empty run dir (``overwrite``: removing the run that is
+    there), or, with ``resume``, continue from the newest readable checkpoint in it.
+
+    SIGINT/SIGTERM finish the current step, checkpoint and raise TrainingInterrupted.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"--stop-after must be a positive number of steps, not {stop_after!r}")
+    run_dir = Path(cfg["train"]["run_dir"])
+    if not resume and not overwrite and _has_run(run_dir):
+        raise ValueError(f"run dir {run_dir} already holds a run: pass --resume to continue it "
+                         "or --overwrite to replace it (or choose another --run-dir)")
+    with catch_stop_signals() as stop_request:
+        trainer = Trainer(cfg, progress=progress)
+        trainer.stop_request = stop_request
+        try:
+            if trainer.dist.main:  # the others only read: they wait at the barrier below
+                if overwrite:
+                    _clear_run(run_dir)
+                if resume:  # a kill mid-write left temp files; nothing writes now
+                    for folder in (trainer.run_dir, trainer.checkpoint_dir):
+                        remove_temp_files(folder)
+            if trainer.dist.world > 1:
+                dist.barrier()
+            found = _readable_checkpoint(trainer.checkpoint_dir, trainer.dist.main) if resume else None
+            if found is not None:
+                trainer.load(*found)
+            return trainer.fit_until_stopped(stop_after)
+        finally:
+            if trainer.dist.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()

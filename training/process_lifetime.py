@@ -1,8 +1,13 @@
-"""Worker processes that die with their parent.
+"""Worker processes that die with their parent, and stop signals a training run finishes on.
 
 A parent killed with SIGKILL runs no cleanup, and its workers (DataLoader workers of about 0.4 GB
 each, collector workers with their simulators) would live on under init for as long as anyone
 leaves them. Linux's ``PR_SET_PDEATHSIG`` has the kernel signal the worker when its parent dies.
+
+SIGINT and SIGTERM ask a training run to stop: it finishes its step and checkpoints. Ctrl-C
+sends SIGINT to the whole process group, DataLoader workers included. A forked worker inherits
+the parent's handler, but one started by spawn or forkserver would die of it (and the DataLoader
+raise in the parent mid-step): workers ignore both and leave with their parent.
 """
 from __future__ import annotations
 
@@ -10,6 +15,11 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -32,5 +42,50 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def dataloader_worker_init(parent_pid: int, worker_id: int) -> None:
-    """A DataLoader ``worker_init_fn`` (bind ``parent_pid`` with functools.partial)."""
+    """A DataLoader ``worker_init_fn`` (bind ``parent_pid`` with functools.partial).
+
+    The worker ignores the stop signals (the parent decides when to stop) and then unblocks them:
+    start it inside :func:`stop_signals_blocked`, so none can arrive before it ignores them.
+    """
     die_with_parent(parent_pid)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (not lost) while processes that inherit the mask start."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StopRequest:
+    """The first SIGINT/SIGTERM received while :func:`catch_stop_signals` is active (0: none)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum  # later ones change nothing: the stop is under way
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[StopRequest]:
+    """Record SIGINT/SIGTERM instead of dying of them; the previous handlers come back after.
+
+    Outside the main thread Python cannot set handlers: the request then never fires.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.signal(sig, request._handle) for sig in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from saom_ros.atomic import atomic_open
-from saom_ros.model import ModelConfig, Saom, build_saom
+from saom_ros.model import CheckpointError, ModelConfig, Saom, _load_failure, build_saom
 
 STATE_FORMAT = "saom-train-state"
+_STATE_KEYS = ("config", "model_config", "class_names", "model", "optimizer", "scheduler", "scaler",
+               "step", "rng")
 # Keys that may differ between a run and its resumption (they do not change the result).
 _RESUME_FREE_KEYS = {("train", "run_dir"), ("data", "num_workers"), ("train", "log_every"),
                      ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
@@ -55,19 +57,40 @@ def config_diff(a: dict, b: dict, where: tuple = ()) -> list[str]:
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, path)
-        elif va != vb:
+        elif _as_number(va) != _as_number(vb):
             out.append(f"{'.'.join(path)}: {va!r} -> {vb!r}")
     return out
 
 
+def _as_number(value: Any) -> Any:
+    """Numeric text as a float: runs started before load_config turned ``1e-3`` into a number
+    hold it as text, and resuming them must not count that as a change."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def load_train_state(path: str | os.PathLike) -> dict:
-    """A training checkpoint written by Trainer.save (weights_only); ValueError if it is not one."""
+    """A training checkpoint written by Trainer.save (weights_only).
+
+    CheckpointError (a ValueError) naming the file for a missing, damaged or foreign file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"training checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"training checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for torn or foreign files
+        raise CheckpointError(f"{path} is not a readable training checkpoint (torch.load failed: "
+                              f"{type(err).__name__}: {_load_failure(err)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a saom-train training checkpoint")
+        raise CheckpointError(f"{path} is not a saom-train training checkpoint")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is a damaged training checkpoint (no {', '.join(missing)})")
     return state
 
 

@@ -98,6 +98,48 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "optim.betas=0.9"], "optim.betas must be a list of two numbers"),
+    (["--set", "train.epochs=0"], "train.epochs must be an integer >= 1, not 0"),
+    (["--stop-after", "-1"], "--stop-after must be a positive number of steps, not -1"),
+])
+def test_bad_training_values_are_clear_errors(extra, message, tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", n=1)
+    assert main(["train", "--data", str(data), "--run-dir", str(tmp_path / "run"),
+                 *TRAIN_SETTINGS, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerun_needs_resume_or_overwrite_and_damaged_checkpoints_are_clear(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", n=2)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--run-dir", str(run), *TRAIN_SETTINGS]
+    assert main([*argv, "--max-steps", "3", "--set", "train.checkpoint_every=1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--max-steps", "1", "--overwrite"]) == 0
+    printed = Path(capsys.readouterr().out.split("checkpoint: ")[1].strip())
+    assert printed.is_file() and load_train_state(printed)["step"] == 1
+
+    (run / "checkpoints/last.pt").write_bytes(b"\x80\x02junk")  # step 1 too: a hard link
+    for source in (run, run / "checkpoints/last.pt"):
+        assert main(["export", str(source), "-o", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'checkpoints/last.pt'} is not a checkpoint" in err
+        assert "Traceback" not in err and "weights_only=False" not in err
+    with pytest.raises(SystemExit):
+        main([*argv, "--resume", "--overwrite"])
+
+
+def test_export_help_names_every_kind_of_source(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "SAOM or official SAM checkpoint" in help_text and "training checkpoint" in help_text
+
+
 def test_unknown_subcommand_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["fly"])

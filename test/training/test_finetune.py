@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from processes import alive, children, wait_for
-from saom_ros.model import ModelConfig, Saom, build_saom, load_model
-from saom_ros.training.config import load_config
+from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_model
+from saom_ros.training.config import check_device, load_config, validate_config
 from saom_ros.training.datasets import (
     coco_categories, mask_to_annotation, open_dataset, write_coco, write_image)
 from saom_ros.training.export import export
-from saom_ros.training.finetune import Trainer, init_model, train
-from saom_ros.training.train_state import load_train_state, model_from_state
+from saom_ros.training.finetune import Trainer, TrainingInterrupted, init_model, train
+from saom_ros.training.train_state import config_diff, load_train_state, model_from_state
 
 CLASSES = ("Mug", "Vase", "Laptop")
 COLOURS = {1: (210, 60, 50), 2: (50, 200, 70), 3: (60, 80, 220)}
@@ -270,8 +272,193 @@ def test_config_errors_are_clear(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="assignment.prompt_mode must be one of nearest, random"):
         Trainer(load_config(None, ["assignment.prompt_mode=centre"]))
-    with pytest.raises(ValueError, match="train.grad_accum must be a positive integer"):
+    with pytest.raises(ValueError, match="train.grad_accum must be an integer >= 1, not 0"):
         Trainer(load_config(None, ["train.grad_accum=0"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=-1", "train.max_steps must be an integer >= 1, not -1"),
+    ("train.epochs=0", "train.epochs must be an integer >= 1, not 0"),
+    ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
+    ("optim.betas=0.9", r"optim.betas must be a list of two numbers in \[0, 1\).*not 0.9"),
+    ("optim.betas=[0.9, 1.0]", r"optim.betas must be .*not \[0.9, 1.0\]"),
+    ("loss.focal_alpha=abc", "loss.focal_alpha must be a number in .*, not 'abc'"),
+    ("optim.lr=abc", "optim.lr must be a number .*, not 'abc'"),
+    ("optim.lr=0", "optim.lr must be a number > 0, not 0"),
+    ("train.seed=abc", "train.seed must be an integer .*, not 'abc'"),
+    ("evaluate.max_images=abc", "evaluate.max_images must be an integer >= 1, not 'abc'"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps must be an integer >= 0, not -5"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints must be an integer >= 0, not -1"),
+    ("train.amp=maybe", "train.amp must be true or false, not 'maybe'"),
+    ("model.model_type=vit_x", "model.model_type must be one of .*, not 'vit_x'"),
+    ("data.num_workers=-1", "data.num_workers must be an integer >= 0, not -1"),
+])
+def test_every_bad_config_value_names_its_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(load_config(None, ["model.model_type=tiny", "data.train=x.json", override]))
+
+
+def test_numbers_yaml_reads_as_text_become_numbers():
+    cfg = load_config(None, ["optim.lr=3e-4", "loss.focal_alpha=2.5e-1"])
+    validate_config(cfg)
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["loss"]["focal_alpha"] == 0.25
+    # a run started when they stayed text resumes: the same number is no change
+    assert config_diff({"optim": {"lr": "3e-4"}}, {"optim": {"lr": 3e-4}}) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.device is 'cuda' but this machine has no usable"):
+        check_device("cuda")
+
+
+def test_a_run_dir_with_a_run_is_refused_unless_resumed_or_overwritten(dataset, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(tiny_config(dataset, run, "train.max_steps=4", "train.checkpoint_every=1"),
+          progress=False)
+    again = tiny_config(dataset, run, "train.max_steps=1")
+    with pytest.raises(ValueError, match=f"run dir {run} already holds a run: pass --resume .* "
+                       "--overwrite"):
+        train(again, progress=False)
+    assert load_train_state(run / "checkpoints/last.pt")["step"] == 4  # nothing lost
+    assert _metric_steps(run) == [1, 2, 3, 4]
+
+    last = train(again, overwrite=True, progress=False)
+    assert last.is_file() and last.name == "step_00000001.pt"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.pt", "step_00000001.pt"]
+    assert _metric_steps(run) == [1]
+    assert not (run / ".overwritten").exists()
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(again, resume=True, overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="--stop-after must be a positive number of steps, not 0"):
+        train(again, resume=True, stop_after=0, progress=False)
+
+
+def test_pruning_keeps_the_new_checkpoint_over_later_stale_ones(dataset, tmp_path):
+    run = tmp_path / "r"
+    cfg = tiny_config(dataset, run, "train.max_steps=3", "train.keep_checkpoints=1")
+    train(cfg, stop_after=1, progress=False)
+    stale = run / "checkpoints/step_00000009.pt"  # a damaged file of a later step
+    stale.write_bytes(b"torn")
+    last = train(cfg, resume=True, stop_after=1, progress=False)
+    assert last.is_file() and stale.exists()
+    assert not (run / "checkpoints/step_00000001.pt").exists()
+
+
+def _metric_steps(run: Path) -> list[int]:
+    with open(run / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def test_damaged_or_foreign_checkpoints_are_clear_errors(dataset, tmp_path):
+    train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1"), progress=False)
+    good = (tmp_path / "r/checkpoints/last.pt").read_bytes()
+    (tmp_path / "torn.pt").write_bytes(good[:100000])
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint at all")
+    torch.save({"format": "saom-train-state"}, tmp_path / "hollow.pt")
+    for name, problem in (("torn.pt", "torch.load failed"), ("foreign.pt", "torch.load failed"),
+                          ("hollow.pt", "damaged training checkpoint")):
+        with pytest.raises(CheckpointError, match=f"{tmp_path / name}.*{problem}") as err:
+            load_train_state(tmp_path / name)
+        assert "weights_only=False" not in str(err.value)
+        with pytest.raises(CheckpointError, match=str(tmp_path / name)):
+            export(tmp_path / name, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(dataset, tmp_path, capsys):
+    common = ("train.max_steps=6", "train.checkpoint_every=2", "optim.warmup_steps=2")
+    train(tiny_config(dataset, tmp_path / "a", *common), progress=False)
+    run = tmp_path / "b"
+    cfg = tiny_config(dataset, run, *common)
+    train(cfg, stop_after=4, progress=False)
+    with open(run / "checkpoints/last.pt", "r+b") as f:  # step_4 too: last.pt is its hard link
+        f.truncate(100000)
+    capsys.readouterr()
+    train(cfg, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoints/last.pt'} is not a readable training checkpoint" in err
+    assert f"resuming from {run / 'checkpoints/step_00000002.pt'} instead" in err
+    _assert_same(_final_model(tmp_path / "a"), _final_model(run))
+    assert _metric_steps(run) == [1, 2, 3, 4, 5, 6]
+
+    (run / "checkpoints/last.pt").write_bytes(b"junk")
+    for old in (run / "checkpoints").glob("step_*.pt"):
+        old.unlink()
+    with pytest.raises(CheckpointError, match="last.pt is not a readable training checkpoint"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_resume_drops_malformed_metrics_rows(dataset, tmp_path, capsys):
+    run = tmp_path / "r"
+    cfg = tiny_config(dataset, run, "train.max_steps=4")
+    train(cfg, stop_after=2, progress=False)
+    with open(run / "metrics.csv", "a") as f:
+        f.write("garbage\n1,,,,,,,,,\n3,0,1,1,1,1,1,1,1,1\n")  # junk, torn, beyond the resume
+    capsys.readouterr()
+    train(cfg, resume=True, progress=False)
+    assert f"{run / 'metrics.csv'}: dropped 2 malformed row(s)" in capsys.readouterr().err
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(all(v not in ("", None) for v in r.values()) for r in rows)
+    assert float(rows[2]["loss"]) != 1.0  # step 3 is the resumed run's, not the stray row
+
+
+def test_a_stop_signal_checkpoints_the_step_and_resumes_exactly(dataset, tmp_path, monkeypatch):
+    common = ("train.max_steps=5", "optim.warmup_steps=2")
+    train(tiny_config(dataset, tmp_path / "a", *common), progress=False)
+    log = Trainer.log
+
+    def log_then_signal(self, *args, **kwargs):
+        log(self, *args, **kwargs)
+        if self.step == 2:  # after step 2's stop check: step 3 runs, then is saved
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "log", log_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = tiny_config(dataset, tmp_path / "b", *common)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(cfg, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert stop.value.signum == signal.SIGTERM and stop.value.step == 3
+    assert stop.value.checkpoint == tmp_path / "b/checkpoints/step_00000003.pt"
+    assert "--resume" in str(stop.value)
+    assert load_train_state(tmp_path / "b/checkpoints/last.pt")["step"] == 3
+    monkeypatch.setattr(Trainer, "log", log)
+    train(cfg, resume=True, progress=False)
+    _assert_same(_final_model(tmp_path / "a"), _final_model(tmp_path / "b"))
+    assert _metric_steps(tmp_path / "b") == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_dataloader_workers_checkpoints_and_resumes(dataset, tmp_path):
+    """SIGINT to the whole process group, workers included, as a terminal's Ctrl-C sends it."""
+    common = ("train.max_steps=1000", "train.checkpoint_every=1000",
+              "train.grad_accum=6")  # a step needs more batches than the workers prefetch
+    cfg = tiny_config(dataset, tmp_path / "b", *common)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saom_ros.training.cli", "train", "-c", str(tmp_path / "cfg.yaml"),
+         "--no-progress", "--set", "data.num_workers=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "b/metrics.csv").is_file()
+                        and len(_metric_steps(tmp_path / "b")) >= 2, 180), "no step was logged"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "--resume" in err and "stopped by SIGINT" in err
+    step = load_train_state(tmp_path / "b/checkpoints/last.pt")["step"]
+    assert f"after step {step}; checkpoint: " in err
+    train(cfg, resume=True, stop_after=1, progress=False)
+    train(tiny_config(dataset, tmp_path / "a", *common), stop_after=step + 1, progress=False)
+    _assert_same(_final_model(tmp_path / "a"), _final_model(tmp_path / "b"))
 
 
 @pytest.mark.slow
