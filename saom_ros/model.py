@@ -290,7 +290,7 @@ def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
 _TORCH_ADVICE = ("Weights only load failed", "Check the documentation of torch.load")
 
 
-def _load_failure(err: Exception, limit: int = 400) -> str:
+def load_failure(err: Exception, limit: int = 400) -> str:
     """The part of a torch.load error that says why, on one line, at most ``limit`` chars."""
     paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n")]
     reason = " ".join(p for p in paragraphs if p and not p.startswith(_TORCH_ADVICE))
@@ -314,7 +314,7 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for foreign files
         raise CheckpointError(f"{path} is not a checkpoint (torch.load failed: "
-                              f"{type(err).__name__}: {_load_failure(err)})") from None
+                              f"{type(err).__name__}: {load_failure(err)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint (holds a {type(ckpt).__name__})")
     if ckpt.get("format") == FORMAT:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from saom_ros.atomic import atomic_open
-from saom_ros.model import CheckpointError, ModelConfig, Saom, _load_failure, build_saom
+from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_failure
 
 STATE_FORMAT = "saom-train-state"
 _STATE_KEYS = ("config", "model_config", "class_names", "model", "optimizer", "scheduler", "scaler",
@@ -85,7 +85,7 @@ def load_train_state(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for torn or foreign files
         raise CheckpointError(f"{path} is not a readable training checkpoint (torch.load failed: "
-                              f"{type(err).__name__}: {_load_failure(err)})") from None
+                              f"{type(err).__name__}: {load_failure(err)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a saom-train training checkpoint")
     missing = [k for k in _STATE_KEYS if k not in state]
