@@ -14,9 +14,7 @@ import io
 import math
 import os
 import random
-import shutil
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -34,21 +32,18 @@ from tqdm import tqdm
 
 from saom_ros.atomic import atomic_write_text, remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
-from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_model
+from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import check_device, validate_config
 from saom_ros.training.datasets import open_dataset
 from saom_ros.training.distributed import init_distributed, resolve_device
 from saom_ros.training.embedding_cache import EmbeddingCache, encoder_fingerprint
 from saom_ros.training.process_lifetime import (
     StopRequest, catch_stop_signals, dataloader_worker_init, stop_signals_blocked)
+from saom_ros.training.run_dir import (
+    CSV_FIELDS, clear_run, has_run, metric_rows, readable_checkpoint)
 from saom_ros.training.train_state import (
     STATE_FORMAT, atomic_torch_save, config_diff, load_train_state, rng_state, set_rng_state)
 from saom_ros.training.train_step import Prepared, TrainStep
-
-_CSV_FIELDS = ("step", "epoch", "lr", "loss", "dice", "focal", "ce", "iou", "prompts",
-               "images_per_s")
-# What a run leaves in its run dir (the embedding cache is keyed by encoder, so it stays valid).
-_RUN_OUTPUTS = ("checkpoints", "metrics.csv", "config.yaml", "tensorboard")
 
 
 class TrainingInterrupted(Exception):
@@ -60,11 +55,6 @@ class TrainingInterrupted(Exception):
                  else "no step finished, nothing new saved")
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {where}; "
                          "to continue, run the same command with --resume")
-
-
-def warn(message: str) -> None:
-    """A warning on stderr, in the CLI's voice."""
-    print(f"saom-train train: warning: {message}", file=sys.stderr)
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -268,9 +258,9 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path = self.run_dir / "metrics.csv"
-        rows = _metric_rows(csv_path, self.step) if csv_path.is_file() else []
+        rows = metric_rows(csv_path, self.step) if csv_path.is_file() else []
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS)
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(csv_path, buf.getvalue())
@@ -288,7 +278,7 @@ class Trainer:
         row = {"step": self.step, "epoch": epoch, "lr": lr,
                **dict(zip(keys, vec.tolist())), "images_per_s": images_per_s}
         with open(self.run_dir / "metrics.csv", "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=_CSV_FIELDS).writerow(row)
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
         for k, v in row.items():
             if k not in ("step", "epoch"):
                 self.writer.add_scalar(f"train/{k}", v, self.step)
@@ -372,32 +362,6 @@ class Trainer:
         return last
 
 
-def _metric_row(row: dict) -> Optional[dict]:
-    """A metrics.csv row with every field a number, else None (a torn or foreign line)."""
-    if list(row) != list(_CSV_FIELDS):
-        return None
-    try:
-        int(row["step"]), int(row["epoch"])
-        for key in _CSV_FIELDS[2:]:
-            float(row[key])
-    except (TypeError, ValueError):
-        return None
-    return row
-
-
-def _metric_rows(path: Path, step: int) -> list[dict]:
-    """The well-formed rows of ``path`` up to ``step`` (a resumed run rewrites those after it);
-    dropped malformed ones are reported."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f, restkey="_extra")
-        rows = [(r, _metric_row(r)) for r in reader]
-    bad = [raw for raw, row in rows if row is None]
-    if bad:
-        warn(f"{path}: dropped {len(bad)} malformed row(s), e.g. "
-             f"{','.join(str(v) for v in bad[0].values())!r}")
-    return [row for _, row in rows if row is not None and int(row["step"]) <= step]
-
-
 class _Indexed(torch.utils.data.Dataset):
     """(index, sample) pairs, so per-image randomness can be keyed by the index."""
 
@@ -412,48 +376,6 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- entry point
-def _has_run(run_dir: Path) -> bool:
-    """Whether a run wrote into ``run_dir`` (checkpoints or metrics)."""
-    return ((run_dir / "metrics.csv").exists() or (run_dir / "checkpoints" / "last.pt").exists()
-            or any((run_dir / "checkpoints").glob("step_*.pt")))
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Remove a previous run's outputs: each moves into one hidden folder (one atomic rename
-    apiece, so no old checkpoint stays visible once its folder moved), then that goes."""
-    trash = run_dir / ".overwritten"
-    shutil.rmtree(trash, ignore_errors=True)  # of an overwrite killed half-way
-    trash.mkdir()
-    for name in _RUN_OUTPUTS:
-        if (run_dir / name).exists():
-            os.replace(run_dir / name, trash / name)
-    shutil.rmtree(trash)
-
-
-def _readable_checkpoint(checkpoint_dir: Path, report: bool) -> Optional[tuple[Path, dict]]:
-    """The newest readable of last.pt and the step files, with its state; None: there is none.
-
-    An unreadable last.pt falls back to the newest readable step file, with a warning naming
-    both (when ``report``); when none is readable, last.pt's error is raised.
-    """
-    last = checkpoint_dir / "last.pt"
-    candidates = [last] if last.exists() else []
-    candidates += sorted(checkpoint_dir.glob("step_*.pt"), reverse=True)
-    first_error = None
-    for path in candidates:
-        try:
-            state = load_train_state(path)
-        except CheckpointError as err:
-            first_error = first_error or err
-            continue
-        if first_error is not None and report:
-            warn(f"{first_error}; resuming from {path} instead")
-        return path, state
-    if first_error is not None:
-        raise first_error
-    return None
-
-
 def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
           progress: bool = True, overwrite: bool = False) -> Path:
     """Run a training job: a new one in an empty run dir (``overwrite``: removing the run that is
@@ -466,7 +388,7 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"--stop-after must be a positive number of steps, not {stop_after!r}")
     run_dir = Path(cfg["train"]["run_dir"])
-    if not resume and not overwrite and _has_run(run_dir):
+    if not resume and not overwrite and has_run(run_dir):
         raise ValueError(f"run dir {run_dir} already holds a run: pass --resume to continue it "
                          "or --overwrite to replace it (or choose another --run-dir)")
     with catch_stop_signals() as stop_request:
@@ -475,13 +397,13 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
         try:
             if trainer.dist.main:  # the others only read: they wait at the barrier below
                 if overwrite:
-                    _clear_run(run_dir)
+                    clear_run(run_dir)
                 if resume:  # a kill mid-write left temp files; nothing writes now
                     for folder in (trainer.run_dir, trainer.checkpoint_dir):
                         remove_temp_files(folder)
             if trainer.dist.world > 1:
                 dist.barrier()
-            found = _readable_checkpoint(trainer.checkpoint_dir, trainer.dist.main) if resume else None
+            found = readable_checkpoint(trainer.checkpoint_dir, trainer.dist.main) if resume else None
             if found is not None:
                 trainer.load(*found)
             return trainer.fit_until_stopped(stop_after)
