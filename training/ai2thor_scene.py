@@ -10,8 +10,8 @@ from saom_ros.training.ai2thor_controller import reset_scene, step
 from saom_ros.training.collect_config import (FRAME_ID_SPAN, INSTANCE_ID_SPAN, CollectConfig,
                                               CollectError)
 from saom_ros.training.collect_parts import load_part, part_path
-from saom_ros.training.datasets import (atomic_write_json, ithor_split, mask_to_annotation,
-                                        scene_number, write_image)
+from saom_ros.training.coco_masks import mask_to_annotation
+from saom_ros.training.datasets import atomic_write_json, ithor_split, scene_number, write_image
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ import cv2
 import numpy as np
 
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
+from saom_ros.training.coco_masks import mask_to_annotation
 from saom_ros.training.datasets import (DatasetError, atomic_write_json, coco_categories,
-                                        load_json, mask_to_annotation, write_coco, write_image)
+                                        load_json, write_coco, write_image)
 
 # The synthetic world's vocabulary: SAOM classes with recognisable shapes; ids are positions + 1.
 SYNTH_CLASSES: tuple[str, ...] = (

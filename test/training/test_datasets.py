@@ -11,10 +11,11 @@ import pytest
 from pycocotools.coco import COCO
 
 from image_bombs import jpeg_claiming, png_bomb
+from saom_ros.training.coco_masks import mask_to_annotation
 from saom_ros.training.datasets import (CocoInstances, DatasetError, SaomMetadataDataset,
                                         atomic_write_json, coco_categories, ithor_scenes,
-                                        ithor_split, mask_to_annotation, read_image,
-                                        scene_number, write_coco, write_image)
+                                        ithor_split, read_image, scene_number, write_coco,
+                                        write_image)
 
 
 def random_image(rng, h=24, w=32) -> np.ndarray:
@@ -64,18 +65,6 @@ def test_ithor_split_by_scene():
             scene_number(bad)
     with pytest.raises(ValueError, match="unknown room type"):
         ithor_scenes(["garage"])
-
-
-def test_mask_to_annotation_round_trip():
-    mask = np.zeros((30, 40), bool)
-    mask[5:9, 10:25] = True
-    mask[20, 39] = True
-    ann = mask_to_annotation(mask, 3, 4, 5, object_id="Mug|1")
-    assert json.loads(json.dumps(ann)) == ann  # plain JSON
-    assert (ann["id"], ann["image_id"], ann["category_id"], ann["iscrowd"]) == (3, 4, 5, 0)
-    assert ann["object_id"] == "Mug|1" and ann["area"] == 61
-    assert ann["bbox"] == [10.0, 5.0, 30.0, 16.0]
-    np.testing.assert_array_equal(mask_utils.decode(ann["segmentation"]).astype(bool), mask)
 
 
 def test_write_coco_is_valid_and_atomic(coco_dir):

@@ -19,8 +19,8 @@ import yaml
 from processes import alive, children, wait_for
 from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import check_device, load_config, validate_config
-from saom_ros.training.datasets import (
-    coco_categories, mask_to_annotation, open_dataset, write_coco, write_image)
+from saom_ros.training.coco_masks import mask_to_annotation
+from saom_ros.training.datasets import coco_categories, open_dataset, write_coco, write_image
 from saom_ros.training.export import export
 from saom_ros.training.finetune import Trainer, TrainingInterrupted, init_model, train
 from saom_ros.training.train_state import config_diff, load_train_state, model_from_state

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from saom_ros.classes import SAOM_CLASSES
-from saom_ros.training.datasets import CocoInstances, DatasetError, decode_segmentation
+from saom_ros.training.coco_masks import decode_segmentation
+from saom_ros.training.datasets import CocoInstances, DatasetError
 from saom_ros.training.synthetic import (
     ANNOTATIONS, PART_ANNOTATIONS, SETTINGS, SYNTH_CLASSES, TEMPLATES, add_arguments,
     generate_scene, run, write_dataset)
