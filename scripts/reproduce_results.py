@@ -37,8 +37,8 @@ from saom_ros.training import datasets, evaluate, finetune
 from saom_ros.training.config import load_config
 from saom_ros.training.export import export
 from saom_ros.training.train_state import load_train_state
-from saom_ros.training.synthetic import (
-    ANNOTATIONS, PART_ANNOTATIONS, SYNTH_CLASSES, write_dataset)
+from saom_ros.training.synthetic import ANNOTATIONS, PART_ANNOTATIONS, write_dataset
+from saom_ros.training.synthetic_scenes import SYNTH_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "config" / "experiment.yaml"

@@ -12,7 +12,7 @@ import yaml
 
 from saom_ros.everything_settings import RUNTIME_FIELDS
 from saom_ros.model import load_model
-from saom_ros.training.synthetic import SYNTH_CLASSES
+from saom_ros.training.synthetic_scenes import SYNTH_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce_results.py"
