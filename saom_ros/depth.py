@@ -53,10 +53,14 @@ class Intrinsics:
 
     @classmethod
     def from_camera_info(cls, k: Sequence[float], info_size: tuple[int, int],
-                         image_size: tuple[int, int]) -> "Intrinsics":
-        """From CameraInfo ``k`` (row-major 3x3) for ``info_size`` (h, w), rescaled to
-        ``image_size`` (h, w) when the camera info describes another resolution of the same view.
-        An info size of (0, 0) (not filled in) is taken to be the image's."""
+                         image_size: tuple[int, int], binning: tuple[int, int] = (1, 1),
+                         roi: tuple[int, int, int, int] = (0, 0, 0, 0)) -> "Intrinsics":
+        """From a camera matrix ``k`` (row-major 3x3) of the full-resolution ``info_size`` (h, w)
+        for the image the camera sends: the ``roi`` (x offset, y offset, width, height in
+        full-resolution pixels; a zero size: the whole image) binned by ``binning`` (x, y; 0
+        counts as 1), as CameraInfo describes it; then rescaled to ``image_size`` (h, w) when
+        that is another resolution of the same view. An info size of (0, 0) (not filled in) is
+        taken to be the image's."""
         k = np.asarray(k, dtype=np.float64)
         if k.shape != (9,) or not np.all(np.isfinite(k)):
             raise DepthError(f"camera info K must be 9 finite numbers, got {k.tolist()}")
@@ -65,15 +69,26 @@ class Intrinsics:
             raise DepthError(f"camera info K has fx={fx}, fy={fy}; both must be at least "
                              f"{MIN_FOCAL_PX} pixel (an uncalibrated camera sends zeros)")
         (ih, iw), (h, w) = info_size, image_size
+        x0, y0, rw, rh = roi
+        if rw > 0 and rh > 0:  # the region's pixels keep their size: shift the centre
+            cx, cy, ih, iw = cx - x0, cy - y0, rh, rw
+        bx, by = (max(1, b) for b in binning)
+        if (bx, by) != (1, 1):
+            fx, fy, cx, cy = _scaled((fx, fy, cx, cy), 1 / bx, 1 / by)
+            ih, iw = ih // by, iw // bx
         if (ih, iw) in ((0, 0), (h, w)):
             return cls(float(fx), float(fy), float(cx), float(cy))
         if ih <= 0 or iw <= 0 or not same_aspect((ih, iw), (h, w)):
             raise DepthError(f"camera info is for {iw}x{ih}, the image is {w}x{h}: not the same "
                              "aspect ratio")
-        sx, sy = w / iw, h / ih
-        # Scale about pixel edges, not centres: pixel u covers [u - 0.5, u + 0.5].
-        return cls(float(fx * sx), float(fy * sy), float((cx + 0.5) * sx - 0.5),
-                   float((cy + 0.5) * sy - 0.5))
+        return cls(*(float(v) for v in _scaled((fx, fy, cx, cy), w / iw, h / ih)))
+
+
+def _scaled(fxy_cxy: tuple[float, ...], sx: float, sy: float) -> tuple[float, ...]:
+    """Intrinsics (fx, fy, cx, cy) of the image scaled by (sx, sy) about pixel edges, not
+    centres: pixel u covers [u - 0.5, u + 0.5]."""
+    fx, fy, cx, cy = fxy_cxy
+    return fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
 
 
 def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:

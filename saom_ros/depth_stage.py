@@ -25,6 +25,7 @@ class DepthStage:
     """3D instances from depth paired by stamp within ``tolerance_s`` and the latest camera info."""
 
     def __init__(self, tolerance_s: float, publish_points: bool) -> None:
+        self.tolerance_s = tolerance_s
         self.tolerance_ns = int(round(tolerance_s * 1e9))
         self.publish_points = publish_points
         self._depth = StampBuffer()
@@ -51,7 +52,9 @@ class DepthStage:
         instances are ``instances`` with ids ``ids``. ValueError saying why there are none: no
         depth paired, no or bad camera info, a depth image that cannot be used."""
         stamp = messages_3d.stamp_ns(header)
-        depth = self._depth.nearest(stamp, self.tolerance_ns)
+        # A depth frame of the same moment may still be on its way: wait for it up to the
+        # tolerance (the 2D outputs are out already; only the next frame's start waits).
+        depth = self._depth.nearest(stamp, self.tolerance_ns, wait_s=self.tolerance_s)
         if depth is None:
             newest = self._depth.newest_stamp()
             raise DepthError(

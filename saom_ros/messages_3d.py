@@ -62,8 +62,15 @@ def depth_image(msg: Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def intrinsics(info: CameraInfo, size: tuple[int, int]) -> Intrinsics:
-    """The camera info's K for a colour image of ``size`` (h, w); DepthError if unusable."""
-    return Intrinsics.from_camera_info(info.k, (info.height, info.width), size)
+    """The camera info's intrinsics for a colour image of ``size`` (h, w), its binning and ROI
+    applied; DepthError if unusable. As image_geometry's PinholeCameraModel: the projection
+    matrix P (that of the rectified image) when it is set, else K."""
+    p = np.asarray(info.p, dtype=np.float64)
+    k = p[[0, 1, 2, 4, 5, 6, 8, 9, 10]] if p.shape == (12,) and p.any() else info.k
+    roi = info.roi
+    return Intrinsics.from_camera_info(k, (info.height, info.width), size,
+                                       (info.binning_x, info.binning_y),
+                                       (roi.x_offset, roi.y_offset, roi.width, roi.height))
 
 
 class _Boxed(NamedTuple):

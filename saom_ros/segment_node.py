@@ -192,7 +192,7 @@ class SegmentNode(LifecycleNode):
             if p["publish_points"]:
                 self._outputs["points"] = self.create_publisher(PointCloud2, "~/points", out_qos)
             self._depth = DepthStage(p["depth_sync_tolerance"], p["publish_points"])
-        if p["track"]:
+        if p["track"] and self._tracker is None:  # kept across cleanup: ids wait out the delay
             self._tracker = Tracker(p["track_iou_thresh"], p["track_max_missed"],
                                     p["track_id_reuse_delay"])
 
@@ -214,9 +214,13 @@ class SegmentNode(LifecycleNode):
                 self._depth.reset()
 
     def _unload(self) -> None:
-        """Free the model (and its GPU memory) and destroy the output publishers."""
+        """Free the model (and its GPU memory) and destroy the output publishers. The tracker
+        forgets its tracks but stays (its parameters are read-only): a later configure must not
+        give recently used ids to other objects."""
         with self._busy:
-            self._engine = self._tracker = self._depth = self._previous = None
+            self._engine = self._depth = self._previous = None
+            if self._tracker is not None:
+                self._tracker.reset()
             for pub in self._outputs.values():
                 self.destroy_publisher(pub)
             self._outputs = {}

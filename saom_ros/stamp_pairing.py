@@ -2,18 +2,24 @@
 
 Depth frames are kept in a short buffer as they arrive; a colour frame is paired when it is
 processed (after inference, so depth that arrives a little later than colour is still found) with
-the buffered frame whose stamp is nearest, if within the tolerance. Nothing is queued for later:
-colour frames the node drops (latest frame wins) never ask for their depth, and depth frames that
-no processed colour frame asks for age out of the buffer.
+the buffered frame whose stamp is nearest, if within the tolerance. While depth is arriving but
+none stamped at or after the colour frame is in yet, the pairing waits a bounded time for it: the
+frame of the same moment may be on its way, and an older one within the tolerance would be taken
+instead. Nothing is queued for later: colour frames the node drops (latest frame wins) never ask
+for their depth, and depth frames that no processed colour frame asks for age out of the buffer.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any, Optional
 
 # Depth frames kept: ~1 s of a 30 Hz camera, more than inference on a CPU lags behind.
 DEPTH_FRAMES_KEPT = 32
+# Depth counts as arriving when the last frame came within this many seconds; a stopped depth
+# stream then costs the colour frames no waiting.
+ARRIVING_S = 1.0
 
 
 class StampBuffer:
@@ -21,28 +27,44 @@ class StampBuffer:
 
     def __init__(self, capacity: int = DEPTH_FRAMES_KEPT) -> None:
         self._items: deque[tuple[int, Any]] = deque(maxlen=capacity)
-        self._lock = threading.Lock()
+        self._arrived = float("-inf")  # time.monotonic() of the last put
+        self._changed = threading.Condition()
 
     def put(self, stamp_ns: int, item: Any) -> None:
-        with self._lock:
+        with self._changed:
             self._items.append((stamp_ns, item))
+            self._arrived = time.monotonic()
+            self._changed.notify_all()
 
-    def nearest(self, stamp_ns: int, tolerance_ns: int) -> Optional[Any]:
+    def nearest(self, stamp_ns: int, tolerance_ns: int, wait_s: float = 0.0) -> Optional[Any]:
         """The item whose stamp is nearest ``stamp_ns`` and at most ``tolerance_ns`` from it;
-        None if there is none (the newest wins a tie: it is the camera's latest version)."""
-        with self._lock:
-            best, best_gap = None, tolerance_ns
-            for stamp, item in self._items:
+        None if there is none (on a tie the later stamp wins, then the later arrival: the
+        camera's latest version). While items are arriving (ARRIVING_S) but none is stamped at
+        or after ``stamp_ns``, waits up to ``wait_s`` for one."""
+        deadline = time.monotonic() + wait_s
+        with self._changed:
+            while (self._items and self._newest() < stamp_ns
+                   and time.monotonic() - self._arrived < ARRIVING_S):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            best, best_key = None, None
+            for stamp, item in self._items:  # in arrival order: ">=" lets the later one win
                 gap = abs(stamp - stamp_ns)
-                if gap <= best_gap:
-                    best, best_gap = item, gap
+                key = (-gap, stamp)
+                if gap <= tolerance_ns and (best_key is None or key >= best_key):
+                    best, best_key = item, key
             return best
 
     def newest_stamp(self) -> Optional[int]:
-        """The stamp of the last item put, None if empty (for the warning when nothing pairs)."""
-        with self._lock:
-            return self._items[-1][0] if self._items else None
+        """The latest stamp in the buffer, None if empty (for the warning when nothing pairs)."""
+        with self._changed:
+            return self._newest() if self._items else None
+
+    def _newest(self) -> int:
+        return max(stamp for stamp, _ in self._items)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._changed:
             self._items.clear()

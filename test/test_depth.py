@@ -44,6 +44,22 @@ def test_intrinsics_from_camera_info():
         Intrinsics.from_camera_info(k, (10, 10), (5, 9))
 
 
+def test_intrinsics_of_a_region_of_interest_and_binning():
+    k = [100.0, 0, 40.0, 0, 200.0, 30.0, 0, 0, 1]
+    # A 20x10 window at (12, 8): same focal lengths, the centre moves by the offset.
+    assert Intrinsics.from_camera_info(k, (60, 80), (10, 20), roi=(12, 8, 20, 10)) == \
+        Intrinsics(100.0, 200.0, 28.0, 22.0)
+    # Binned 2x2: as half the resolution (about pixel edges).
+    assert Intrinsics.from_camera_info(k, (60, 80), (30, 40), binning=(2, 2)) == \
+        Intrinsics(50.0, 100.0, 19.75, 14.75)
+    # The window binned, then delivered at half its binned size again.
+    assert Intrinsics.from_camera_info(k, (60, 80), (5, 10), (2, 2), (12, 8, 40, 20)) == \
+        Intrinsics(25.0, 50.0, (28.0 + 0.5) / 4 - 0.5, (22.0 + 0.5) / 4 - 0.5)
+    # Binning 0 means none, as CameraInfo has it.
+    assert Intrinsics.from_camera_info(k, (60, 80), (60, 80), binning=(0, 0)) == \
+        Intrinsics(100.0, 200.0, 40.0, 30.0)
+
+
 def test_box_of_a_plane_by_hand():
     labels = np.zeros((5, 9), np.uint16)
     labels[1:3, 2:7] = 3  # columns 2..6, rows 1..2

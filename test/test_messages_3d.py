@@ -39,6 +39,12 @@ def test_intrinsics_from_camera_info():
     assert messages_3d.intrinsics(info, (8, 12)) == Intrinsics(10.0, 20.0, 5.5, 3.5)
     with pytest.raises(DepthError):
         messages_3d.intrinsics(CameraInfo(), (8, 12))  # all zeros: uncalibrated
+    # A rectified camera's P wins over K (image_geometry's convention); binning and ROI apply.
+    info.p = [9.0, 0, 5.0, 0, 0, 18.0, 3.0, 0, 0, 0, 1, 0]
+    assert messages_3d.intrinsics(info, (8, 12)) == Intrinsics(9.0, 18.0, 5.0, 3.0)
+    info.binning_x = info.binning_y = 2
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 1, 1, 8, 4
+    assert messages_3d.intrinsics(info, (2, 4)) == Intrinsics(4.5, 9.0, 1.75, 0.75)
 
 
 @pytest.fixture

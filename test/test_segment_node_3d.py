@@ -123,10 +123,13 @@ def test_depth_inputs_3d_outputs_and_tracks_follow_the_lifecycle(context, checkp
         assert node.trigger_deactivate() == ok
         assert not subscribed("/depth") and not subscribed("/camera_info")
         assert node.trigger_activate() == ok
-        assert node._tracker.assign(footprint, 1).tolist() != [first]  # tracks were forgotten
+        (second,) = node._tracker.assign(footprint, 1).tolist()
+        assert second != first  # tracks were forgotten, their ids wait out the reuse delay
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
-        assert node._tracker is None and node._depth is None
+        assert node._depth is None
         assert not node.get_publishers_info_by_topic("/segment_node/detections_3d")
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        assert node._tracker.assign(footprint, 1).tolist()[0] not in (first, second)
     finally:
         node.close()
         node.destroy_node()

@@ -84,7 +84,7 @@ def test_only_an_active_node_answers_through_the_whole_lifecycle(ros, checkpoint
         assert life.change(Transition.TRANSITION_ACTIVATE)
         assert life.state() == State.PRIMARY_STATE_ACTIVE
         assert lis.wait_for_subscriber(30, proc)
-        request(lis, array_to_image(camera_image(102), "rgb8", header(102)), proc)
+        before, _, _ = request(lis, array_to_image(camera_image(102), "rgb8", header(102)), proc)
         assert diagnostics_state(lis, proc, "active")
 
         assert life.change(Transition.TRANSITION_DEACTIVATE)
@@ -98,7 +98,10 @@ def test_only_an_active_node_answers_through_the_whole_lifecycle(ros, checkpoint
         assert life.change(Transition.TRANSITION_CONFIGURE)  # the model loads again
         assert life.change(Transition.TRANSITION_ACTIVATE)
         assert lis.wait_for_subscriber(30, proc)
-        request(lis, array_to_image(camera_image(105), "rgb8", header(105)), proc)
+        after, _, _ = request(lis, array_to_image(camera_image(105), "rgb8", header(105)), proc)
+        # Track ids wait out track_id_reuse_delay across cleanup too: no other object gets them.
+        ids_before, ids_after = ({d.id for d in m.detections} for m in (before, after))
+        assert ids_before and ids_after and not ids_before & ids_after, (ids_before, ids_after)
 
         assert life.change(Transition.TRANSITION_ACTIVE_SHUTDOWN)
         assert life.state() == State.PRIMARY_STATE_FINALIZED

@@ -1,4 +1,8 @@
-"""stamp_pairing: nearest stamp within the tolerance, bounded buffer."""
+"""stamp_pairing: nearest stamp within the tolerance, bounded buffer, waiting for a frame of the
+same moment that is on its way."""
+import contextlib
+import threading
+
 from saom_ros.stamp_pairing import StampBuffer
 
 
@@ -22,3 +26,34 @@ def test_old_items_age_out_and_clear_empties():
     assert buffer.nearest(1, 0) is None and buffer.nearest(2, 0) == 2
     buffer.clear()
     assert buffer.nearest(3, 10) is None
+
+
+def test_a_tie_goes_to_the_later_stamp_whatever_the_arrival_order():
+    buffer = StampBuffer()
+    buffer.put(100, "d100")
+    buffer.put(80, "d80")  # arrived later, stamped earlier
+    assert buffer.nearest(90, 20) == "d100" and buffer.newest_stamp() == 100
+    buffer.put(100, "d100 again")  # the same stamp again: the camera's latest version
+    assert buffer.nearest(90, 20) == "d100 again"
+
+
+@contextlib.contextmanager
+def put_later(buffer: StampBuffer, delay_s: float, stamp: int, item: str):
+    """``buffer.put(stamp, item)`` from another thread after ``delay_s``, inside the block."""
+    timer = threading.Timer(delay_s, buffer.put, (stamp, item))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def test_waits_for_the_frame_of_the_same_moment_while_depth_arrives():
+    """An older frame within the tolerance is in; the exact one comes from another thread."""
+    buffer = StampBuffer()
+    buffer.put(1000, "older")
+    with put_later(buffer, 0.05, 1017, "exact"):
+        assert buffer.nearest(1017, 20, wait_s=30.0) == "exact"
+    # A frame at or after the stamp is in: no waiting (a wait would see the nearer one come).
+    with put_later(buffer, 0.5, 1012, "nearer"):
+        assert buffer.nearest(1012, 20, wait_s=30.0) == "exact"

@@ -44,6 +44,27 @@ def test_new_objects_get_new_ids_and_lost_ones_are_remembered_for_max_missed_fra
     assert ids[:2] == [a, b] and ids[2] not in (a, b, c)
 
 
+def test_a_missed_object_keeps_its_id_whatever_covered_its_place_meanwhile():
+    """Behind a missed object everything mode usually returns the wall; an occluder may pass."""
+    wall = (0, 0, 80, 60)
+    tracker = Tracker(max_missed=2)
+    obj, wall_id = tracker.assign(*scene([BOXES[0], wall])).tolist()
+    assert tracker.assign(*scene([wall])).tolist() == [wall_id]  # the wall owns the object's place
+    assert tracker.assign(*scene([BOXES[0], wall])).tolist() == [obj, wall_id]
+    for _ in range(2):  # missed twice, a neighbour grown over half of its place
+        assert tracker.assign(*scene([(15, 0, 50, 30), wall])).tolist()[1] == wall_id
+    assert tracker.assign(*scene([BOXES[0], wall])).tolist() == [obj, wall_id]
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.3, True), (0.4, False)])
+def test_a_missed_track_matches_by_the_iou_of_its_own_footprint(threshold, kept):
+    tracker = Tracker(iou_threshold=threshold)
+    (first,) = tracker.assign(*scene([(0, 0, 20, 20)])).tolist()
+    tracker.assign(*scene([]))  # missed
+    (back,) = tracker.assign(*scene([(10, 0, 30, 20)])).tolist()  # IoU 1/3 with its footprint
+    assert (back == first) is kept
+
+
 def test_a_low_iou_match_is_a_new_object():
     tracker = Tracker(iou_threshold=0.5)
     (first,) = tracker.assign(*scene([(0, 0, 20, 20)])).tolist()
