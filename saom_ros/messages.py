@@ -48,7 +48,8 @@ def instance_boxes(instance_image: np.ndarray, num_ids: int) -> tuple[np.ndarray
 
 def detections(instances: Instances, header: Header,
                track_ids: Optional[np.ndarray] = None) -> Detection2DArray:
-    """One Detection2D per instance that owns pixels in the instance image, in score order.
+    """One Detection2D per instance that owns pixels in the instance image, by descending
+    predicted IoU (the engine's order).
 
     ``id`` is the instance's value in the published instance image (its track id with
     ``track_ids``, else index + 1) and ``bbox`` the box of exactly those pixels, so a consumer can
