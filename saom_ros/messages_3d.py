@@ -91,8 +91,9 @@ def _boxed(boxes: Boxes3D, ids: np.ndarray, instances: Instances) -> _Boxed:
 
 def detections_3d(boxes: Boxes3D, ids: np.ndarray, instances: Instances,
                   header: Header) -> Detection3DArray:
-    """One Detection3D per boxed instance, in the instances' order: ``id`` as in ~/detections, the class
-    hypothesis with its pose at the box centre, an axis-aligned box (identity orientation)."""
+    """One Detection3D per boxed instance, in the instances' order: ``id`` as in ~/detections,
+    the class hypothesis with its pose at the box centre, an axis-aligned box (identity
+    orientation)."""
     return _message(_boxed(boxes, ids, instances), header)
 
 
