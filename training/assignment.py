@@ -67,17 +67,22 @@ def mask_coverage(masks: torch.Tensor, image_hw: tuple[int, int], img_size: int,
 
 
 def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
-                   points_per_side: int, min_coverage: float = 0.5) -> Assignment:
+                   points_per_side: int, min_coverage: float = 0.5,
+                   on_object: bool = True) -> Assignment:
     """The SAOM assignment for every mask of one image.
 
     features: [C, h, w] image embedding (tiles the model frame); masks: bool [N, H, W].
     Per mask: cells covered >= ``min_coverage`` are inside (a mask with none vanished when
     downsampled and is dropped); target = L2-normalised 0.5 * max + 0.5 * mean of the features
-    inside; the inside cell most cosine-similar to the target is chosen. The arg-max is taken over
-    the mask's own cells, not the whole image as in the reference code, so that an identical
-    object elsewhere (two equal mugs) cannot win and the prompt lies on the object it trains.
-    Its centre is mapped to the image frame and snapped to the nearest grid point lying on the
-    mask (the nearest grid point overall when no grid point lies on the mask).
+    inside; the cell most cosine-similar to the target is chosen, its centre mapped to the image
+    frame and snapped to a grid point.
+
+    ``on_object`` (training's choice): the arg-max is taken over the mask's own cells and the
+    snap goes to the nearest grid point lying on the mask (the nearest overall when none does),
+    so that an identical object elsewhere (two equal mugs) cannot win and the prompt lies on the
+    object it trains. ``on_object=False`` is the reference code's choice: the arg-max over the
+    whole image, snapped to the nearest grid point overall (both in one frame here); the prompt
+    may then land on another object.
     """
     gh, gw = features.shape[1:]
     image_hw = (int(masks.shape[-2]), int(masks.shape[-1]))
@@ -96,19 +101,21 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
         fmax = torch.stack([feats[:, m].amax(1) for m in inside])  # [K, C]
         fmean = (inside.float() @ feats.T) / inside.sum(-1, keepdim=True)
         target = F.normalize(0.5 * fmax + 0.5 * fmean, dim=1)
-        sim = torch.where(inside, target @ feats, neg_inf)  # [K, gh*gw]
+        sim = target @ feats  # [K, gh*gw]
+        if on_object:
+            sim = torch.where(inside, sim, neg_inf)
     cell = sim.argmax(1).cpu().numpy()
     # cell centre in the model frame -> image frame (inverse of ResizeLongestSide.apply_coords)
     rh, rw = resized_hw(image_hw, img_size)
     xy_model = np.stack([(cell % gw + 0.5) * img_size / gw, (cell // gw + 0.5) * img_size / gh], 1)
     xy = xy_model * np.array([image_hw[1] / rw, image_hw[0] / rh])
     dist = ((xy[:, None, :] - grid[None]) ** 2).sum(-1)  # [K, P]
-    keep_np = keep.cpu().numpy()
-    gx, gy = (torch.as_tensor(ix, device=masks.device) for ix in grid_pixels(grid, image_hw))
-    on_mask = masks[keep][:, gy, gx].cpu().numpy()  # [K, P]: grid point lies on the mask
-    dist = np.where(on_mask.any(1, keepdims=True) & ~on_mask, np.inf, dist)
+    if on_object:
+        gx, gy = (torch.as_tensor(ix, device=masks.device) for ix in grid_pixels(grid, image_hw))
+        on_mask = masks[keep][:, gy, gx].cpu().numpy()  # [K, P]: grid point lies on the mask
+        dist = np.where(on_mask.any(1, keepdims=True) & ~on_mask, np.inf, dist)
     chosen = dist.argmin(1)
-    return Assignment(keep_np, grid[chosen], chosen.astype(np.int64))
+    return Assignment(keep.cpu().numpy(), grid[chosen], chosen.astype(np.int64))
 
 
 def assign_random(masks: torch.Tensor, rng: np.random.Generator) -> Assignment:

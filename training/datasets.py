@@ -40,6 +40,10 @@ class Sample:
     class_ids: np.ndarray  # int64 [N], 1..C in the dataset's class_names
     image_id: int
     file_name: str  # path of the image file as the dataset names it
+    # COCO crowd regions (iscrowd 1): not instances, so not trained on or matched; COCO AP
+    # ignores detections on them, so evaluation needs them.
+    crowd_masks: np.ndarray  # bool [M, H, W]
+    crowd_class_ids: np.ndarray  # int64 [M]
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -175,12 +179,22 @@ def _class_mapping(names: Sequence[str], class_names: Sequence[str] | None, sour
     return tuple(class_names), {n: i + 1 for i, n in enumerate(class_names)}
 
 
+def _decode_all(anns: Sequence[tuple[dict, int]], height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """bool [N, H, W] masks and int64 [N] class ids of (annotation, class id) pairs."""
+    masks = np.zeros((len(anns), height, width), dtype=bool)
+    for k, (ann, _) in enumerate(anns):
+        masks[k] = decode_segmentation(ann["segmentation"], height, width)
+    return masks, np.array([c for _, c in anns], dtype=np.int64)
+
+
 class CocoInstances:
     """A COCO instance-segmentation dataset (any COCO file; ours use class ids as category ids).
 
     ``class_names`` fixes the class vocabulary: category names map onto it by name, and a
     category outside it is an error. Without it the vocabulary is the file's category names in
-    category-id order. Crowd annotations (``iscrowd`` 1) are left out: they are not instances.
+    category-id order. Crowd annotations (``iscrowd`` 1) are not instances: a sample holds them
+    apart, as ``crowd_masks`` (checked like instances).
     ``image_root`` defaults to the folder of the annotation file.
     """
 
@@ -225,10 +239,9 @@ class CocoInstances:
                                    f"{img['width']}x{img['height']}")
             by_id[img["id"]] = img
         self._annotations: dict[int, list[tuple[dict, int]]] = {i: [] for i in by_id}
+        self._crowd: dict[int, list[tuple[dict, int]]] = {i: [] for i in by_id}
         for ann in data["annotations"]:
             where = f"{src}: annotation {ann.get('id')}"
-            if ann.get("iscrowd", 0):
-                continue
             if ann["category_id"] not in category_to_class:
                 raise DatasetError(f"{where} has unknown category id {ann['category_id']}")
             img = by_id.get(ann["image_id"])
@@ -242,7 +255,8 @@ class CocoInstances:
             problem = segmentation_problem(seg, img["height"], img["width"])
             if problem is not None:
                 raise DatasetError(f"{where}: {problem}")
-            self._annotations[ann["image_id"]].append((ann, category_to_class[ann["category_id"]]))
+            target = self._crowd if ann.get("iscrowd", 0) else self._annotations
+            target[ann["image_id"]].append((ann, category_to_class[ann["category_id"]]))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -250,13 +264,11 @@ class CocoInstances:
     def __getitem__(self, index: int) -> Sample:
         info = self.images[index]
         h, w = info["height"], info["width"]
-        anns = self._annotations[info["id"]]
-        masks = np.zeros((len(anns), h, w), dtype=bool)
-        for k, (ann, _) in enumerate(anns):
-            masks[k] = decode_segmentation(ann["segmentation"], h, w)
+        masks, class_ids = _decode_all(self._annotations[info["id"]], h, w)
+        crowd_masks, crowd_class_ids = _decode_all(self._crowd[info["id"]], h, w)
         return Sample(image=read_image(self.image_root / info["file_name"]), masks=masks,
-                      class_ids=np.array([c for _, c in anns], dtype=np.int64),
-                      image_id=int(info["id"]), file_name=info["file_name"])
+                      class_ids=class_ids, image_id=int(info["id"]), file_name=info["file_name"],
+                      crowd_masks=crowd_masks, crowd_class_ids=crowd_class_ids)
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))
@@ -338,7 +350,9 @@ class SaomMetadataDataset:
             masks[k] = mask > 0
         return Sample(image=image, masks=masks, class_ids=class_ids.copy(), image_id=index,
                       file_name=str(image_path.relative_to(self.root)
-                                    if image_path.is_relative_to(self.root) else image_path))
+                                    if image_path.is_relative_to(self.root) else image_path),
+                      crowd_masks=np.zeros((0,) + image.shape[:2], dtype=bool),  # no crowds
+                      crowd_class_ids=np.zeros(0, dtype=np.int64))
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))

@@ -1,7 +1,12 @@
-"""Evaluation (`saom-train evaluate`) of any checkpoints, side by side, under two protocols.
+"""Evaluation (`saom-train evaluate`) of any checkpoints, side by side, under these protocols.
 
-(a) ``prompted`` - the paper's protocol: every ground-truth object is prompted with its assigned
-    grid point (the training assignment); the output with the highest predicted IoU is its mask.
+(a) ``prompted`` and ``prompted-reference`` - the reference code's kind of protocol: every
+    ground-truth object is prompted with one grid point assigned from the image features; the
+    output with the highest predicted IoU, binarised at ``mask_threshold``, is its mask.
+    ``prompted`` assigns as training does (``on-object``: the arg-max over the mask's own cells,
+    snapped to a grid point lying on the mask), which favours the model: the prompt always lies
+    on its object. ``prompted-reference`` assigns as the reference code does (``reference``: the
+    arg-max over the whole image, snapped to the nearest grid point overall).
 (b) ``everything`` - the engine runs as the node does; predictions are matched to ground truth
     greedily by IoU (highest IoU pair first, each side used once, a pair matches when its IoU is
     above ``match_iou``). Unmatched ground truth counts as an empty mask; unmatched predictions
@@ -11,7 +16,9 @@ Acc_c = sum of intersections / sum of ground-truth areas, over all instances of 
 are means over the classes present. ``class_accuracy`` is the share of prompted / matched
 instances whose predicted class is the ground truth's (None for class-agnostic models).
 COCO mask AP (pycocotools) is reported class-agnostic for every model, and per class for models
-with a class head.
+with a class head; crowd regions are ground truth there with iscrowd 1 (detections on them are
+ignored), and nowhere else. A result without data (no class present, no ground truth for AP) is
+None, not 0.
 """
 from __future__ import annotations
 
@@ -35,6 +42,11 @@ from saom_ros.everything import EverythingEngine
 from saom_ros.everything_settings import RUNTIME_FIELDS, EverythingSettings, settings_for
 from saom_ros.model import Saom, load_model
 from saom_ros.training.assignment import assign_nearest, to_model_frame
+from saom_ros.training.datasets import Sample
+
+# prompted protocol -> its assignment (the name results carry)
+PROMPTED = {"prompted": "on-object", "prompted-reference": "reference"}
+PROTOCOLS = (*PROMPTED, "everything")
 
 
 @dataclasses.dataclass
@@ -56,13 +68,14 @@ class ClassStats:
 
 
 def summarize(stats: dict[str, ClassStats], class_aware: bool) -> dict:
+    """mIoU, mAcc (None when no class is present), class accuracy and per-class numbers."""
     per_class = {name: {"iou": s.intersection / max(s.union, 1.0),
                         "acc": s.intersection / max(s.gt_area, 1.0), "instances": s.instances}
                  for name, s in sorted(stats.items()) if s.instances > 0}
     classified = sum(s.classified for s in stats.values())
     return {
-        "miou": float(np.mean([c["iou"] for c in per_class.values()])) if per_class else 0.0,
-        "macc": float(np.mean([c["acc"] for c in per_class.values()])) if per_class else 0.0,
+        "miou": float(np.mean([c["iou"] for c in per_class.values()])) if per_class else None,
+        "macc": float(np.mean([c["acc"] for c in per_class.values()])) if per_class else None,
         "class_accuracy": (sum(s.correct for s in stats.values()) / classified
                            if class_aware and classified else None),
         "per_class": per_class,
@@ -77,8 +90,13 @@ def _pred_names(model: Saom, class_logits: Optional[torch.Tensor]) -> Optional[l
 
 @torch.inference_mode()
 def evaluate_prompted(model: Saom, dataset, points_per_side: int, min_coverage: float = 0.5,
-                      max_images: Optional[int] = None, progress: bool = False) -> dict:
-    """Protocol (a); masks the assignment drops (they vanish on the embedding grid) are misses."""
+                      max_images: Optional[int] = None, progress: bool = False,
+                      mask_threshold: float = 0.0, assignment: str = "on-object") -> dict:
+    """Protocol (a) with the ``on-object`` or ``reference`` assignment; masks the assignment
+    drops (they vanish on the embedding grid) are misses."""
+    if assignment not in PROMPTED.values():
+        raise ValueError(f"unknown assignment {assignment!r}; known: "
+                         f"{', '.join(PROMPTED.values())}")
     stats: dict[str, ClassStats] = {}
     size = model.config.img_size
     class_aware = model.class_head is not None
@@ -89,7 +107,8 @@ def evaluate_prompted(model: Saom, dataset, points_per_side: int, min_coverage: 
         x, input_hw = model.preprocess(sample.image)
         emb = model.embed(x)
         masks = torch.as_tensor(sample.masks, device=model.device)
-        a = assign_nearest(emb[0], masks, size, points_per_side, min_coverage)
+        a = assign_nearest(emb[0], masks, size, points_per_side, min_coverage,
+                           on_object=assignment == "on-object")
         pred = torch.zeros_like(masks)
         names = None
         if len(a.keep):
@@ -100,7 +119,7 @@ def evaluate_prompted(model: Saom, dataset, points_per_side: int, min_coverage: 
             best = out.iou_pred.argmax(1)
             logits = out.low_res_logits[torch.arange(len(best)), best][:, None]
             full = model.sam.postprocess_masks(logits, input_hw, hw)[:, 0]
-            pred[torch.as_tensor(a.keep, device=model.device)] = full > 0
+            pred[torch.as_tensor(a.keep, device=model.device)] = full > mask_threshold
             names = _pred_names(model, out.class_logits)
         keep_pos = {int(k): j for j, k in enumerate(a.keep)}
         for k in range(len(masks)):
@@ -111,7 +130,7 @@ def evaluate_prompted(model: Saom, dataset, points_per_side: int, min_coverage: 
             if names is not None and k in keep_pos:
                 s.classified += 1
                 s.correct += names[keep_pos[k]] == gt_name
-    return summarize(stats, class_aware)
+    return {**summarize(stats, class_aware), "assignment": assignment}
 
 
 def match_greedy(iou: np.ndarray, match_iou: float) -> np.ndarray:
@@ -156,20 +175,36 @@ def _rle(mask: np.ndarray) -> dict:
 
 def coco_mask_ap(images: list[dict], gts: list[dict], dts: list[dict],
                  categories: list[dict]) -> dict:
-    """COCO mask AP, AP50, AP75 (pycocotools) of detections against ground truth."""
-    if not dts:
-        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+    """COCO mask AP, AP50, AP75 (pycocotools) of detections against ground truth; None where
+    there is no (non-crowd) ground truth."""
+    if not dts:  # pycocotools' loadRes cannot take an empty list
+        value = 0.0 if any(not g["iscrowd"] for g in gts) else None
+        return {"ap": value, "ap50": value, "ap75": value}
     gt = COCO()
     gt.dataset = {"images": images, "annotations": gts, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-        dt = gt.loadRes(dts)
+        dt = gt.loadRes([dict(d) for d in dts])  # loadRes writes into its detections
         ev = COCOeval(gt, dt, "segm")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     # -1 means "no ground truth in this bucket"
-    return {k: max(0.0, float(v)) for k, v in zip(("ap", "ap50", "ap75"), ev.stats[:3])}
+    return {k: None if v < 0 else float(v) for k, v in zip(("ap", "ap50", "ap75"), ev.stats[:3])}
+
+
+def gt_annotations(sample: Sample, image_id: int, first_id: int) -> list[dict]:
+    """COCO ground truth of one image: its instances, then its crowd regions with iscrowd 1
+    (pycocotools ignores detections on them instead of counting them as false positives)."""
+    out = []
+    regions = [(m, c, 0) for m, c in zip(sample.masks, sample.class_ids)]
+    regions += [(m, c, 1) for m, c in zip(sample.crowd_masks, sample.crowd_class_ids)]
+    for mask, class_id, crowd in regions:
+        rle = _rle(mask)
+        out.append({"id": first_id + len(out), "image_id": image_id, "segmentation": rle,
+                    "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": crowd, "category_id": int(class_id)})
+    return out
 
 
 @torch.inference_mode()
@@ -190,12 +225,11 @@ def evaluate_everything(model: Saom, dataset, settings: EverythingSettings,
         images.append({"id": i + 1, "height": h, "width": w})
         inst = engine(sample.image)
         n_pred += len(inst)
-        gt_rles = [_rle(m) for m in sample.masks]
+        image_gts = gt_annotations(sample, i + 1, len(gts) + 1)
+        gts += image_gts
+        # matching and IoU/Acc use the instances only, never the crowd regions
+        gt_rles = [g["segmentation"] for g in image_gts if not g["iscrowd"]]
         dt_rles = [_rle(m) for m in inst.masks]
-        for k, rle in enumerate(gt_rles):
-            gts.append({"id": len(gts) + 1, "image_id": i + 1, "segmentation": rle,
-                        "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
-                        "iscrowd": 0, "category_id": int(sample.class_ids[k])})
         pred_names = ([model.class_names[c - 1] for c in inst.class_ids.tolist()]
                       if class_aware else None)
         for j, rle in enumerate(dt_rles):
@@ -219,7 +253,7 @@ def evaluate_everything(model: Saom, dataset, settings: EverythingSettings,
                                    [{"id": i + 1, "name": nm}
                                     for i, nm in enumerate(dataset.class_names)])
                       if class_aware else None)
-    result["predictions_per_image"] = n_pred / max(n, 1)
+    result["predictions_per_image"] = n_pred / n if n else None
     result["match_iou"] = match_iou
     return result
 
@@ -229,18 +263,19 @@ def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequen
                          model_type: Optional[str] = None,
                          protocols: Sequence[str] = ("prompted", "everything"),
                          progress: bool = True) -> dict:
-    """Evaluate every checkpoint; write results.json and results.md to ``out_dir``.
+    """Evaluate every checkpoint under ``protocols`` (of PROTOCOLS); write results.json and
+    results.md to ``out_dir``.
 
     Each checkpoint runs with its own everything-mode settings (``settings_for``) under the
     values ``cfg['evaluate']`` sets (``points_per_side`` and ``everything``; null: not set).
-    The grid is used by both protocols.
+    Their grid and mask_threshold are used by every protocol.
     """
     if len(checkpoints) != len(names):
         raise ValueError(f"{len(checkpoints)} checkpoints but {len(names)} names")
-    unknown = set(protocols) - {"prompted", "everything"}
+    unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown protocol(s) {', '.join(sorted(unknown))}; "
-                         "known: prompted, everything")
+                         f"known: {', '.join(PROTOCOLS)}")
     ec = cfg["evaluate"]
     explicit = {"points_per_side": ec["points_per_side"], **ec["everything"]}
     results = {"dataset_images": (len(dataset) if ec["max_images"] is None
@@ -255,10 +290,11 @@ def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequen
             raise ValueError(f"evaluate.everything / {path}: {err}") from None
         entry = {"checkpoint": str(path), "class_aware": model.class_head is not None,
                  "everything_settings": dataclasses.asdict(settings)}
-        if "prompted" in protocols:
-            entry["prompted"] = evaluate_prompted(
+        for protocol in (p for p in PROMPTED if p in protocols):
+            entry[protocol] = evaluate_prompted(
                 model, dataset, settings.points_per_side,
-                float(cfg["assignment"]["min_coverage"]), ec["max_images"], progress)
+                float(cfg["assignment"]["min_coverage"]), ec["max_images"], progress,
+                settings.mask_threshold, PROMPTED[protocol])
         if "everything" in protocols:
             entry["everything"] = evaluate_everything(
                 model, dataset, settings, float(ec["match_iou"]), ec["max_images"], progress)
@@ -273,51 +309,63 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+# protocol -> its name in the summary table and the title of its per-class table
+_TITLES = {"prompted": ("prompted on-object", "Prompted with the assigned grid point, on-object "
+                        "assignment (training's; it favours the model)"),
+           "prompted-reference": ("prompted reference", "Prompted with the assigned grid point, "
+                                  "reference assignment (the reference code's)"),
+           "everything": ("everything", "Everything mode")}
+
+
 def markdown_report(results: dict) -> str:
     """Summary table plus one per-class IoU/Acc table per protocol, models side by side."""
     models = results["models"]
     lines = ["# Evaluation", "",
              f"{results['dataset_images']} images; everything-mode match IoU > "
-             f"{results['settings']['match_iou']}. Numbers in %. Everything-mode settings (each "
-             "checkpoint's own under the explicit options; the grid is also the prompted "
-             "protocol's):", ""]
+             f"{results['settings']['match_iou']}. Numbers in %; - where undefined. "
+             "Everything-mode settings (each checkpoint's own under the explicit options; the "
+             "grid and mask_threshold are also the prompted protocols'):", ""]
     lines += [f"- {name}: " + ", ".join(f"{k} {v}" for k, v in m["everything_settings"].items()
                                         if k not in RUNTIME_FIELDS)
               for name, m in models.items()]
-    lines += ["",
-             "| model | prompted mIoU | prompted mAcc | prompted class acc | everything mIoU "
-             "| everything mAcc | everything class acc | mask AP (class-agnostic) | mask AP50 "
-             "(class-agnostic) | mask AP (per class) | predictions / image |",
-             "|---" * 11 + "|"]
+    # the on-object and everything columns always, the reference ones when it was run
+    columns = [p for p in PROTOCOLS
+               if p != "prompted-reference" or any(p in m for m in models.values())]
+    header = [f"{_TITLES[p][0]} {k}" for p in columns for k in ("mIoU", "mAcc", "class acc")]
+    header += ["mask AP (class-agnostic)", "mask AP50 (class-agnostic)", "mask AP (per class)",
+               "predictions / image"]
+    lines += ["", "| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for name, m in models.items():
-        p, e = m.get("prompted", {}), m.get("everything", {})
-        coco = e.get("coco") or {}
-        agn = e.get("coco_agnostic") or {}
+        cells = [_pct(m.get(p, {}).get(k)) for p in columns
+                 for k in ("miou", "macc", "class_accuracy")]
+        e = m.get("everything", {})
         ppi = e.get("predictions_per_image")
-        lines.append(
-            f"| {name} | {_pct(p.get('miou'))} | {_pct(p.get('macc'))} | "
-            f"{_pct(p.get('class_accuracy'))} | {_pct(e.get('miou'))} | {_pct(e.get('macc'))} | "
-            f"{_pct(e.get('class_accuracy'))} | {_pct(agn.get('ap'))} | {_pct(agn.get('ap50'))} | "
-            f"{_pct(coco.get('ap'))} | {'-' if ppi is None else f'{ppi:.1f}'} |")
-    for protocol, title in (("prompted", "Prompted with the assigned grid point (paper protocol)"),
-                            ("everything", "Everything mode")):
+        cells += [_pct((e.get("coco_agnostic") or {}).get("ap")),
+                  _pct((e.get("coco_agnostic") or {}).get("ap50")),
+                  _pct((e.get("coco") or {}).get("ap")), "-" if ppi is None else f"{ppi:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for protocol in PROTOCOLS:
         present = [n for n, m in models.items() if protocol in m]
-        if not present:
-            continue
-        classes = sorted({c for n in present for c in models[n][protocol]["per_class"]})
-        lines += ["", f"## {title}", "",
-                  "| class | instances | " + " | ".join(f"{n} IoU | {n} Acc" for n in present)
-                  + " |", "|---|---|" + "---|---|" * len(present)]
-        for c in classes:
-            cells = []
-            for n in present:
-                pc = models[n][protocol]["per_class"].get(c)
-                cells += [_pct(pc and pc["iou"]), _pct(pc and pc["acc"])]
-            count = models[present[0]][protocol]["per_class"].get(c, {}).get("instances", 0)
-            lines.append(f"| {c} | {count} | " + " | ".join(cells) + " |")
-        means = []
-        for n in present:
-            means += [f"**{_pct(models[n][protocol]['miou'])}**",
-                      f"**{_pct(models[n][protocol]['macc'])}**"]
-        lines.append("| **mean** | | " + " | ".join(means) + " |")
+        if present:
+            lines += ["", f"## {_TITLES[protocol][1]}", ""]
+            lines += _per_class_table(models, protocol, present)
     return "\n".join(lines) + "\n"
+
+
+def _per_class_table(models: dict, protocol: str, present: list[str]) -> list[str]:
+    """Rows of one protocol's per-class IoU/Acc table, the models side by side."""
+    classes = sorted({c for n in present for c in models[n][protocol]["per_class"]})
+    lines = ["| class | instances | " + " | ".join(f"{n} IoU | {n} Acc" for n in present) + " |",
+             "|---|---|" + "---|---|" * len(present)]
+    for c in classes:
+        cells = []
+        for n in present:
+            pc = models[n][protocol]["per_class"].get(c)
+            cells += [_pct(pc and pc["iou"]), _pct(pc and pc["acc"])]
+        count = models[present[0]][protocol]["per_class"].get(c, {}).get("instances", 0)
+        lines.append(f"| {c} | {count} | " + " | ".join(cells) + " |")
+    means = []
+    for n in present:
+        means += [f"**{_pct(models[n][protocol]['miou'])}**",
+                  f"**{_pct(models[n][protocol]['macc'])}**"]
+    return lines + ["| **mean** | | " + " | ".join(means) + " |"]

@@ -78,6 +78,25 @@ def test_identical_object_elsewhere_does_not_take_the_prompt():
     assert mask[int(y), int(x)]
 
 
+def test_reference_assignment_takes_the_image_wide_arg_max_and_nearest_grid_point():
+    """The reference code's choice (evaluation's prompted-reference): the decoy off the object
+    wins, and the prompt is the grid point nearest the decoy's cell centre, off the mask."""
+    hw = (96, 128)
+    mask = np.zeros(hw, bool)
+    mask[10:60, 10:60] = True
+    decoy = (10, 14)  # row, column of an embedding cell outside the mask
+    feats = _features(_cells_of(mask), _cells_of(mask)[0], decoy)
+    a = assign_nearest(feats, torch.from_numpy(mask)[None], IMG_SIZE, 16, on_object=False)
+    rh, rw = resized_hw(hw, IMG_SIZE)
+    cell_px = IMG_SIZE / GRID
+    centre = np.array([(decoy[1] + 0.5) * cell_px * hw[1] / rw,
+                       (decoy[0] + 0.5) * cell_px * hw[0] / rh])
+    grid = grid_points(16, hw)
+    assert a.grid_index[0] == np.argmin(((grid - centre) ** 2).sum(1))
+    x, y = a.points[0]
+    assert not mask[int(y), int(x)]
+
+
 def test_grid_is_the_everything_mode_grid_in_the_image_frame():
     """The points everything mode prompts, mapped to the model frame, are our grid's points."""
     hw = (96, 128)

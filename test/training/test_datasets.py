@@ -121,6 +121,9 @@ def test_coco_instances_maps_foreign_categories_by_name(coco_dir):
     np.testing.assert_array_equal(first.masks[0], blob(24, 32, 2, 10, 3, 12))
     assert second.class_ids.tolist() == [2, 1]  # Cup, Pan; the crowd region is no instance
     np.testing.assert_array_equal(second.masks[0], blob(24, 32, 2, 10, 3, 12))  # from counts
+    # ... but it is kept apart, for COCO AP to ignore detections on it
+    assert second.crowd_class_ids.tolist() == [1] and first.crowd_masks.shape == (0, 24, 32)
+    np.testing.assert_array_equal(second.crowd_masks[0], second.masks[1])
     with pytest.raises(DatasetError, match="unknown categor.*'Mug'"):
         CocoInstances(root / "ann.json", image_root=root / "imgs", class_names=["Pan", "Cup"])
 
