@@ -167,7 +167,9 @@ def report(results: dict, summary: dict, exp: dict, timings: dict, environment: 
     prompted = {n: results["models"][n].get("prompted")
                 for n in ("baseline", "saom_paper", "saom")}
     prompted_line = ("" if not all(prompted.values()) else
-                     f"Prompted with each object's assigned grid point (the paper's protocol), "
+                     f"Prompted with each object's assigned grid point (on-object: the arg-max kept on "
+                     f"the object, as training assigns; `--protocol prompted-reference` gives the "
+                     f"reference code's choice), "
                      f"the paper's recipe reaches {pct(prompted['saom_paper']['miou'])}% mIoU, "
                      f"the shipped one {pct(prompted['saom']['miou'])}%, the baseline "
                      f"{pct(prompted['baseline']['miou'])}%. ")

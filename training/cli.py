@@ -73,7 +73,10 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-type", help="preset of official SAM files (default: detected)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json/results.md")
     p.add_argument("--protocol", default="prompted,everything",
-                   help="comma-separated: prompted (paper), everything")
+                   help="comma-separated: prompted (each object's assigned grid point, its "
+                        "feature arg-max kept on the object, as training assigns), "
+                        "prompted-reference (the SAOM reference code's choice: arg-max over the "
+                        "image, nearest grid point), everything")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         # their own arguments are added lazily (in main), so a missing module breaks only them
         sub.add_parser(name, help=help_text, add_help=False)
     _train_parser(sub.add_parser("train", help="fine-tune SAM into SAOM"))
-    _evaluate_parser(sub.add_parser("evaluate", help="compare checkpoints (paper protocol, "
+    _evaluate_parser(sub.add_parser("evaluate", help="compare checkpoints (prompted, "
                                     "everything mode, COCO AP)"))
     _export_parser(sub.add_parser("export", help="write the SAOM checkpoint the node loads"))
     return parser
