@@ -13,29 +13,72 @@ pixels. Output layout::
     DIR/annotations.json              COCO file (images, annotations with RLE masks, categories)
     DIR/images/<scene>/<frame>.png    the frames
     DIR/parts/<scene>.json            per-scene progress; annotations.json merges them
+    DIR/collection.json               the scenes and frames per scene the folder collects
 
 Frame ``i`` of a scene draws its pose from a generator seeded by (seed, scene, i), and object
 spawning is seeded by (seed, scene), so a resumed run makes the frames an unbroken run would have
 made (material and lighting randomisation excepted: Ai2Thor does not seed them). Files are written
 atomically, and a part is saved every ``checkpoint_every`` frames, so an interrupted run loses at
-most those frames. With ``workers`` N, N simulators run in parallel, each on its own shard of the
+most those frames. A folder keeps the scene selection and frame count it was started with;
+``extend`` adds scenes or frames to it. SIGINT and SIGTERM stop the run after merging what
+finished. With ``workers`` N, N simulators run in parallel, each on its own shard of the
 scenes; with a running simulator, worker k uses port ``simulator_port + k``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from saom_ros.classes import load_class_file
 from saom_ros.training.ai2thor_controller import PLATFORMS, controller_kwargs
-from saom_ros.training.collect_config import (CollectConfig, CollectError, check_config,
-                                              resolve_scenes)
-from saom_ros.training.collect_parts import (existing_parts, frames_left, load_part, part_path,
+from saom_ros.training.collect_config import (HORIZON_LIMITS, CollectConfig, CollectError,
+                                              check_config, resolve_scenes)
+from saom_ros.training.collect_parts import (ANNOTATIONS, claim_folder, existing_parts,
+                                             frames_left, load_part, part_path,
                                              write_annotations)
 from saom_ros.training.collect_workers import run_shard, run_workers
 from saom_ros.training.datasets import ROOM_TYPES, SPLITS
+
+log = logging.getLogger(__name__)
+
+
+class CollectStopped(BaseException):
+    """SIGINT or SIGTERM stopped the collection (a BaseException, as KeyboardInterrupt is, so no
+    ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise CollectStopped (once), so the collection unwinds: the simulator
+    is stopped and annotations.json merged. A job's time limit sends SIGTERM, Ctrl-C SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python sets handlers only in the main thread
+        return
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:  # a second signal must not break the unwinding of the first
+            stopping = True
+            raise CollectStopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def collect(config: CollectConfig) -> Path:
@@ -44,34 +87,75 @@ def collect(config: CollectConfig) -> Path:
     config = dataclasses.replace(config, output=Path(config.output))
     scenes = resolve_scenes(config)
     controller_kwargs(config)  # settings errors before any work
-    config.output.mkdir(parents=True, exist_ok=True)
     parts = existing_parts(config)
+    scenes, frames = claim_folder(config, scenes)
+    config = dataclasses.replace(config, frames_per_scene=frames)
+    at_start = dict(parts)
+    with _stop_signals_raise():
+        try:
+            errors = _collect_scenes(config, scenes, parts)
+        except BaseException:
+            failed = _merge_parts(config, parts, at_start)  # keep what finished
+            if failed:
+                log.error("%s", failed)  # the error on its way says more
+            raise
+        failed = _merge_parts(config, parts, at_start)
+    errors += [failed] if failed else []
+    if errors:
+        raise CollectError("collection incomplete; fix what is named below and run the same "
+                           "command again to resume:\n" + "\n".join(errors))
+    if parts and not any(part["images"] for part in parts.values()):
+        raise CollectError(f"every frame was skipped ({_frame_count(parts)} in {len(parts)} "
+                           "scene(s)); the warnings above say why (e.g. --horizon-range, "
+                           "--min-instances, --classes)")
+    return config.output / ANNOTATIONS
+
+
+def _collect_scenes(config: CollectConfig, scenes: list[str], parts: dict[str, dict]
+                    ) -> list[str]:
+    """Collect the frames ``scenes`` lack, updating ``parts``; returns the errors that stopped
+    shards (after the others finished)."""
     todo = [s for s in scenes if frames_left(config, s)]
 
     def on_scene(scene: str) -> None:
         parts[scene] = load_part(part_path(config.output, scene))
         write_annotations(config, parts)
 
-    errors: list[str] = []
+    if not todo:
+        return []
+    if config.workers > 1:
+        shards = [todo[k::config.workers] for k in range(min(config.workers, len(todo)))]
+        return run_workers(config, shards, on_scene)
     try:
-        if todo and config.workers == 1:
-            run_shard(config, 0, todo, on_scene)
-        elif todo:
-            shards = [todo[k::config.workers] for k in range(min(config.workers, len(todo)))]
-            errors = run_workers(config, shards, on_scene)
-    finally:
-        # Whatever finished (parts of an interrupted scene too) is in annotations.json.
-        for path in (config.output / "parts").glob("*.json"):
+        run_shard(config, 0, todo, on_scene)
+    except CollectError as err:
+        return [str(err)]
+    return []
+
+
+def _merge_parts(config: CollectConfig, parts: dict[str, dict], at_start: dict[str, dict]
+                 ) -> str | None:
+    """Merge every saved part (an interrupted scene's too) into annotations.json, unless nothing
+    changed; returns why that failed (None if it did not), so it masks no other error."""
+    try:
+        for path in sorted((config.output / "parts").glob("*.json")):
             parts[path.stem] = load_part(path)
-        path = write_annotations(config, parts)
-    if errors:
-        raise CollectError("collection incomplete; run the same command again to resume:\n"
-                           + "\n".join(errors))
-    return path
+        if parts:
+            write_annotations(config, parts, only_if_changed=parts == at_start)
+    except CollectError as err:
+        return str(err)
+    return None
+
+
+def _frame_count(parts: dict[str, dict]) -> int:
+    return sum(len(part["frames_done"]) for part in parts.values())
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -106,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--grid-size", type=float, default=d.grid_size,
                       help="spacing of reachable positions, metres (default %(default)s)")
     what.add_argument("--horizon-range", type=_range, default=d.horizon_range,
-                      help="camera pitch MIN,MAX in degrees, positive looks down (default "
+                      help="camera pitch MIN,MAX in degrees, positive looks down, within "
+                           f"{HORIZON_LIMITS[0]:g}..{HORIZON_LIMITS[1]:g} (default "
                            f"{d.horizon_range[0]:g},{d.horizon_range[1]:g})")
     classes = what.add_mutually_exclusive_group()
     classes.add_argument("--classes", type=_names, default=d.classes,
@@ -129,6 +214,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="move objects once per scene (InitialRandomSpawn, seeded)")
     what.add_argument("--seed", type=int, default=d.seed,
                       help="seeds poses and spawns (default %(default)s)")
+    what.add_argument("--extend", action="store_true",
+                      help="add this run's scenes (and a higher --frames-per-scene) to the "
+                           "collection in --output; without it a folder only resumes its own "
+                           "selection")
     run_group = parser.add_argument_group("how to run")
     run_group.add_argument("--workers", type=int, default=d.workers,
                            help="parallel simulators, each on its own shard of the scenes "
@@ -173,5 +262,9 @@ def run(args: argparse.Namespace) -> int:
     except CollectError as err:
         print(f"saom-train collect: {err}", file=sys.stderr)
         return 1
+    except CollectStopped as stop:
+        print(f"saom-train collect: {stop}; what finished is in {args.output / ANNOTATIONS}; run "
+              "the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
     print(f"wrote {path}")
     return 0

@@ -1,17 +1,41 @@
 """The Ai2Thor simulator connection: starting and stopping the Controller, actions, scene resets."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from saom_ros.training.collect_config import CollectConfig, CollectError
 
 log = logging.getLogger(__name__)
 
 PLATFORMS = ("CloudRendering", "Linux64")
+STOP_WAIT = 10.0  # seconds close_controller waits for the event of an interrupted action
+# Image buffers the simulator may send, as bytes per pixel it may use (RGB24 or RGBA32).
+_IMAGE_BUFFERS = ("image", "image_ids", "image_classes")
+
+
+class MalformedEvent(ValueError):
+    """The simulator sent an event ai2thor cannot read (metadata or an image of the wrong size)."""
+
+
+def describe(err: BaseException) -> str:
+    """``err`` as "Type: message", with the malformed event behind it: ai2thor's step() turns any
+    failure to receive into a RuntimeError that names only the action."""
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err.__context__, MalformedEvent) and not isinstance(err, MalformedEvent):
+        text += f" ({err.__context__})"
+    return text
+
+
+def simulator_errors() -> tuple[type[BaseException], ...]:
+    """What the Controller raises when the simulator fails, times out or sends a bad event."""
+    from ai2thor.exceptions import UnityCrashException
+
+    return TimeoutError, RuntimeError, ValueError, UnityCrashException
 
 
 def controller_kwargs(config: CollectConfig, worker: int = 0) -> dict[str, Any]:
@@ -77,10 +101,74 @@ def _has_x_display(config: CollectConfig) -> bool:
     return bool(ai2thor.platform.Linux64._valid_x_displays(config.width, config.height))
 
 
+def _check_buffers(metadata: Mapping[str, Any], files: Mapping[str, list]) -> None:
+    """MalformedEvent naming an image buffer whose size does not fit the event's screen size."""
+    for i, agent in enumerate(metadata.get("agents") or []):
+        width, height = agent.get("screenWidth"), agent.get("screenHeight")
+        if not (isinstance(width, int) and isinstance(height, int)):
+            raise MalformedEvent("metadata without an integer screenWidth/screenHeight")
+        for name in _IMAGE_BUFFERS:
+            if name in files and i < len(files[name]):
+                size = len(files[name][i])
+                if size not in (width * height * 3, width * height * 4):
+                    raise MalformedEvent(f"{name} holds {size} bytes, not {width}x{height} "
+                                         "pixels of 3 or 4 bytes")
+
+
+def _report_bad_events(server) -> None:
+    """Have ``server`` hand an event it cannot build to the Controller as MalformedEvent at once,
+    and note whether an event is due (``awaiting_event``, for close_controller).
+
+    ai2thor builds events in its HTTP thread: an exception there only ends that request, and the
+    Controller would wait its full action timeout for an event that never comes. The failure is
+    queued in place of the event instead, and ``receive`` raises it.
+    """
+    create_event, receive, send = server.create_event, server.receive, server.send
+    server.awaiting_event = False  # an action was sent and its event not yet received
+
+    def checked_create_event(metadata, files):
+        try:
+            _check_buffers(metadata, files)
+            return create_event(metadata, files)
+        except Exception as err:  # anything the event's data makes ai2thor raise
+            return err if isinstance(err, MalformedEvent) else \
+                MalformedEvent(f"{type(err).__name__}: {err}")
+
+    def checked_receive(timeout=None):
+        event = receive(timeout)
+        server.awaiting_event = False
+        if isinstance(event, MalformedEvent):
+            raise MalformedEvent(f"the simulator sent a malformed event ({event})")
+        return event
+
+    def tracked_send(action):
+        send(action)
+        server.awaiting_event = bool(action)  # stop() sends {}: no event follows
+
+    server.create_event, server.receive, server.send = (checked_create_event, checked_receive,
+                                                        tracked_send)
+
+
+@functools.cache
+def _controller_class() -> type:
+    """ai2thor's Controller whose server reports malformed events (see _report_bad_events).
+
+    ``_build_server`` is ai2thor's (private) hook that makes the server; it runs before the first
+    event, so events during start-up are checked too.
+    """
+    from ai2thor.controller import Controller
+
+    class CheckedController(Controller):
+        def _build_server(self, host, port, width, height):
+            super()._build_server(host, port, width, height)
+            _report_bad_events(self.server)
+
+    return CheckedController
+
+
 def open_controller(config: CollectConfig, worker: int, first_scene: str):
     """A started Controller in ``first_scene`` rendering at the configured size."""
     import ai2thor.platform
-    from ai2thor.controller import Controller
 
     kwargs = controller_kwargs(config, worker)
     needs_x = ("local_executable_path" in kwargs
@@ -90,7 +178,7 @@ def open_controller(config: CollectConfig, worker: int, first_scene: str):
                            "--x-display, set DISPLAY, start one (sudo ai2thor-xorg start) or use "
                            "--platform CloudRendering")
     try:
-        controller = Controller(scene=first_scene, **kwargs)
+        controller = _controller_class()(scene=first_scene, **kwargs)
     except TimeoutError:
         raise CollectError(f"no answer from {_describe(kwargs)} within "
                            f"{config.simulator_start_timeout:g} s") from None
@@ -106,11 +194,18 @@ def close_controller(controller) -> None:
     """Stop the controller and free its port (ai2thor's WsgiServer.stop leaves it listening)."""
     import ai2thor.wsgi_server
 
+    server = controller.server
+    if getattr(server, "awaiting_event", False):
+        # A stop signal interrupted step(): take the event the simulator is sending (the server
+        # sends no stop while one waits), so that it gets the stop instead of a closed port.
+        try:
+            server.receive(timeout=STOP_WAIT)
+        except Exception as err:  # the simulator may be gone already
+            log.debug("waiting for the interrupted action's event: %s", err)
     try:
         controller.stop()
     except Exception as err:  # the simulator may be gone already
         log.debug("stopping the controller: %s", err)
-    server = controller.server
     if isinstance(server, ai2thor.wsgi_server.WsgiServer):
         # shutdown() waits for the serving loop, which a request stuck on a dead simulator could
         # block; don't wait for long.
@@ -124,17 +219,18 @@ def step(controller, action: str, **args):
     """``controller.step`` with failures (of the simulator or the action) as CollectError."""
     try:
         return controller.step(action=action, raise_for_failure=True, **args)
-    except (TimeoutError, RuntimeError, ValueError) as err:
+    except simulator_errors() as err:
         scene = controller.last_event.metadata.get("sceneName") if controller.last_event else "?"
-        raise CollectError(f"Ai2Thor action {action} failed in scene {scene}: {err}") from err
+        raise CollectError(f"Ai2Thor action {action} failed in scene {scene}: {describe(err)}") \
+            from err
 
 
 def reset_scene(controller, config: CollectConfig, scene: str) -> None:
     """Load ``scene`` and make the simulator render at the configured size."""
     try:
         event = controller.reset(scene)
-    except (TimeoutError, RuntimeError, ValueError) as err:
-        raise CollectError(f"could not load scene {scene}: {err}") from err
+    except simulator_errors() as err:
+        raise CollectError(f"could not load scene {scene}: {describe(err)}") from err
     # A simulator that was already running keeps its own resolution; the Controller only fixes
     # the size of builds it starts itself.
     if (event.screen_width, event.screen_height) != (config.width, config.height):

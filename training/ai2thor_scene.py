@@ -6,10 +6,11 @@ from typing import Callable
 
 import numpy as np
 
-from saom_ros.training.ai2thor_controller import reset_scene, step
+from saom_ros.training.ai2thor_controller import (MalformedEvent, describe, reset_scene,
+                                                  simulator_errors, step)
 from saom_ros.training.collect_config import (FRAME_ID_SPAN, INSTANCE_ID_SPAN, CollectConfig,
                                               CollectError)
-from saom_ros.training.collect_parts import load_part, part_path
+from saom_ros.training.collect_parts import load_part, part_path, writing
 from saom_ros.training.coco_masks import mask_to_annotation
 from saom_ros.training.datasets import atomic_write_json, ithor_split, scene_number, write_image
 
@@ -21,14 +22,25 @@ def spawn_seed(config: CollectConfig, scene: str) -> int:
     return int(np.random.default_rng([config.seed, scene_number(scene)]).integers(2**31 - 1))
 
 
+def _metadata(event, key: str):
+    """``event.metadata[key]``; MalformedEvent if the simulator left it out."""
+    if key not in event.metadata:
+        raise MalformedEvent(f"the simulator's metadata has no {key!r}")
+    return event.metadata[key]
+
+
 def kept_instances(event, class_ids: dict[str, int], min_area: int
                    ) -> list[tuple[str, int, np.ndarray]]:
     """(objectId, class id, mask) of the instances of known classes covering >= min_area pixels,
     in objectId order."""
     if event.frame is None or event.instance_segmentation_frame is None:
-        raise CollectError("the simulator sent no image or no instance segmentation "
-                           "(renderInstanceSegmentation)")
-    types = {o["objectId"]: o["objectType"] for o in event.metadata["objects"]}
+        raise MalformedEvent("the simulator sent no image or no instance segmentation "
+                             "(renderInstanceSegmentation)")
+    try:
+        types = {o["objectId"]: o["objectType"] for o in _metadata(event, "objects")}
+    except (KeyError, TypeError):
+        raise MalformedEvent("the simulator's metadata 'objects' are not objects with "
+                             "objectId and objectType") from None
     kept = []
     for object_id in sorted(event.instance_masks):
         class_id = class_ids.get(types.get(object_id, object_id.split("|")[0]))
@@ -52,8 +64,9 @@ def _randomize(controller, config: CollectConfig, split: str) -> None:
 
 def _capture(controller, config: CollectConfig, scene: str, index: int, positions: list[dict],
              class_ids: dict[str, int]):
-    """(event, instances) of frame ``index``, or None if no pose showed enough instances."""
+    """(event, instances) of frame ``index``, or (None, why) if no pose showed enough instances."""
     rng = np.random.default_rng([config.seed, scene_number(scene), index])
+    why = f"no pose showed {config.min_instances} instance(s)"
     for _ in range(config.max_pose_attempts):
         position = positions[int(rng.integers(len(positions)))]
         yaw = round(float(rng.uniform(0.0, 360.0)), 2)
@@ -61,12 +74,14 @@ def _capture(controller, config: CollectConfig, scene: str, index: int, position
         event = controller.step(action="TeleportFull", x=position["x"], y=position["y"],
                                 z=position["z"], rotation={"x": 0.0, "y": yaw, "z": 0.0},
                                 horizon=horizon, standing=True)
-        if not event.metadata["lastActionSuccess"]:
+        if not _metadata(event, "lastActionSuccess"):
+            # Why the simulator refused the pose: the skip warning shows the last such reason.
+            why = f"the last TeleportFull failed: {event.metadata.get('errorMessage') or '?'}"
             continue
         instances = kept_instances(event, class_ids, config.min_area)
         if len(instances) >= config.min_instances:
             return event, instances
-    return None
+    return None, why
 
 
 def _frame_record(config: CollectConfig, scene: str, split: str, index: int, event,
@@ -75,9 +90,10 @@ def _frame_record(config: CollectConfig, scene: str, split: str, index: int, eve
     if len(instances) >= INSTANCE_ID_SPAN:
         raise CollectError(f"{scene} frame {index} has {len(instances)} instances; at most "
                            f"{INSTANCE_ID_SPAN - 1} fit the annotation ids")
+    agent = _metadata(event, "agent")
     file_name = f"images/{scene}/{index:06d}.png"
-    write_image(config.output / file_name, event.frame)
-    agent = event.metadata["agent"]
+    with writing(config.output / file_name):
+        write_image(config.output / file_name, event.frame)
     image = {
         "id": image_id, "file_name": file_name, "width": config.width, "height": config.height,
         "scene": scene, "split": split, "frame_index": index,
@@ -119,20 +135,21 @@ def collect_scene(controller, config: CollectConfig, scene: str,
     for n, index in enumerate(todo, 1):
         _randomize(controller, config, split)
         try:
-            captured = _capture(controller, config, scene, index, positions, class_ids)
-        except (TimeoutError, RuntimeError, ValueError) as err:
-            raise CollectError(f"the simulator failed in scene {scene} frame {index}: {err}") \
-                from err
-        if captured is None:
-            log.warning("%s frame %d: no pose in %d attempts showed %d instance(s); skipped",
-                        scene, index, config.max_pose_attempts, config.min_instances)
+            event, found = _capture(controller, config, scene, index, positions, class_ids)
+            record = _frame_record(config, scene, split, index, event, found) if event else None
+        except simulator_errors() as err:
+            raise CollectError(f"the simulator failed in scene {scene} frame {index}: "
+                               f"{describe(err)}") from err
+        if record is None:
+            log.warning("%s frame %d: skipped after %d pose attempts: %s", scene, index,
+                        config.max_pose_attempts, found)
             part["skipped_frames"].append(index)
         else:
-            image, annotations = _frame_record(config, scene, split, index, *captured)
-            part["images"].append(image)
-            part["annotations"].extend(annotations)
+            part["images"].append(record[0])
+            part["annotations"].extend(record[1])
         part["frames_done"].append(index)
         on_frame()
         if n % config.checkpoint_every == 0 or n == len(todo):
-            atomic_write_json(path, part)
+            with writing(path):
+                atomic_write_json(path, part)
     return part

@@ -13,8 +13,11 @@ from saom_ros.training.datasets import ROOM_TYPES, ithor_scenes, scene_number
 # + k: unique across scenes and runs, and the same in a resumed run.
 FRAME_ID_SPAN = 100_000
 INSTANCE_ID_SPAN = 1_000
+# The camera pitch the simulator's default agent accepts (TeleportFull fails outside it).
+HORIZON_LIMITS = (-30.0, 60.0)
 # Fields that decide what the frames contain; a resumed run must use the same values.
-# frames_per_scene is not one of them: frames are seeded one by one, so a dataset can grow.
+# frames_per_scene is not one of them: frames are seeded one by one, so a dataset can grow
+# (with ``extend``; the folder records its scenes and frames per scene).
 CONTENT_FIELDS = ("width", "height", "field_of_view", "grid_size",
                   "horizon_range", "classes", "min_area", "min_instances", "max_pose_attempts",
                   "randomize_materials", "randomize_lighting", "randomize_spawn", "seed")
@@ -47,6 +50,7 @@ class CollectConfig:
     randomize_lighting: bool = False
     randomize_spawn: bool = False
     seed: int = 0
+    extend: bool = False  # add this run's scenes / more frames per scene to the folder's
     workers: int = 1
     checkpoint_every: int = 10  # frames between saves of a scene's part
     simulator_host: str | None = None
@@ -76,18 +80,35 @@ def resolve_scenes(config: CollectConfig) -> list[str]:
 
 
 def check_config(config: CollectConfig) -> None:
-    """ValueError naming every out-of-range setting of ``config``."""
-    problems = []
-    if config.frames_per_scene < 1 or config.frames_per_scene > FRAME_ID_SPAN:
-        problems.append(f"frames per scene must be 1..{FRAME_ID_SPAN}")
-    if config.width < 1 or config.height < 1:
-        problems.append("width and height must be positive")
+    """ValueError naming every out-of-range setting of ``config`` (as its option and value)."""
     low, high = config.horizon_range
-    if not -90 <= low <= high <= 90:
-        problems.append(f"horizon range {config.horizon_range} must be MIN <= MAX within -90..90")
-    if not config.classes or len(set(config.classes)) != len(config.classes):
-        problems.append("classes must be a non-empty list without repeats")
-    if config.workers < 1 or config.checkpoint_every < 1 or config.max_pose_attempts < 1:
-        problems.append("workers, checkpoint_every and max_pose_attempts must be >= 1")
+    checks = [
+        ("--frames-per-scene", config.frames_per_scene, 1 <= config.frames_per_scene
+         <= FRAME_ID_SPAN, f"1..{FRAME_ID_SPAN}"),
+        ("--width", config.width, config.width >= 1, ">= 1"),
+        ("--height", config.height, config.height >= 1, ">= 1"),
+        ("--field-of-view", config.field_of_view, 0 < config.field_of_view < 180,
+         "degrees, > 0 and < 180"),
+        ("--grid-size", config.grid_size, config.grid_size > 0, "metres, > 0"),
+        ("--horizon-range", f"{low:g},{high:g}",
+         HORIZON_LIMITS[0] <= low <= high <= HORIZON_LIMITS[1],
+         f"MIN <= MAX within {HORIZON_LIMITS[0]:g}..{HORIZON_LIMITS[1]:g} (the simulator "
+         "refuses other camera pitches)"),
+        ("--room-types", ",".join(config.room_types), bool(config.room_types), "not empty"),
+        ("--classes", ",".join(config.classes),
+         bool(config.classes) and len(set(config.classes)) == len(config.classes),
+         "a non-empty list without repeats"),
+        ("--min-area", config.min_area, config.min_area >= 1, "pixels, >= 1"),
+        ("--min-instances", config.min_instances, config.min_instances >= 1, ">= 1"),
+        ("--max-pose-attempts", config.max_pose_attempts, config.max_pose_attempts >= 1, ">= 1"),
+        ("--workers", config.workers, config.workers >= 1, ">= 1"),
+        ("--checkpoint-every", config.checkpoint_every, config.checkpoint_every >= 1, ">= 1"),
+        ("--simulator-timeout", config.simulator_timeout, config.simulator_timeout > 0,
+         "seconds, > 0"),
+        ("--simulator-start-timeout", config.simulator_start_timeout,
+         config.simulator_start_timeout > 0, "seconds, > 0"),
+    ]
+    problems = [f"{option} {value!r}: must be {requirement}"
+                for option, value, ok, requirement in checks if not ok]
     if problems:
         raise ValueError("; ".join(problems))

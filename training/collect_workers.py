@@ -81,6 +81,10 @@ def run_workers(config: CollectConfig, shards: list[list[str]],
                 if kind == "error":
                     errors.append(f"worker {worker}: {payload}")
     finally:
+        if running:  # stopped early (a stop signal, a dead worker): end the workers' collecting
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():

@@ -13,6 +13,11 @@ agent's pose, nearer boxes over farther ones. :func:`build_scene` and :func:`ren
 importable so tests can redraw any recorded pose and compare it with what the collector stored.
 
     python fake_ai2thor.py --port 8765 [--width 300 --height 300] [--die-after N] [--log FILE]
+                           [--fault KIND@N ...] [--refuse ACTION ...]
+
+``--fault KIND@N`` spoils the event answering the N-th action: ``short-ids`` sends image_ids
+400 bytes short, ``no-objects`` and ``no-agent`` leave that key out of the metadata.
+``--refuse ACTION`` makes every ACTION fail (lastActionSuccess false, with an errorMessage).
 """
 from __future__ import annotations
 
@@ -151,8 +156,8 @@ def render(boxes: list[Box], position: dict, yaw: float, horizon: float, width: 
 class FakeSimulator:
     """The simulator's state and its answers to actions."""
 
-    def __init__(self, width: int, height: int):
-        self.width, self.height = width, height
+    def __init__(self, width: int, height: int, refuse: tuple[str, ...] = ()):
+        self.width, self.height, self.refuse = width, height, refuse
         self.scene: str | None = None
         self.boxes: list[Box] = []
         self.init_params: dict = {}
@@ -164,6 +169,8 @@ class FakeSimulator:
     def handle(self, action: dict) -> tuple[bool, str, object]:
         """Apply ``action``; (success, error message, actionReturn)."""
         name = action.get("action")
+        if name in self.refuse:
+            return False, f"{name} refused (--refuse)", None
         if name == "GetScenesInBuild":
             return True, "", [f"FloorPlan{first + i}_physics" for first in ROOM_OBJECTS
                               for i in range(30)]
@@ -272,16 +279,30 @@ def _connect(host: str, port: int, timeout: float) -> http.client.HTTPConnection
             time.sleep(0.05)
 
 
+FAULTS = ("short-ids", "no-objects", "no-agent")
+
+
+def spoil(kind: str, agent: dict, files: dict[str, bytes]) -> None:
+    """Apply the fault ``kind`` (one of FAULTS) to an event."""
+    if kind == "short-ids":
+        files["image_ids"] = files["image_ids"][:-400]
+    else:
+        del agent[kind.removeprefix("no-")]
+
+
 def serve(host: str, port: int, width: int, height: int, die_after: int | None = None,
-          log: str | None = None, connect_timeout: float = 60.0) -> None:
+          log: str | None = None, connect_timeout: float = 60.0,
+          faults: dict[int, str] | None = None, refuse: tuple[str, ...] = ()) -> None:
     """One session: post events until the Controller answers without an action."""
-    sim = FakeSimulator(width, height)
+    sim = FakeSimulator(width, height, refuse)
     conn = _connect(host, port, connect_timeout)
     action: dict = {}
     result: tuple = (True, "", None)
     sequence_id, answered = 0, 0
     while True:
         agent, files = sim.event(action, *result)
+        if answered in (faults or {}):
+            spoil(faults[answered], agent, files)
         metadata = {"agents": [agent], "sequenceId": sequence_id, "activeAgentId": 0,
                     "thirdPartyCameras": []}
         body, content_type = _multipart({"metadata": json.dumps(metadata), "token": ""}, files)
@@ -308,9 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--die-after", type=int, help="crash after receiving this many actions")
     parser.add_argument("--log", help="append every received action to this JSON-lines file")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND@N",
+                        help=f"spoil the event answering the N-th action; KIND: {FAULTS}")
+    parser.add_argument("--refuse", action="append", default=[], metavar="ACTION",
+                        help="fail every ACTION")
     args = parser.parse_args(argv)
+    faults = {int(n): kind for kind, n in (f.split("@") for f in args.fault)}
     serve(args.host, args.port, args.width, args.height, args.die_after, args.log,
-          args.connect_timeout)
+          args.connect_timeout, faults, tuple(args.refuse))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,9 +22,9 @@ import fake_ai2thor
 from processes import alive, children, wait_for
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.training.ai2thor_collect import CollectConfig, CollectError, collect
-from saom_ros.training.ai2thor_controller import controller_kwargs
+from saom_ros.training.ai2thor_controller import controller_kwargs, reset_scene
 from saom_ros.training.ai2thor_scene import spawn_seed
-from saom_ros.training.collect_config import resolve_scenes
+from saom_ros.training.collect_config import check_config, resolve_scenes
 from saom_ros.training.datasets import CocoInstances, read_image
 
 FAKE = Path(__file__).with_name("fake_ai2thor.py")
@@ -197,7 +200,6 @@ def test_resume_after_a_crash_gives_the_unbroken_result(reference, simulators, t
 
 
 def test_resume_refuses_other_settings(reference, tmp_path):
-    import shutil
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
     with pytest.raises(CollectError, match="min_area 100 vs now 5"):
@@ -282,8 +284,9 @@ def test_frames_without_enough_instances_are_skipped(simulators, tmp_path):
     port = free_ports(1)
     proc, log = simulators.start(port)
     out = tmp_path / "out"
-    collect(config(out, port, scenes=("FloorPlan301",), frames_per_scene=2, min_instances=100,
-                   max_pose_attempts=3))
+    with pytest.raises(CollectError, match=r"every frame was skipped \(2 in 1 scene"):
+        collect(config(out, port, scenes=("FloorPlan301",), frames_per_scene=2,
+                       min_instances=100, max_pose_attempts=3))
     assert proc.wait(timeout=30) == 0
     assert COCO(str(out / "annotations.json")).getImgIds() == []
     part = json.loads((out / "parts" / "FloorPlan301.json").read_text())
@@ -369,3 +372,209 @@ def test_scene_selection(tmp_path):
         scenes(scenes=("FloorPlan31",))
     with pytest.raises(ValueError, match="either scenes or a split"):
         scenes(scenes=("FloorPlan1",), split="train")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "saom_ros.training.cli", "collect", *args]
+
+
+def test_a_folder_the_collector_did_not_make_is_left_alone(tmp_path):
+    out = tmp_path / "d"
+    (out / "images").mkdir(parents=True)
+    foreign = '{"images":[{"id":1}],"annotations":[],"categories":[{"id":1,"name":"x"}]}'
+    (out / "annotations.json").write_text(foreign)
+    with pytest.raises(CollectError, match="already holds annotations.json and images but no "
+                                           "record of the collector"):
+        collect(config(out, free_ports(1), simulator_start_timeout=1))
+    assert (out / "annotations.json").read_text() == foreign
+    assert sorted(p.name for p in out.iterdir()) == ["annotations.json", "images"]
+
+
+def test_a_run_that_changes_nothing_leaves_annotations_alone(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    # Same content, other bytes: a rewrite would show.
+    spaced = json.dumps(json.loads((out / "annotations.json").read_text()), indent=1)
+    (out / "annotations.json").write_text(spaced)
+    collect(config(out, 1))  # nothing left to collect: no simulator needed
+    assert (out / "annotations.json").read_text() == spaced
+    # A run that fails before collecting anything writes no dataset.
+    empty = tmp_path / "empty"
+    with pytest.raises(CollectError):
+        collect(config(empty, free_ports(1), simulator_start_timeout=1))
+    assert not (empty / "annotations.json").exists()
+    collect_again = config(empty, free_ports(1), simulator_start_timeout=1, scenes=("FloorPlan2",))
+    with pytest.raises(CollectError, match="within 1 s"):  # not refused: nothing was collected
+        collect(collect_again)
+
+
+@pytest.mark.parametrize("fault, cause", [("no-objects", "metadata has no 'objects'"),
+                                          ("no-agent", "'agent'"),
+                                          ("short-ids", "image_ids holds 306800 bytes, not "
+                                                        "320x240 pixels")])
+def test_malformed_simulator_events_name_scene_and_frame(reference, simulators, tmp_path, fault,
+                                                         cause):
+    sent = actions(reference[1])
+    first_teleport = next(i for i, a in enumerate(sent) if a["action"] == "TeleportFull") + 1
+    port = free_ports(1)
+    proc, _ = simulators.start(port, "--fault", f"{fault}@{first_teleport}")
+    with pytest.raises(CollectError, match=f"scene FloorPlan1 frame 0: .*{cause}"):
+        collect(config(tmp_path / "out", port))
+    assert proc.wait(timeout=30) == 0  # told to stop, not left waiting
+
+
+def test_a_crash_during_a_scene_reset_names_the_scene(tmp_path):
+    from ai2thor.exceptions import UnityCrashException
+
+    class CrashingController:
+        def reset(self, scene):
+            raise UnityCrashException("Unity process exited -11")
+
+    with pytest.raises(CollectError, match="could not load scene FloorPlan7: "
+                                           "UnityCrashException: Unity process exited -11"):
+        reset_scene(CrashingController(), CollectConfig(output=tmp_path), "FloorPlan7")
+
+
+def _limit_file_size(size: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_is_a_clear_error_that_loses_nothing(simulators, tmp_path, workers):
+    port = free_ports(2)
+    for k in range(workers):
+        simulators.start(port + k)
+    out = tmp_path / "out"
+    args = ["--simulator-host", "127.0.0.1", "--simulator-port", str(port), "--scenes",
+            ",".join(SCENES), "--frames-per-scene", "4", "--width", "320", "--height", "240",
+            "--checkpoint-every", "2", "--workers", str(workers), "--output", str(out),
+            "--no-progress", "--simulator-timeout", "5"]
+    # Files stop at 5000 bytes (EFBIG, as a full disk gives ENOSPC): images and the parts after
+    # 2 frames fit, the parts after 4 frames and the merged annotations.json do not.
+    result = subprocess.run(cli(*args), capture_output=True, text=True, timeout=120,
+                            preexec_fn=_limit_file_size(5000))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "collection incomplete" in result.stderr
+    assert f"could not write {out / 'parts' / 'FloorPlan1.json'}: File too large" \
+        in result.stderr
+    assert f"could not write {out / 'annotations.json'}: File too large" in result.stderr
+    if workers == 2:  # each worker's own error, not only the merge's
+        assert f"worker 0: could not write {out}" in result.stderr
+        assert f"worker 1: could not write {out}" in result.stderr
+    parts = [json.loads(p.read_text()) for p in (out / "parts").glob("*.json")]
+    assert any(p["frames_done"] == [0, 1] for p in parts)  # saved before the disk filled
+    for k in range(workers):  # with room again, the same command finishes the dataset
+        simulators.start(port + k)
+    result = subprocess.run(cli(*args), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(COCO(str(out / "annotations.json")).getImgIds()) == 8
+
+
+def test_frames_the_simulator_refuses_are_skipped_with_its_reason(simulators, tmp_path, caplog):
+    port = free_ports(1)
+    simulators.start(port, "--refuse", "TeleportFull")
+    with pytest.raises(CollectError, match="every frame was skipped"):
+        collect(config(tmp_path / "out", port, scenes=("FloorPlan1",), frames_per_scene=2,
+                       max_pose_attempts=2))
+    skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skips == [f"FloorPlan1 frame {i}: skipped after 2 pose attempts: the last "
+                     "TeleportFull failed: TeleportFull refused (--refuse)" for i in (0, 1)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(min_area=-1), "--min-area -1: must be pixels, >= 1"),
+    (dict(min_instances=0), "--min-instances 0: must be >= 1"),
+    (dict(field_of_view=0.0), "--field-of-view 0.0: must be degrees, > 0 and < 180"),
+    (dict(grid_size=-1.0), "--grid-size -1.0: must be metres, > 0"),
+    (dict(horizon_range=(61.0, 89.0)), "--horizon-range '61,89': must be MIN <= MAX within "
+                                       "-30..60"),
+    (dict(simulator_timeout=0.0), "--simulator-timeout 0.0: must be seconds, > 0"),
+    (dict(simulator_start_timeout=-1.0), "--simulator-start-timeout -1.0: must be seconds"),
+    (dict(room_types=()), "--room-types '': must be not empty"),
+])
+def test_out_of_range_settings_are_named(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(CollectConfig(output=tmp_path, **overrides))
+
+
+@pytest.mark.parametrize("option", ["--scenes=", "--room-types=", "--classes= ,"])
+def test_empty_name_lists_are_refused(tmp_path, capsys, option):
+    from saom_ros.training.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["collect", "--output", str(tmp_path / "out"), "--simulator-port", "1", option])
+    assert exited.value.code == 2
+    assert f"argument {option.split('=')[0]}: expected comma-separated names" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_another_selection(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    before = dataset_files(out)
+    with pytest.raises(CollectError, match=r"this run leaves out FloorPlan201; --frames-per-scene"
+                                           r" 2, the folder's 4\. .*--extend"):
+        collect(config(out, 1, scenes=("FloorPlan1",), frames_per_scene=2))
+    with pytest.raises(CollectError, match=r"holds a collection of 2 scene\(s\) \(train\): this "
+                                           r"run adds FloorPlan26, .* \(test\)"):
+        collect(config(out, 1, scenes=(), room_types=("kitchen",), split="test"))
+    with pytest.raises(CollectError, match="--extend cannot lower --frames-per-scene to 2"):
+        collect(config(out, 1, frames_per_scene=2, extend=True))
+    # A folder from before records: its parts stand for the selection.
+    (out / "collection.json").unlink()
+    with pytest.raises(CollectError, match="this run leaves out FloorPlan201"):
+        collect(config(out, 1, scenes=("FloorPlan1",)))
+    collect(config(out, 1))
+    assert json.loads((out / "collection.json").read_text()) == \
+        {"scenes": list(SCENES), "frames_per_scene": 4}
+    assert dataset_files(out) == before
+
+
+def test_extend_adds_scenes_and_frames(reference, simulators, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    port = free_ports(1)
+    proc, log = simulators.start(port)
+    collect(config(out, port, scenes=("FloorPlan301",), frames_per_scene=5, extend=True))
+    assert proc.wait(timeout=30) == 0
+    coco = COCO(str(out / "annotations.json"))
+    frames = sorted((i["scene"], i["frame_index"]) for i in coco.dataset["images"])
+    assert frames == [(s, f) for s in (*SCENES, "FloorPlan301") for f in range(5)]
+    assert json.loads((out / "collection.json").read_text()) == \
+        {"scenes": [*SCENES, "FloorPlan301"], "frames_per_scene": 5}
+    assert coco.dataset["info"]["collector"]["frames_per_scene"] == 5
+    kept = dataset_files(reference[0])  # the frames already there are untouched
+    assert {k: v for k, v in dataset_files(out).items() if k in kept and k.startswith("images")} \
+        == {k: v for k, v in kept.items() if k.startswith("images")}
+
+
+@pytest.mark.parametrize("signum, workers", [
+    (signal.SIGTERM, 1), (signal.SIGINT, 1),
+    pytest.param(signal.SIGTERM, 2, marks=pytest.mark.slow)])
+def test_a_stop_signal_merges_what_finished(simulators, tmp_path, signum, workers):
+    port = free_ports(workers)
+    sims = [simulators.start(port + k)[0] for k in range(workers)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        cli("--simulator-host", "127.0.0.1", "--simulator-port", str(port), "--workers",
+            str(workers), "--scenes", ",".join(SCENES), "--frames-per-scene", "100000",
+            "--width", "64", "--height", "48", "--checkpoint-every", "5", "--output", str(out),
+            "--no-progress"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: list((out / "parts").glob("*.json")), 120), "nothing collected"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "run the same command again" \
+        in err and "Traceback" not in err
+    parts = [json.loads(p.read_text()) for p in (out / "parts").glob("*.json")]
+    coco = json.loads((out / "annotations.json").read_text())
+    assert len(coco["images"]) == sum(len(p["images"]) for p in parts) > 0
+    for sim in sims:  # each simulator was told to stop
+        assert sim.wait(timeout=30) == 0
