@@ -18,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -130,8 +131,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--sizes", default="640x480,1280x720")
     parser.add_argument("--loads", default="idle,inference")
-    parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="keep the node's logs here (default: a temporary folder, removed)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        _run(args, args.log_dir or Path(scratch))
+
+
+def _run(args: argparse.Namespace, log_dir: Path) -> None:
     os.environ.update(ros_env())
     import rclpy
     rclpy.init()
@@ -144,7 +151,7 @@ def main() -> None:
     print("| camera QoS | camera profile | frame | node load | delivered |")
     print("|---|---|---|---|---|")
     for load in args.loads.split(","):
-        counter = NodeCounter(loads[load], args.log_dir / f"frame_delivery_{load}.log")
+        counter = NodeCounter(loads[load], log_dir / f"frame_delivery_{load}.log")
         try:
             counter.wait_ready()
             for width, height in sizes:

@@ -21,10 +21,16 @@ class StartupError(RuntimeError):
 
 
 def resolve_device(spec: str) -> torch.device:
-    """The torch device for a ``device`` parameter; StartupError if CUDA is asked for but absent."""
+    """The torch device for a ``device`` parameter (auto, cpu, cuda, cuda:N); StartupError for
+    any other, or if CUDA is asked for but absent."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):  # torch's own message lists every device type it knows
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise StartupError(f"device {spec!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise StartupError(f"device {spec!r} requested but CUDA is not available on this "

@@ -110,7 +110,10 @@ class EverythingEngine:
         """``token_graphs``: on CUDA, replay the decoder's token stage from CUDA graphs
         (``CudaTokenStage``); False launches it op by op (what benchmarks compare against)."""
         self.device = torch.device(device)
+        # Assigning settings (the node does it from its parameter callback) applies from the
+        # next frame: each frame reads the snapshot taken when it started.
         self.settings = settings or EverythingSettings()
+        self._frame_settings = self.settings
         self.model = self._on_device(model)
         self._compiled_fns: dict[str, Callable] = {}
         self._cuda_encoders: dict[bool, CudaEncoder] = {}  # by the compile setting
@@ -151,14 +154,14 @@ class EverythingEngine:
         fn = getattr(self.model, name)
         # On CUDA only the encoder: the decoder's fused kernels beat its compiled PyTorch form
         # (vit_b, 640x480 on an H100: 30.8 ms per frame with them, 50.1 ms compiled).
-        if not self.settings.compile or (self.device.type == "cuda" and name != "embed"):
+        if not self._frame_settings.compile or (self.device.type == "cuda" and name != "embed"):
             return fn
         if name not in self._compiled_fns:
             self._compiled_fns[name] = torch.compile(fn)
         return self._compiled_fns[name]
 
     def _frame(self, image: np.ndarray) -> Frame:
-        validate_image(image, self.settings.max_image_pixels)
+        validate_image(image, self._frame_settings.max_image_pixels)
         x, input_hw = self.model.preprocess(image)
         dtype = self.model.sam.mask_decoder.iou_token.weight.dtype
         emb = self._embed(x.to(dtype))
@@ -171,7 +174,7 @@ class EverythingEngine:
         run = self._method("embed")
         if self.device.type != "cuda":
             return run(x)
-        key = self.settings.compile
+        key = self._frame_settings.compile
         if key not in self._cuda_encoders:
             self._cuda_encoders[key] = CudaEncoder(self.model.sam.image_encoder, run)
         return self._cuda_encoders[key](x)
@@ -180,7 +183,7 @@ class EverythingEngine:
                     settings: Optional[EverythingSettings] = None) -> Candidates:
         """Candidates of ``points`` under ``settings`` (default: the engine's), counted."""
         self._decoded += len(points)
-        return decode_candidates(self.model, frame, points, settings or self.settings,
+        return decode_candidates(self.model, frame, points, settings or self._frame_settings,
                                  self._method)
 
     def _grid(self, frame: Frame, points_per_side: int) -> Candidates:
@@ -203,6 +206,7 @@ class EverythingEngine:
     def __call__(self, image: np.ndarray, previous: Optional[Instances] = None) -> Instances:
         """Instances of ``image``; ``previous`` (the last result on this camera) is used by the
         streaming strategy only."""
+        self._frame_settings = self.settings
         frame = self._frame(image)
         self._decoded = 0
         result = self._by_strategy(frame, previous)
@@ -210,22 +214,23 @@ class EverythingEngine:
         return result
 
     def _by_strategy(self, frame: Frame, previous: Optional[Instances]) -> Instances:
-        strategy = self.settings.prompt_strategy
+        strategy = self._frame_settings.prompt_strategy
         if strategy == "hierarchical":
             return self._finish(frame, self._hierarchical(frame))
         if strategy == "streaming":
             streamed = self._streaming(frame, previous)
             if streamed is not None:
                 return streamed
-        return self._finish(frame, self._grid(frame, self.settings.points_per_side))
+        return self._finish(frame, self._grid(frame, self._frame_settings.points_per_side))
 
     def _hierarchical(self, frame: Frame) -> Candidates:
         """Coarse-grid candidates, then those of the full-grid points that
         ``second_pass.spread_over_new_masks`` picks (the deepest few inside each new coarse mask,
         in no confident one). Confident: kept by box NMS with predicted IoU >=
         confident_iou_thresh."""
-        s = self.settings
-        side = s.coarse_points_per_side or max(1, s.points_per_side // 2)
+        s = self._frame_settings
+        # Never finer than the full grid: a coarse grid above it decodes more than the grid.
+        side = min(s.coarse_points_per_side or max(1, s.points_per_side // 2), s.points_per_side)
         return self._two_pass(frame, prompts.grid_points(side, frame.orig_hw),
                               s.confident_iou_thresh, s.points_per_new_mask)[0]
 
@@ -237,7 +242,7 @@ class EverythingEngine:
         marks (bool, one per leading point)): ``per_mask`` of them per new mask (0: all); and
         how many points were decoded in all. The second pass's prompt indices follow the
         first's."""
-        s = self.settings
+        s = self._frame_settings
         near = self._candidates(frame, first, second_pass.near_pass(s))
         found = near.select(second_pass.passes(near, s))
         kept = found.select(nms(found.boxes, found.iou, s.box_nms_thresh))
@@ -262,12 +267,15 @@ class EverythingEngine:
         """Instances from points inside the previous ones and a sub-grid over the uncovered
         area, then the full-grid points their masks leave unexplained (as ``_hierarchical``);
         None when this frame must be a keyframe (none before, a new image size, the keyframe
-        interval is over) or be redone as one (more than max_lost_fraction of the previous
+        interval is over, more previous instances than full-grid points) or be redone as one (more than max_lost_fraction of the previous
         instances are lost, ``_lost``). A redone frame does not restart the keyframe interval:
         restarting it left the sequences that lose instances longest without a keyframe."""
-        s = self.settings
+        s = self._frame_settings
+        # Following more instances than the full grid has points would cost more than the grid
+        # (and with loose filters each frame's instances seed more: thousands within frames).
         if previous is None or previous.instance_image.shape != frame.orig_hw or \
-                self._since_keyframe + 1 >= s.keyframe_interval:
+                self._since_keyframe + 1 >= s.keyframe_interval or \
+                len(previous) > s.points_per_side ** 2:
             self._since_keyframe = 0
             return None
         phase = self._since_keyframe
@@ -305,7 +313,7 @@ class EverythingEngine:
                 source: Optional[np.ndarray] = None) -> Instances:
         """Box NMS, full-size masks, small-region removal, max_instances; ``source`` maps each
         decoded point to a previous instance (or -1) for ``Instances.prompt_source``."""
-        s = self.settings
+        s = self._frame_settings
         cand = cand.select(nms(cand.boxes, cand.iou, s.box_nms_thresh))
         masks, boxes = frame.masks(cand.logits, s.mask_threshold)
         if s.min_mask_region_area > 0:

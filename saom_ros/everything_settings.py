@@ -6,6 +6,7 @@ launch file) loads without them.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import TYPE_CHECKING, Any
 
 from saom_ros.image_decode import MAX_IMAGE_PIXELS
@@ -76,16 +77,24 @@ class EverythingSettings:
     stream_points_per_new_mask: int = 0
 
     def __post_init__(self) -> None:
+        """Every field of its default's type (numpy numbers too) and inside ``RANGES``: made
+        here directly or by ``dataclasses.replace``, bad settings fail now, naming the field,
+        instead of deep inside the next frame. ValueError otherwise."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _checked(field.name, getattr(self, field.name),
+                                               field.default, "everything-mode settings"))
         if self.prompt_strategy not in PROMPT_STRATEGIES:
             raise ValueError(f"prompt_strategy must be one of {', '.join(PROMPT_STRATEGIES)}, "
                              f"got {self.prompt_strategy!r}")
 
 
-# Inclusive ranges of the fields a user sets (node parameters, --everything, a checkpoint's
-# settings); outside them the engine fails or does nothing useful (a grid of 0 points divides by
-# zero). Internal variants (second_pass.near_pass lowers the thresholds below 0) are not checked.
+# Inclusive ranges of the numeric fields, checked whenever settings are made (a node parameter,
+# --everything, a checkpoint's settings, code): outside them the engine fails or does nothing
+# useful (a grid of 0 points divides by zero). A threshold of 0 is off.
 RANGES: dict[str, tuple[float, float]] = {
     "points_per_side": (1, 256),
+    "points_per_batch": (0, 1 << 20),
+    "max_image_pixels": (1, 1 << 40),
     "pred_iou_thresh": (0.0, 1.0),
     "stability_score_thresh": (0.0, 1.0),
     "box_nms_thresh": (0.0, 1.0),
@@ -111,7 +120,10 @@ def _checked(name: str, value: Any, default: Any, source: str) -> Any:
     """``value`` as the type of the field's default (an int is a valid float), inside the
     field's RANGES; else ValueError."""
     kind = type(default)
-    if kind is float and type(value) is int:
+    # numpy's numbers count as Python's (a bool is no number here); an integer is a valid float.
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    elif kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
         raise ValueError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")

@@ -110,7 +110,8 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "masks outside confident ones; streaming: previous "
             "instances' points plus part of the grid, keyframes)")),
         ("coarse_points_per_side", engine("coarse_points_per_side"), _d(
-            "hierarchical: first-pass grid side (0: points_per_side // 2)",
+            "hierarchical: first-pass grid side (0: points_per_side // 2; at most "
+            "points_per_side)",
             **_engine_range("coarse_points_per_side"))),
         ("confident_iou_thresh", engine("confident_iou_thresh"), _d(
             "hierarchical: predicted IoU from which a kept coarse mask skips the full-grid "

@@ -29,9 +29,10 @@ NEW_FRACTION = 0.3
 
 
 def near_pass(s: EverythingSettings) -> EverythingSettings:
-    """``s`` with both mask filters lowered by NEAR_PASS (a threshold at or below 0 is off)."""
-    return dataclasses.replace(s, pred_iou_thresh=s.pred_iou_thresh - NEAR_PASS,
-                               stability_score_thresh=s.stability_score_thresh - NEAR_PASS)
+    """``s`` with both mask filters lowered by NEAR_PASS (not below 0, which is off anyway)."""
+    return dataclasses.replace(s, pred_iou_thresh=max(0.0, s.pred_iou_thresh - NEAR_PASS),
+                               stability_score_thresh=max(0.0,
+                                                          s.stability_score_thresh - NEAR_PASS))
 
 
 def passes(cand: Candidates, s: EverythingSettings) -> torch.Tensor:

@@ -262,7 +262,9 @@ class SegmentNode(LifecycleNode):
         while (item := self._frames.take()) is not None:
             msg, received = item
             with self._busy:
-                if self._engine is None:  # deactivated and cleaned up since it arrived
+                # Deactivated (no subscription) or cleaned up since the frame was taken: a frame
+                # taken just before _stop_input is not published after it.
+                if self._engine is None or self._sub is None:
                     continue
                 try:
                     self._process(msg, received)
@@ -357,9 +359,10 @@ class SegmentNode(LifecycleNode):
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
     def close(self) -> None:
-        """Stop the worker (it finishes the frame in hand)."""
+        """Stop the worker: it finishes the frame in hand, however long that takes (a
+        process left to exit while the worker runs in torch aborts)."""
         self._frames.close()
-        self._worker.join(timeout=10.0)
+        self._worker.join()
 
 
 def start(node: SegmentNode) -> bool:

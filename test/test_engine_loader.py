@@ -34,3 +34,6 @@ def test_problems_are_startup_errors_that_say_what_is_wrong(tmp_path):
         with pytest.raises(StartupError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+    for other in ("tpu", "meta", "cpu:x"):  # torch's own types and errors are not ours
+        with pytest.raises(StartupError, match="use auto, cpu, cuda or cuda:N"):
+            resolve_device(other)

@@ -117,9 +117,41 @@ def test_settings_replaced_between_calls(shapes_model: Saom) -> None:
     two = engine(image)
     assert len(many) > 2 and len(two) == 2
     np.testing.assert_array_equal(two.masks, many.masks[:2])
-    engine.settings = dataclasses.replace(engine.settings, pred_iou_thresh=1.5, max_instances=0)
+    engine.settings = dataclasses.replace(engine.settings, pred_iou_thresh=1.0, max_instances=0)
     none = engine(image)
     assert len(none) == 0 and not none.instance_image.any() and none.masks.shape == (0, 128, 160)
+
+
+def test_settings_assigned_during_a_frame_apply_from_the_next(shapes_model: Saom,
+                                                               monkeypatch) -> None:
+    """As the node's parameter callback does from another thread, mid-frame."""
+    engine = EverythingEngine(shapes_model, EverythingSettings(**LOOSE))
+    image = _scene(128, 160)
+    decode = engine._candidates
+
+    def set_while_decoding(*args, **kwargs):
+        engine.settings = dataclasses.replace(engine.settings, max_instances=1)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_candidates", set_while_decoding)
+    assert len(engine(image)) > 1  # the frame kept the settings it started with
+    monkeypatch.undo()
+    assert len(engine(image)) == 1
+
+
+def test_streaming_never_follows_more_instances_than_the_grid_has_points(
+        shapes_model: Saom) -> None:
+    """Filters off and NMS off: every mask is an instance and would seed more prompts each
+    frame (thousands within a few frames); past the grid's count the frame is a keyframe."""
+    engine = EverythingEngine(shapes_model, EverythingSettings(
+        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+        prompt_strategy="streaming"))
+    image = _scene(128, 160)
+    previous = engine(image)
+    assert len(previous) > 16
+    for _ in range(3):
+        previous = engine(image, previous)
+        assert previous.points_decoded == 16  # the full 4x4 grid, not a prompt per instance
 
 
 @pytest.mark.slow

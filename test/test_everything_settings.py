@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -51,6 +52,23 @@ def test_bad_settings_name_their_source(tiny_model: Saom, carried: dict, explici
     tiny_model.everything = carried
     with pytest.raises(ValueError, match=message):
         settings_for(tiny_model, **explicit)
+
+
+def test_settings_made_in_code_are_checked_too() -> None:
+    """Built directly or by dataclasses.replace (as the node and the benchmarks do)."""
+    with pytest.raises(ValueError, match=r"points_per_side must be within 1\.\.256, got 0"):
+        dataclasses.replace(EverythingSettings(), points_per_side=0)
+    with pytest.raises(ValueError, match="points_per_batch must be within"):
+        EverythingSettings(points_per_batch=-1)
+    with pytest.raises(ValueError, match="pred_iou_thresh must be within"):
+        EverythingSettings(pred_iou_thresh=float("nan"))
+    with pytest.raises(ValueError, match="points_per_side must be of type int, got 16.0"):
+        EverythingSettings(points_per_side=16.0)
+    # numpy's numbers are numbers; an integer is a valid float
+    s = EverythingSettings(points_per_side=np.int64(8), pred_iou_thresh=np.float32(0.5),
+                           box_nms_thresh=1)
+    assert (type(s.points_per_side), type(s.pred_iou_thresh), type(s.box_nms_thresh)) == \
+        (int, float, float)
 
 
 def test_the_range_ends_are_accepted(tiny_model: Saom) -> None:
