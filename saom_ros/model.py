@@ -200,11 +200,13 @@ def build_saom(config: ModelConfig, class_names: Optional[Sequence[str]] = None)
     return Saom(_build_sam(config), config, class_names)
 
 
-def _shapes(config: ModelConfig) -> dict[str, torch.Size]:
-    """Parameter shapes of the Sam built from ``config``, without allocating weights."""
+def _shapes(config: ModelConfig, saom: bool = False) -> dict[str, torch.Size]:
+    """Parameter shapes of the Sam (``saom``: of the Saom, class head included) built from
+    ``config``, without allocating weights."""
     with torch.device("meta"):
         sam = _build_sam(config)
-    return {k: v.shape for k, v in sam.state_dict().items()}
+        module = Saom(sam, config, ()) if saom else sam
+    return {k: v.shape for k, v in module.state_dict().items()}
 
 
 def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> list[str]:
@@ -256,32 +258,89 @@ def _checked_everything(everything: Any, where: str) -> dict[str, Any]:
     return dict(everything)
 
 
+def _checked_state(where: str, what: str, state: Any) -> dict[str, torch.Tensor]:
+    """A state dict read from a file (``what``: its name in messages): parameter names to dense
+    floating-point tensors (every SAM/SAOM parameter and buffer is one)."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{where}: malformed checkpoint: {what} must map parameter "
+                              f"names to tensors, got a {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor) or \
+                value.layout != torch.strided or not value.is_floating_point():
+            raise CheckpointError(f"{where}: malformed checkpoint: {what} must map parameter "
+                                  f"names to floating-point tensors, got {key!r:.100}: "
+                                  f"{value!r:.100}")
+    return dict(state)
+
+
+def _checked_config(where: str, field: str, config: Any) -> ModelConfig:
+    """The ModelConfig a file's ``field`` (a dict of its fields) describes."""
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{where}: malformed checkpoint: {field!r} must map ModelConfig "
+                              f"fields to values, got a {type(config).__name__}")
+    try:
+        return ModelConfig(**config)
+    except (TypeError, ValueError) as err:  # TypeError: unknown, missing or non-text names
+        raise CheckpointError(f"{where}: malformed checkpoint: {field!r}: {err}") from None
+
+
+def _checked_class_names(where: str, field: str, names: Any) -> tuple[str, ...]:
+    """A file's class names: a list of strings (a string itself would pass as its letters)."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: malformed checkpoint: {field!r} must be a list of "
+                              f"class names (strings), got {names!r:.100}")
+    return tuple(names)
+
+
+def _check_class_count(where: str, config: ModelConfig, class_names: Sequence[str],
+                       state: Mapping[str, torch.Tensor]) -> None:
+    """The config's class count agrees with the class names and the class head's outputs."""
+    head = state.get("class_head.weight")
+    n_head = 0 if head is None or not head.dim() else head.shape[0]
+    if (config.num_classes > 0 and len(class_names) != config.num_classes) or \
+            n_head != config.num_classes:
+        raise CheckpointError(
+            f"{where}: class-count mismatch: config says {config.num_classes} classes, "
+            f"{len(class_names)} class names, class head has {n_head} outputs")
+
+
+def saom_from_fields(where: str, ckpt: Mapping[str, Any],
+                     fields: tuple[str, str, str] = ("config", "class_names", "state_dict")
+                     ) -> Saom:
+    """The Saom whose config (ModelConfig fields), class names and state dict ``ckpt`` holds
+    under ``fields``; CheckpointError naming ``where`` and the field for anything malformed.
+
+    The state dict's shapes are checked against the config's on the meta device before any
+    weight is built: a few-KB file could otherwise ask for a model of many GB.
+    """
+    missing = [f for f in fields if f not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where}: malformed checkpoint (no {', '.join(missing)})")
+    config = _checked_config(where, fields[0], ckpt[fields[0]])
+    class_names = _checked_class_names(where, fields[1], ckpt[fields[1]])
+    state = _checked_state(where, repr(fields[2]), ckpt[fields[2]])
+    _check_class_count(where, config, class_names, state)
+    problems = _mismatch(state, _shapes(config, saom=True))
+    if problems:
+        raise CheckpointError(f"{where}: architecture mismatch: {'; '.join(problems)}")
+    model = build_saom(config, class_names if config.num_classes > 0 else None)
+    model.load_state_dict(state)
+    return model
+
+
 def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
     """A SAOM checkpoint dict (format 1)."""
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported SAOM format version "
                               f"{ckpt.get('format_version')!r} (expected {FORMAT_VERSION})")
-    try:
-        config = ModelConfig(**ckpt["config"])
-        class_names = tuple(ckpt["class_names"])
-        state = ckpt["state_dict"]
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: malformed SAOM checkpoint ({err})") from None
-    head = state.get("class_head.weight")
-    n_head = 0 if head is None else head.shape[0]
-    if (config.num_classes > 0 and len(class_names) != config.num_classes) or \
-            n_head != config.num_classes:
-        raise CheckpointError(
-            f"{path}: class-count mismatch: config says {config.num_classes} classes, "
-            f"{len(class_names)} class names, class head has {n_head} outputs")
-    model = build_saom(config, class_names if config.num_classes > 0 else None)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    problems = _mismatch(state, expected)
-    if problems:
-        raise CheckpointError(f"{path}: architecture mismatch: {'; '.join(problems)}")
-    model.load_state_dict(state)
-    model.everything = _checked_everything(ckpt.get("everything", {}), str(path))
-    model.metadata = dict(ckpt.get("metadata") or {})
+    # What is cheap to check first, before the model is built.
+    everything = _checked_everything(ckpt.get("everything", {}), str(path))
+    metadata = ckpt.get("metadata") or {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'metadata' must map names to "
+                              f"values, got {metadata!r:.100}")
+    model = saom_from_fields(str(path), ckpt)
+    model.everything, model.metadata = everything, dict(metadata)
     return model
 
 
@@ -320,7 +379,8 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
     if ckpt.get("format") == FORMAT:
         model = _load_saom(path, ckpt)
     elif ckpt and all(isinstance(k, str) and k.startswith(_SAM_PREFIXES) for k in ckpt):
-        model = _load_official(path, ckpt, model_type)
+        state = _checked_state(str(path), "the SAM state dict", ckpt)
+        model = _load_official(path, state, model_type)
     else:
         raise CheckpointError(f"{path} is not a checkpoint: neither a SAOM checkpoint "
                               "(format 'saom') nor a SAM state dict")

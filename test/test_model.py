@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms.functional import resize, to_pil_image
 
 from saom_ros import decoder
+from saom_ros import model as model_module
 from saom_ros.classes import AGNOSTIC_CLASSES, SAOM_CLASSES
 from saom_ros.model import (
     CheckpointError, ModelConfig, Saom, broadcast_to_dtype, build_saom, load_model,
@@ -309,3 +310,73 @@ def test_broadcast_to_dtype_keeps_the_no_mask_broadcast(tiny_model: Saom) -> Non
     assert torch.equal(out, dense.to(torch.bfloat16))
     per_prompt = torch.randn(3, 4)
     assert broadcast_to_dtype(per_prompt, torch.bfloat16).stride(0) == 4
+
+
+def refuse_real_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make building a Sam anywhere but on the meta device fail the test, so that a config asking
+    for many GB is shown to be refused before any weight is allocated."""
+    real = model_module._build_sam
+
+    def meta_only(config: ModelConfig):
+        assert torch.get_default_device().type == "meta", f"real weights built for {config}"
+        return real(config)
+
+    monkeypatch.setattr(model_module, "_build_sam", meta_only)
+
+
+# Case -> how it changes the checkpoint dict, and what the message must name.
+_MALFORMED_SAOM = {
+    "state_dict a list": (lambda c: {**c, "state_dict": [1, 2]}, "'state_dict'"),
+    "state_dict ints": (lambda c: {**c, "state_dict": {k: 1 for k in c["state_dict"]}},
+                        "'state_dict'"),
+    "state_dict int tensor": (lambda c: {**c, "state_dict": {
+        **c["state_dict"], "sam.pixel_mean": torch.zeros(3, 1, 1, dtype=torch.int64)}},
+        "floating-point"),
+    "config a list": (lambda c: {**c, "config": [1, 2]}, "'config'"),
+    "config text": (lambda c: {**c, "config": {**c["config"], "encoder_depth": "2"}},
+                    "encoder_depth"),
+    "config negative": (lambda c: {**c, "config": {**c["config"], "encoder_embed_dim": -8}},
+                        "encoder_embed_dim"),
+    "config zero patch": (lambda c: {**c, "config": {**c["config"], "patch_size": 0}},
+                          "patch_size"),
+    "config unknown field": (lambda c: {**c, "config": {**c["config"], "colour": 1}}, "colour"),
+    "metadata a list": (lambda c: {**c, "metadata": [1, 2, 3]}, "'metadata'"),
+    "class_names ints": (lambda c: {**c, "class_names": list(range(len(c["class_names"])))},
+                         "'class_names'"),
+    "class_names text": (lambda c: {**c, "class_names": "x" * len(c["class_names"])},
+                         "'class_names'"),
+    "no state_dict": (lambda c: {k: v for k, v in c.items() if k != "state_dict"}, "state_dict"),
+}
+
+
+@pytest.mark.parametrize("case", _MALFORMED_SAOM)
+def test_malformed_saom_checkpoint_names_file_and_field(tiny_checkpoint: Path, case: str) -> None:
+    change, named = _MALFORMED_SAOM[case]
+    torch.save(change(torch.load(tiny_checkpoint, weights_only=True)), tiny_checkpoint)
+    with pytest.raises(CheckpointError, match="malformed checkpoint") as err:
+        load_model(tiny_checkpoint)
+    assert str(tiny_checkpoint) in str(err.value) and named in str(err.value)
+
+
+def test_official_file_with_a_non_tensor_is_refused(tiny_model: Saom, tmp_path: Path) -> None:
+    state = tiny_model.sam.state_dict()
+    state["mask_decoder.iou_token.weight"] = 1
+    torch.save(state, tmp_path / "sam_vit_tiny.pth")
+    with pytest.raises(CheckpointError, match=r"mask_decoder\.iou_token\.weight.*1") as err:
+        load_model(tmp_path / "sam_vit_tiny.pth", model_type="tiny")
+    assert str(tmp_path / "sam_vit_tiny.pth") in str(err.value)
+
+
+def test_a_small_file_asking_for_a_huge_model_is_refused_before_building(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    # ~200 GB of weights; the file holds only the class head.
+    ckpt["config"].update(encoder_embed_dim=8192, encoder_depth=64, encoder_num_heads=64,
+                          encoder_global_attn_indexes=[1])
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("class_")}
+    torch.save(ckpt, tiny_checkpoint)
+    refuse_real_builds(monkeypatch)
+    with pytest.raises(CheckpointError, match="architecture mismatch: missing: ") as err:
+        load_model(tiny_checkpoint)
+    assert str(tiny_checkpoint) in str(err.value)
+    assert "sam.image_encoder.blocks.63" in str(err.value) or "more)" in str(err.value)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from saom_ros.atomic import atomic_open
-from saom_ros.model import CheckpointError, ModelConfig, Saom, build_saom, load_failure
+from saom_ros.model import CheckpointError, Saom, load_failure, saom_from_fields
 
 STATE_FORMAT = "saom-train-state"
 _STATE_KEYS = ("config", "model_config", "class_names", "model", "optimizer", "scheduler", "scaler",
@@ -94,9 +94,11 @@ def load_train_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def model_from_state(state: dict) -> Saom:
-    """The Saom held by a training checkpoint."""
-    config = ModelConfig(**state["model_config"])
-    model = build_saom(config, state["class_names"] if config.num_classes > 0 else None)
-    model.load_state_dict(state["model"])
-    return model.eval()
+def model_from_state(state: dict, path: Optional[str | os.PathLike] = None) -> Saom:
+    """The Saom held by a training checkpoint (read from ``path``, which errors name).
+
+    CheckpointError for a malformed model_config, class_names or model state dict, refused
+    before any weight is built.
+    """
+    where = "training checkpoint" + (f" {path}" if path is not None else "")
+    return saom_from_fields(where, state, ("model_config", "class_names", "model")).eval()
