@@ -29,7 +29,7 @@ def export(source: str | os.PathLike, out: str | os.PathLike,
         model, run = load_model(source), {}
         metadata = model.metadata
     else:
-        model, cfg = model_from_state(state), state["config"]
+        model, cfg = model_from_state(state, source), state["config"]
         run = {"points_per_side": (cfg["evaluate"]["points_per_side"]
                                    or cfg["assignment"]["points_per_side"]),
                **cfg["evaluate"]["everything"]}
