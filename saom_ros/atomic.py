@@ -3,11 +3,14 @@
 A reader, or a run resumed after a crash, sees the old file or the new one, never a torn one.
 The new file gets the mode ``open()`` would give it: the existing file's mode, else 0666 minus
 the umask (``mkstemp`` alone makes every file 0600, unreadable to other users and services).
+A symbolic link is written through, as ``open()`` writes it: its target is replaced and the link
+stays (``current.pt -> models/v1.pt`` keeps pointing at the new v1.pt).
 A kill between the temp file's creation and ``os.replace`` leaves ``.<name>.<random>.tmp``
 behind; :func:`remove_temp_files` clears those.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -41,6 +44,17 @@ def current_umask() -> int:
     return mask
 
 
+def _through_links(path: Path) -> Path:
+    """The file ``open(path, "w")`` would write: ``path`` with every symbolic link followed.
+
+    Replacing the link itself would turn it into a plain file and leave its target stale.
+    """
+    real = Path(os.path.realpath(path))
+    if real.is_symlink():  # realpath stops at a loop; open() would fail on it too
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    return real
+
+
 def _mode_for(path: Path) -> int:
     """What ``open(path, "w")`` would leave: the existing file's mode, else 0666 & ~umask."""
     try:
@@ -51,8 +65,9 @@ def _mode_for(path: Path) -> int:
 
 @contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write; it replaces ``path`` only when the block ends without error."""
-    path = Path(path)
+    """A binary file to write; it replaces ``path`` (a link's target, for a symbolic link) only
+    when the block ends without error."""
+    path = _through_links(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:

@@ -66,3 +66,28 @@ def test_remove_temp_files_takes_only_the_modules_own_leftovers(tmp_path):
     assert remove_temp_files(tmp_path, "step_*.pt") == [stale[0]]
     assert remove_temp_files(tmp_path) == [stale[1]]
     assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+def test_a_symbolic_link_is_written_through_like_open(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v1.pt"
+    atomic_write_text(target, "old")
+    target.chmod(0o640)
+    link = tmp_path / "current.pt"
+    link.symlink_to("models/v1.pt")  # relative, as `ln -s` makes it
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and os.readlink(link) == "models/v1.pt"
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["current.pt", "models", "v1.pt"]
+
+
+def test_a_dangling_link_gets_its_target_and_a_loop_is_refused(tmp_path):
+    link = tmp_path / "current.pt"
+    link.symlink_to(tmp_path / "v2.pt")
+    atomic_write_text(link, "x")
+    assert link.is_symlink() and (tmp_path / "v2.pt").read_text() == "x"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError, match="symbolic links"):
+        atomic_write_text(tmp_path / "a", "x")
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()

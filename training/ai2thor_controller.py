@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from saom_ros.training.collect_config import CollectConfig, CollectError
+from saom_ros.training.process_lifetime import dies_with_this_process
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,15 @@ def _report_bad_events(server) -> None:
 
 @functools.cache
 def _controller_class() -> type:
-    """ai2thor's Controller whose server reports malformed events (see _report_bad_events).
+    """ai2thor's Controller whose server reports malformed events (see _report_bad_events) and
+    whose simulator dies with the process that owns the Controller.
 
     ``_build_server`` is ai2thor's (private) hook that makes the server; it runs before the first
-    event, so events during start-up are checked too.
+    event, so events during start-up are checked too. ``unity_command`` is the command line
+    ai2thor starts the simulator with: a SIGKILLed owner (the OOM killer) runs no cleanup, and
+    the simulator would live on under init. The kernel's parent-death signal is tied to the
+    thread that starts the simulator: the Controller's (start or reset), which is the thread
+    that uses and closes it (run_shard).
     """
     from ai2thor.controller import Controller
 
@@ -162,6 +168,9 @@ def _controller_class() -> type:
         def _build_server(self, host, port, width, height):
             super()._build_server(host, port, width, height)
             _report_bad_events(self.server)
+
+        def unity_command(self, width, height, headless):
+            return dies_with_this_process(super().unity_command(width, height, headless))
 
     return CheckedController
 

@@ -3,6 +3,8 @@
 A parent killed with SIGKILL runs no cleanup, and its workers (DataLoader workers of about 0.4 GB
 each, collector workers with their simulators) would live on under init for as long as anyone
 leaves them. Linux's ``PR_SET_PDEATHSIG`` has the kernel signal the worker when its parent dies.
+A program started by code we do not own (ai2thor's simulator) gets it through
+:func:`dies_with_this_process`: this file, run as a script, sets it and then execs the program.
 
 SIGINT and SIGTERM ask a training run to stop: it finishes its step and checkpoints. Ctrl-C
 sends SIGINT to the whole process group, DataLoader workers included. A forked worker inherits
@@ -17,7 +19,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, NoReturn, Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,6 +41,27 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
         os.kill(os.getpid(), sig)
+
+
+def dies_with_this_process(command: Sequence[str], sig: int = signal.SIGKILL) -> list[str]:
+    """``command`` run so that the kernel sends it ``sig`` when this process exits.
+
+    The command runs through this file as a script (:func:`_exec_tied`), which keeps its
+    process id. The signal is tied to the thread that starts it (see :func:`die_with_parent`).
+    ``-I -S``: stdlib only, no site hooks, whatever the caller's sys.path.
+    """
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
+            str(int(sig)), *command]
+
+
+def _exec_tied(parent_pid: int, sig: int, command: Sequence[str]) -> NoReturn:
+    """die_with_parent, then become ``command`` (the parent-death signal survives exec)."""
+    die_with_parent(parent_pid, sig)
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as err:  # as a shell reports it: the caller sees an exited process
+        print(f"{command[0]}: {err.strerror}", file=sys.stderr)
+        os._exit(127)
 
 
 def dataloader_worker_init(parent_pid: int, worker_id: int) -> None:
@@ -89,3 +112,7 @@ def catch_stop_signals() -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    _exec_tied(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

@@ -241,6 +241,40 @@ def test_workers_die_with_a_killed_collector_and_stop_their_simulators(simulator
         sim.wait(timeout=20)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_launched_simulator_dies_with_its_sigkilled_owner(tmp_path, workers):
+    """The simulator the Controller starts (a local build; this one never connects) ends with the
+    process that owns the Controller, killed as the OOM killer does: the collector or a worker."""
+    build = tmp_path / "thor-Linux64"
+    build.write_text("#!/bin/sh\nexec sleep 300\n")
+    build.chmod(0o755)
+    proc = subprocess.Popen(
+        cli("--local-executable-path", str(build), "--x-display", ":99", "--workers",
+            str(workers), "--scenes", ",".join(SCENES), "--frames-per-scene", "2", "--output",
+            str(tmp_path / "out"), "--no-progress", "--simulator-start-timeout", "120"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(tmp_path)})  # ai2thor logs into ~/.ai2thor
+    sims = []
+    try:
+        owners = [proc.pid] if workers == 1 else \
+            wait_for(lambda: len(children(proc.pid, "spawn_main")) == 2
+                     and children(proc.pid, "spawn_main"), 120)
+        sims = wait_for(lambda: len(found := [pid for owner in owners
+                                               for pid in children(owner, "sleep 300")])
+                        == workers and found, 120)
+        assert owners and sims, "the simulators never started"
+        owned = children(owners[0], "sleep 300")
+        os.kill(owners[0], signal.SIGKILL)
+        assert wait_for(lambda: not any(alive(pid) for pid in owned), 5), \
+            f"simulators outlived their SIGKILLed owner: {[p for p in owned if alive(p)]}"
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in sims:  # the other worker's, or any the test failed on
+            if not wait_for(lambda: not alive(pid), 20):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_failing_worker_does_not_lose_the_others_work(simulators, tmp_path):
     port = free_ports(2)
     simulators.start(port)
