@@ -10,13 +10,18 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 setup:
 	@bash scripts/setup.sh
 
+# pytest with these arguments; it exits 5 when it collected no test, which must not pass
+# unnoticed (make reports every failing recipe as exit 2): say so, and fail.
+pytest = $(PY) -m pytest $(1) $(PYTEST_ARGS) || { rc=$$?; [ $$rc -ne 5 ] || \
+	echo "make $@: pytest collected no tests; failing" >&2; exit $$rc; }
+
 # The whole suite, slow tests included (this is what CI runs).
 test: setup
-	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(call pytest,-m "slow or not slow")
 
 # The default, fast subset for development.
 test-fast: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(call pytest)
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -1,8 +1,26 @@
 from glob import glob
 
 from setuptools import setup
+from setuptools.command.develop import develop
 
 package_name = "saom_ros"
+
+
+class Develop(develop):
+    """`colcon build --symlink-install` runs `setup.py develop`, whose console scripts get the
+    building Python (colcon's, e.g. /usr/bin/python3 without torch) and ignore setup.cfg's
+    ``[build_scripts] executable``: give them that interpreter line too (python3 from PATH)."""
+
+    def install_wrapper_scripts(self, dist):
+        from setuptools.command.develop import VersionlessRequirement
+        from setuptools.command.easy_install import ScriptWriter
+
+        if self.exclude_scripts:
+            return
+        header = ScriptWriter.get_header(
+            executable=self.get_finalized_command("build_scripts").executable)
+        for args in ScriptWriter.best().get_args(VersionlessRequirement(dist), header):
+            self.write_script(*args)
 
 setup(
     name=package_name,
@@ -21,13 +39,18 @@ setup(
         # install_scripts, so ship small launchers there as data files.
         (f"lib/{package_name}", glob("scripts/lib/*")),
     ],
-    install_requires=["numpy", "PyYAML", "torch", "torchvision", "segment-anything",
-                      "pycocotools", "tqdm", "opencv-python-headless", "numba"],
+    # Everything saom_ros/ and training/ import (test_packaging checks it); only `saom-train
+    # collect` needs more (ai2thor, see README). tensorboard: `saom-train train` logs to it.
+    install_requires=["numpy", "scipy", "Pillow", "PyYAML", "torch", "torchvision",
+                      "segment-anything", "pycocotools", "tqdm", "opencv-python-headless", "numba",
+                      "tensorboard"],
     zip_safe=True,
     maintainer="saom_ros developers",
     maintainer_email="saom-ros@example.com",
     description="Whole-object, class-labelled instance segmentation (SAOM) for ROS 2",
     license="Apache-2.0",
+    # setuptools >= 80 has no easy_install-based develop (nor a colcon that runs it)
+    cmdclass={"develop": Develop} if hasattr(develop, "install_wrapper_scripts") else {},
     entry_points={
         "console_scripts": [
             "segment_node = saom_ros.segment_node:main",

@@ -8,6 +8,8 @@ still allocated above what was allocated before. Needs a CUDA device; no ROS.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MB = 2 ** 20
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"engine_cleanup_gpu: needs a CUDA device; torch {torch.__version__} sees none "
+              f"(CUDA build: {torch.version.cuda or 'no'})", file=sys.stderr)
+        return 1
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory()  # a vit_b checkpoint is 360 MB: removed on exit
     vit_b = Path(tmp.name) / "vit_b.pt"
@@ -45,7 +53,8 @@ def main() -> None:
                   f"MiB ({time.monotonic() - start:.1f} s)")
     torch._C._cuda_clearCublasWorkspaces()  # what is left is torch's cuBLAS workspace
     print(f"after clearing cuBLAS workspaces: {(torch.cuda.memory_allocated() - base) / MB:.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

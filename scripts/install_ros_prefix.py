@@ -7,11 +7,11 @@ and ament_index_python would not find the package. This links them into the pref
 every console script under ``lib/saom_ros/`` (where ``ros2 run`` looks), and adds a ``.pth``
 file that appends the prefix to ``AMENT_PREFIX_PATH`` in every Python process of the venv.
 
-Usage: install_ros_prefix.py [PREFIX]   (default: the running Python's sys.prefix)
 Idempotent and quick; scripts/setup.sh runs it on every ``make setup``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import runpy
 import shutil
@@ -81,8 +81,13 @@ def install(prefix: Path) -> list[Path]:
     return list(dict.fromkeys(made))
 
 
-def main() -> int:
-    prefix = Path(sys.argv[1] if len(sys.argv) > 1 else sys.prefix).resolve()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefix", nargs="?", type=Path, default=Path(sys.prefix),
+                        help="the prefix (a venv) holding the editable install "
+                        "(default: this Python's, %(default)s)")
+    prefix = parser.parse_args(argv).prefix.resolve()
     made = install(prefix)
     print(f"linked {len(made)} files of saom_ros into {prefix} (share/, lib/saom_ros/); "
           f"{PTH_NAME} appends it to AMENT_PREFIX_PATH")

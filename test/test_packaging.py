@@ -3,6 +3,7 @@ wheel, and in the venv `make setup` made (which must be a ROS prefix)."""
 import ast
 import importlib.util
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -66,19 +67,120 @@ def test_package_xml_is_format_3_with_runtime_dependencies():
     assert root.find("export/build_type").text == "ament_python"
 
 
-def test_package_xml_names_every_ros_package_the_code_imports():
-    deps = {e.text for e in ET.parse(ROOT / "package.xml").getroot()
-            if e.tag in ("depend", "exec_depend")}
-    imported = set()
-    for path in [*ROOT.glob("saom_ros/*.py"), *ROOT.glob("training/*.py"), *ROOT.glob("launch/*.py")]:
+def imported_modules(*patterns: str) -> dict[str, set[str]]:
+    """Absolute imports of the files matching ``patterns``: full module name -> files."""
+    found: dict[str, set[str]] = {}
+    for path in [p for pattern in patterns for p in ROOT.glob(pattern)]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-            imported |= {n.split(".")[0] for n in names}
-    ros = {n for n in imported if n.endswith("_msgs") or n in (
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and not node.level else [])
+            for name in names:
+                found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def is_ros(module: str) -> bool:
+    return module.endswith("_msgs") or module in (
         "rclpy", "rcl_interfaces", "launch", "launch_ros", "ament_index_python", "cv_bridge",
-        "message_filters")}
-    assert ros and ros <= deps, ros - deps
+        "message_filters")
+
+
+def exec_depends() -> set[str]:
+    return {e.text for e in ET.parse(ROOT / "package.xml").getroot()
+            if e.tag in ("depend", "exec_depend")}
+
+
+def test_package_xml_names_every_ros_package_the_code_imports():
+    imported = {n.split(".")[0] for n in imported_modules("saom_ros/*.py", "training/*.py",
+                                                          "launch/*.py")}
+    ros = {n for n in imported if is_ros(n)}
+    assert ros and ros <= exec_depends(), ros - exec_depends()
+
+
+# What the code imports from outside the standard library and ROS: (pip distribution, rosdep key;
+# None: pip only, on the README's pip line for real robots). Every such import must be listed here.
+THIRD_PARTY = {
+    "numpy": ("numpy", "python3-numpy"),
+    "scipy": ("scipy", "python3-scipy"),
+    "PIL": ("Pillow", "python3-pil"),
+    "yaml": ("PyYAML", "python3-yaml"),
+    "cv2": ("opencv-python-headless", "python3-opencv"),
+    "tqdm": ("tqdm", "python3-tqdm"),
+    "torch": ("torch", None),
+    "torchvision": ("torchvision", None),
+    "segment_anything": ("segment-anything", None),
+    "pycocotools": ("pycocotools", None),
+    "numba": ("numba", None),
+    "llvmlite": ("numba", None),  # numba's own dependency
+    "tensorboard": ("tensorboard", None),  # torch.utils.tensorboard: `saom-train train` logs
+}
+# Imports that need not be installed, and why.
+OPTIONAL = {"triton": "CUDA decoder kernels; ships with CUDA torch, ImportError falls back",
+            "ai2thor": "only `saom-train collect` (the simulator), installed for it"}
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s<>=!~;\[]", name.strip(), maxsplit=1)[0]).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    imported: dict[str, set[str]] = {}
+    for module, files in imported_modules("saom_ros/*.py", "training/*.py").items():
+        top = "tensorboard" if module.startswith("torch.utils.tensorboard") else module.split(".")[0]
+        if top not in sys.stdlib_module_names and top != "saom_ros" and not is_ros(top):
+            imported.setdefault(top, set()).update(files)
+    unknown = {m: sorted(f) for m, f in imported.items() if m not in THIRD_PARTY | OPTIONAL}
+    assert not unknown, f"classify these imports in THIRD_PARTY or OPTIONAL: {unknown}"
+    assert {"scipy", "PIL", "tensorboard"} <= imported.keys()  # the table is not stale
+
+    install_requires = {_distribution(r) for r in _load_installer().setup_arguments()[
+        "install_requires"]}
+    requirements = {_distribution(line) for line in (ROOT / "requirements.txt").read_text()
+                    .splitlines() if line.strip() and not line.startswith("#")}
+    readme = (ROOT / "README.md").read_text().split("## Use on a real robot", 1)[1]
+    (pip_line,) = [line for line in readme.split("\n## ", 1)[0].splitlines()
+                   if line.startswith("pip install ")]
+    readme_pip = {_distribution(n) for n in pip_line.split()[2:]}
+    rosdep = exec_depends()
+    for module in sorted(imported.keys() & THIRD_PARTY.keys()):
+        dist, key = THIRD_PARTY[module]
+        where = f"{module} (imported by {', '.join(sorted(imported[module]))})"
+        assert _distribution(dist) in install_requires, f"{dist} not in install_requires: {where}"
+        assert _distribution(dist) in requirements, f"{dist} not in requirements.txt: {where}"
+        if key:
+            assert key in rosdep, f"{key} not in package.xml: {where}"
+        else:
+            assert _distribution(dist) in readme_pip, f"{dist} not on README's pip line: {where}"
+
+
+def test_train_without_tensorboard_says_so_before_any_work(tmp_path, monkeypatch, capsys):
+    """`saom-train train` logs to TensorBoard: without it, it fails at once (before reading data,
+    caching embeddings or clearing the run it is told to --overwrite) and names what is missing."""
+    from saom_ros.training.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("step\n")
+    rc = main(["train", "--data", str(tmp_path / "data"), "--run-dir", str(run_dir), "--overwrite",
+               "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tensorboard" in err.partition("cannot import what it needs:")[2], err
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("target", ["test", "test-fast"])
+def test_make_test_fails_saying_so_when_pytest_collects_nothing(target):
+    # -o setup: the venv is there (the tests run in it); not the settings of a `make test` above
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "-o", "setup", target, f"PY={sys.executable}",
+                          "PYTEST_ARGS=-p no:cacheprovider test/test_packaging.py -k no_such_test"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "0 selected" in out.stdout, out.stdout + out.stderr
+    assert "pytest collected no tests; failing" in out.stderr, out.stderr
+    assert "make test " in (ROOT / ".ci" / "run").read_text()  # what CI runs
 
 
 def test_fallback_vision_msgs_is_hidden_from_colcon():
@@ -143,6 +245,13 @@ def test_installer_links_every_file_and_drops_stale_ones(tmp_path):
     (bin_dir / "saom-train").unlink()
     with pytest.raises(SystemExit, match="saom-train is missing"):
         installer.install(tmp_path)
+
+
+def test_installer_help_installs_nothing(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_ros_prefix.py"), "--help"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stdout + out.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_ros2_run_executables_run(tmp_path):

@@ -14,10 +14,27 @@ import yaml
 from saom_ros.model_config import PRESETS
 
 
+def _ament_share() -> Optional[Path]:
+    """share/saom_ros of the prefix the ament index finds (a sourced colcon install space);
+    None without ament_index_python (training runs without ROS) or when no prefix has it."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+    except ImportError:
+        return None
+    try:  # get_package_share_directory's path, without its warning when that is missing
+        return Path(get_package_prefix("saom_ros")) / "share" / "saom_ros"
+    except (LookupError, OSError):  # not found (PackageNotFoundError); AMENT_PREFIX_PATH unset
+        return None
+
+
 def default_config_path() -> Path:
-    """config/train.yaml of a source/develop tree, else the installed share/saom_ros copy."""
-    candidates = [Path(__file__).resolve().parents[1] / "config" / "train.yaml",
-                  Path(sys.prefix) / "share" / "saom_ros" / "config" / "train.yaml"]
+    """config/train.yaml of a source/develop tree, else the installed share/saom_ros copy: the
+    ament index's (a colcon install space), then this Python's prefix (pip, make setup)."""
+    candidates = [Path(__file__).resolve().parents[1] / "config" / "train.yaml"]
+    share = _ament_share()
+    if share is not None:
+        candidates.append(share / "config" / "train.yaml")
+    candidates.append(Path(sys.prefix) / "share" / "saom_ros" / "config" / "train.yaml")
     for path in candidates:
         if path.is_file():
             return path

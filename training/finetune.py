@@ -387,6 +387,9 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
         raise ValueError("--resume and --overwrite exclude each other")
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"--stop-after must be a positive number of steps, not {stop_after!r}")
+    # Logs go to TensorBoard (_open_logs): without tensorboard, fail (ImportError) before any
+    # run dir is cleared, data read or embedding cached.
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     run_dir = Path(cfg["train"]["run_dir"])
     if not resume and not overwrite and has_run(run_dir):
         raise ValueError(f"run dir {run_dir} already holds a run: pass --resume to continue it "
