@@ -44,9 +44,16 @@ def load_class_file(path: str | Path) -> tuple[str, ...]:
     """Read a YAML class list (``classes: [A, B, ...]`` or a bare list); clear errors on bad files."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"class file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"class file {path} is a directory, not a class file") from None
+    except OSError as err:  # no permission, an I/O error, ...
+        raise ValueError(f"class file {path} cannot be read: "
+                         f"{err.strerror or type(err).__name__}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"class file {path} is not UTF-8 text: {err}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"class file {path} is not valid YAML: {err}") from None
     names = data.get("classes") if isinstance(data, dict) else data

@@ -80,6 +80,13 @@ def _check_layout(msg: Image, max_pixels: int, supported: tuple[str, ...] = tupl
     return dtype, channels
 
 
+def check_image(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS,
+                encodings: tuple[str, ...] = tuple(ENCODINGS)) -> None:
+    """ImageDecodeError if ``image_to_array(msg, max_pixels)`` would refuse ``msg`` or its
+    encoding is not one of ``encodings``; copies nothing (a check on arrival)."""
+    _check_layout(msg, max_pixels, encodings)
+
+
 def image_to_array(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The pixels as stored (cv_bridge's ``passthrough``): HxW or HxWxC, native byte order, a copy.
 

@@ -5,6 +5,11 @@ header and checked against a pixel limit before any pixel memory is allocated. D
 by Pillow (the same libpng/libjpeg-turbo results as OpenCV's ``imdecode(IMREAD_COLOR)``, checked
 in the tests), which reports corrupt data as exceptions instead of printing to the C stderr as
 OpenCV's decoders do. No ROS here: the node's codec and the training datasets both use it.
+
+A progressive JPEG is decoded scan by scan, each scan a pass over the whole image, and a file may
+repeat a tiny scan thousands of times: 200 KB of 4096x4096 with 3000 scans took 29 s to decode.
+libjpeg has no limit of its own (libjpeg-turbo's TurboJPEG API has an opt-in one, which its
+fuzzers set to 500); JPEGs with more than MAX_JPEG_SCANS scans are refused before decoding.
 """
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
 # The default pixel limit (4096x4096); EverythingSettings.max_image_pixels starts from it.
 MAX_IMAGE_PIXELS = 16_777_216
+# Scans a JPEG may have. libjpeg's progressive JPEGs have 10 (colour) or 6 (greyscale), a
+# baseline JPEG 1; ten times the most common count is generous and bounds the decoding time:
+# 100 scans of 4096x4096 took 2.7 s on a busy 2-core machine (one scan 10-25 ms).
+MAX_JPEG_SCANS = 100
 # File signature -> Pillow's reader for it. The readers are used directly (not Image.open) so
 # that Pillow's own decompression-bomb limit does not pre-empt ours with a message that omits
 # the dimensions; ours is lower than Pillow's anyway.
@@ -34,6 +43,35 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageError(f"image of {width}x{height} = {width * height} pixels exceeds the "
                          f"limit max_image_pixels = {max_pixels}; refused before decoding")
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The number of scans (SOS markers, 0xFFDA) of a JPEG, counted from its first scan on.
+
+    Entropy-coded data cannot hold a marker (a 0xFF data byte is stuffed as 0xFF00), so every
+    0xFFDA from the first scan on starts a scan. Before it, metadata segments (EXIF with its
+    thumbnail, ICC profiles) may hold any bytes: their lengths are skipped."""
+    pos = 2  # after SOI
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            break
+        if marker == 0xFF:  # a fill byte before a marker
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return data.count(b"\xff\xda", pos)
+
+
+def check_jpeg_scans(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
+    """ImageError if the JPEG ``data`` has more than ``max_scans`` scans."""
+    scans = jpeg_scans(data)
+    if scans > max_scans:
+        raise ImageError(f"JPEG of {scans} scans exceeds the limit of {max_scans} (a progressive "
+                         f"JPEG has about 10; each scan is a pass over the whole image); refused "
+                         f"before decoding")
 
 
 def open_header(stream: BinaryIO) -> ImageFile.ImageFile:
@@ -65,6 +103,8 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         if width == 0 or height == 0:
             raise ImageError(f"empty {img.format} image ({width}x{height})")
         check_pixels(width, height, max_pixels)
+        if img.format == "JPEG":
+            check_jpeg_scans(data)
         try:
             img.load()
             return _to_rgb(img)

@@ -23,6 +23,7 @@ from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithP
 
 from saom_ros.depth import Boxes3D, DepthError, Intrinsics, depth_scale, match_size
 from saom_ros.image_codec import image_to_array
+from saom_ros.image_decode import MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:  # everything.py imports torch; this module must not.
     from saom_ros.everything import Instances
@@ -47,15 +48,16 @@ def stamp_ns(header: Header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def depth_image(msg: Image, size: tuple[int, int]) -> np.ndarray:
+def depth_image(msg: Image, size: tuple[int, int],
+                max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The depth as stored (``msg.encoding``'s units: ``depth.boxes_3d`` converts only the
     pixels it uses) registered to a colour image of ``size`` (h, w).
 
     ValueError (``DepthError``, ``ImageDecodeError``) for an unsupported encoding, a malformed
-    message, or a size of another aspect ratio."""
+    message, more than ``max_pixels`` pixels, or a size of another aspect ratio."""
     depth_scale(msg.encoding)
     try:
-        depth = image_to_array(msg)
+        depth = image_to_array(msg, max_pixels)
     except ValueError as err:  # say which image: the colour one is decoded the same way
         raise DepthError(f"depth image: {err}") from None
     return match_size(depth, size)

@@ -40,7 +40,7 @@ from saom_ros.depth_stage import DepthStage
 from saom_ros.engine_loader import StartupError, load_engine
 from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.input_qos import FollowingSubscription
-from saom_ros.input_watchdog import InputWatchdog
+from saom_ros.input_watchdog import InputWatchdog, StallWatch
 from saom_ros.latest_frame import LatestFrame
 from saom_ros.malloc_settings import keep_freed_memory
 from saom_ros.node_diagnostics import FrameStats, frame_values, summary
@@ -50,6 +50,11 @@ from saom_ros.tracking import Tracker, track_image
 
 NODE_NAME = "segment_node"
 _WARN_EVERY_S = 5.0
+
+
+def _which(header: Header) -> str:
+    """A frame as the warnings name it: its frame_id and stamp."""
+    return f"frame_id {header.frame_id!r}, stamp {header.stamp.sec}.{header.stamp.nanosec:09d}"
 
 
 def compressed_topic(node: LifecycleNode) -> str:
@@ -74,6 +79,7 @@ class SegmentNode(LifecycleNode):
         self._depth: Optional[DepthStage] = None  # configured with use_depth
         self._tracker: Optional[Tracker] = None  # configured with track
         self.configure_error: Optional[str] = None  # why the last configure failed
+        self.activate_error: Optional[str] = None  # why the last activate failed
         self.params: dict[str, Any] = {}  # the values in use (engine ones follow `param set`)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.declare_parameters("", parameter_table())
@@ -94,19 +100,33 @@ class SegmentNode(LifecycleNode):
         self._frames = LatestFrame()
         self._last_report = time.monotonic()
         self._watchdog = InputWatchdog(self.params["input_timeout"], self._last_report)
+        self._stall = StallWatch(self.params["input_timeout"])
         self.create_timer(1.0, self._on_timer)
         self._worker = threading.Thread(target=self._work, name="saom_inference", daemon=True)
         self._worker.start()
 
     # --- lifecycle transitions --------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # rclpy turns an exception in a transition callback into an error transition without a
+        # word: every failure is caught here, logged and kept for /diagnostics.
         try:
-            self._load()
-        except StartupError as err:
-            self.configure_error = str(err)
-            self.get_logger().error(f"configure failed: {err}")
+            self._configure()
+        except Exception as err:  # StartupError says why; anything else is named by its type
+            self.configure_error = str(err) if isinstance(err, StartupError) else \
+                f"{type(err).__name__}: {err}"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            self._unload()
             return TransitionCallbackReturn.FAILURE
-        self.configure_error = None
+        self.configure_error = self.activate_error = None
+        self.get_logger().info(
+            f"configured: {self.params['checkpoint'] or 'the packaged model'} "
+            f"({len(self.class_names)} classes) on "
+            f"{self.device}; image conversion: {image_codec.backend()}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """on_configure's work: the model, the publishers, ~/label_info; raises what fails."""
+        self._load()
         self._show_checkpoint_settings()
         out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -121,13 +141,20 @@ class SegmentNode(LifecycleNode):
             self._outputs["overlay"] = self.create_publisher(Image, "~/overlay", out_qos)
         self._configure_3d_and_tracking(out_qos)
         self._publish_label_info()
-        self.get_logger().info(
-            f"configured: {self.params['checkpoint'] or 'the packaged model'} "
-            f"({len(self.class_names)} classes) on "
-            f"{self.device}; image conversion: {image_codec.backend()}")
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._activate()
+        except Exception as err:  # as in on_configure: rclpy would swallow it
+            self.activate_error = f"{type(err).__name__}: {err}"
+            self.get_logger().error(f"activate failed: {self.activate_error}")
+            self._stop_input()
+            return TransitionCallbackReturn.FAILURE
+        self.activate_error = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _activate(self) -> None:
+        """on_activate's work: the subscriptions; raises what fails."""
         self._watchdog.start(time.monotonic())
         self._sub = FollowingSubscription(self, self._msg_type, self._topic, self._on_image,
                                           self.params["input_reliability"],
@@ -137,11 +164,10 @@ class SegmentNode(LifecycleNode):
                 FollowingSubscription(self, msg_type, topic, callback,
                                       self.params["input_reliability"], 5)
                 for msg_type, topic, callback in (
-                    (Image, "depth", self._depth.add_depth),
+                    (Image, "depth", self._on_depth),
                     (CameraInfo, "camera_info", self._depth.set_camera_info))]
         self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__}, "
                                f"{self._sub.reliability_name})")
-        return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
@@ -149,6 +175,7 @@ class SegmentNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unload()
+        self.activate_error = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -165,6 +192,13 @@ class SegmentNode(LifecycleNode):
     def lifecycle_state(self) -> str:
         """The current state's label: unconfigured, inactive, active, finalized, ..."""
         return self._state_machine.current_state[1]
+
+    @property
+    def transition_failure(self) -> Optional[str]:
+        """Which transition failed last and why ("configure failed: ..."), None if none did."""
+        if self.configure_error:
+            return f"configure failed: {self.configure_error}"
+        return f"activate failed: {self.activate_error}" if self.activate_error else None
 
     def _load(self) -> None:
         """Load the model and build the engine from the parameters; StartupError says why not."""
@@ -191,7 +225,8 @@ class SegmentNode(LifecycleNode):
                 Detection3DArray, "~/detections_3d", out_qos)
             if p["publish_points"]:
                 self._outputs["points"] = self.create_publisher(PointCloud2, "~/points", out_qos)
-            self._depth = DepthStage(p["depth_sync_tolerance"], p["publish_points"])
+            self._depth = DepthStage(p["depth_sync_tolerance"], p["publish_points"],
+                                     self._engine.settings.max_image_pixels)
         if p["track"] and self._tracker is None:  # kept across cleanup: ids wait out the delay
             self._tracker = Tracker(p["track_iou_thresh"], p["track_max_missed"],
                                     p["track_id_reuse_delay"])
@@ -218,7 +253,7 @@ class SegmentNode(LifecycleNode):
         forgets its tracks but stays (its parameters are read-only): a later configure must not
         give recently used ids to other objects."""
         with self._busy:
-            self._engine = self._depth = self._previous = None
+            self._engine = self._depth = self._previous = self.device = None
             if self._tracker is not None:
                 self._tracker.reset()
             for pub in self._outputs.values():
@@ -254,9 +289,25 @@ class SegmentNode(LifecycleNode):
     def _on_image(self, msg: Image | CompressedImage) -> None:
         now = time.monotonic()
         self._watchdog.frame(now)
+        self._stall.arrived()
         with self._stats_lock:
             self._stats.received += 1
         self._frames.put((msg, now))
+
+    def _on_depth(self, msg: Image) -> None:
+        stage = self._depth
+        if stage is None:  # cleaned up meanwhile
+            return
+        try:
+            stage.add_depth(msg)
+        except ValueError as err:  # DepthError: refused, not buffered
+            self._count("depth_refused")
+            self.get_logger().warning(f"{err} ({_which(msg.header)})",
+                                      throttle_duration_sec=_WARN_EVERY_S)
+
+    def _count(self, kind: str) -> None:
+        with self._stats_lock:
+            self._stats.count(kind)
 
     def _work(self) -> None:
         while (item := self._frames.take()) is not None:
@@ -266,24 +317,21 @@ class SegmentNode(LifecycleNode):
                 # taken just before _stop_input is not published after it.
                 if self._engine is None or self._sub is None:
                     continue
+                self._stall.started(time.monotonic())
                 try:
                     self._process(msg, received)
                 except ValueError as err:  # ImageDecodeError, or the engine refusing the image
-                    with self._stats_lock:
-                        self._stats.malformed += 1
-                        self._stats.window_malformed += 1
-                    self.get_logger().warning(
-                        f"skipped image (frame_id {msg.header.frame_id!r}, stamp "
-                        f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}): {err}",
-                        throttle_duration_sec=_WARN_EVERY_S)
+                    self._count("malformed")
+                    self.get_logger().warning(f"skipped image ({_which(msg.header)}): {err}",
+                                              throttle_duration_sec=_WARN_EVERY_S)
                 except Exception as err:  # keep serving the next frame whatever went wrong
                     if self._frames.closed or not self.context.ok():  # shutting down
                         return
-                    with self._stats_lock:
-                        self._stats.failed += 1
-                        self._stats.window_failed += 1
+                    self._count("failed")
                     self.get_logger().error(f"processing failed: {type(err).__name__}: {err}",
                                             throttle_duration_sec=_WARN_EVERY_S)
+                finally:
+                    self._stall.finished()
 
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
         rgb = self._decode(msg, self._engine.settings.max_image_pixels)
@@ -310,7 +358,7 @@ class SegmentNode(LifecycleNode):
             self._stats.latencies_ms.append((time.monotonic() - received) * 1e3)
             self._stats.inference_ms.append(inference_ms)
             self._stats.points_decoded.append(instances.points_decoded)
-            self._stats.frame_age_ms = age_ns / 1e6
+            self._stats.frame_ages_ms.append(age_ns / 1e6)
 
     def _publish_3d(self, instances: Any, ids: Optional[np.ndarray], header: Header) -> None:
         """~/detections_3d (and ~/points) of this frame; a throttled warning if there are none."""
@@ -319,9 +367,7 @@ class SegmentNode(LifecycleNode):
         try:
             detections_3d, cloud = self._depth.outputs(instances, ids, header)
         except ValueError as err:  # DepthError, ImageDecodeError: the 2D outputs are out already
-            with self._stats_lock:
-                self._stats.without_3d += 1
-                self._stats.window_without_3d += 1
+            self._count("without_3d")
             self.get_logger().warning(
                 f"no 3D output (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): {err}",
                 throttle_duration_sec=_WARN_EVERY_S)
@@ -338,25 +384,31 @@ class SegmentNode(LifecycleNode):
         self._publish_diagnostics()
 
     def _publish_diagnostics(self) -> None:
+        self._diag_pub.publish(DiagnosticArray(
+            header=Header(stamp=self.get_clock().now().to_msg()),
+            status=[self._diagnostic_status()]))
+
+    def _diagnostic_status(self) -> DiagnosticStatus:
+        """This report window's status (and the start of the next window)."""
         now = time.monotonic()
         with self._stats_lock:
             stats = self._stats.next_window()
         elapsed, self._last_report = now - self._last_report, now
         state = self.lifecycle_state
-        level, text = summary(state, self.configure_error, stats,
-                              self._watchdog.check(now, elapsed), self.input_topic)
+        level, text = summary(state, self.transition_failure, stats,
+                              self._watchdog.check(now, elapsed), self.input_topic,
+                              self._stall.check(now))
+        device = "none" if self.device is None else str(self.device)  # none: no model loaded
         values = {
             "lifecycle_state": state,
-            "device": str(self.device),
+            "device": device,
             "input_topic": self.input_topic,
             "input_reliability": self._sub.reliability_name if self._sub else "not subscribed",
             **frame_values(stats, elapsed, self._frames.dropped, self._depth is not None),
         }
-        status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), message=text,
-                                  hardware_id=str(self.device),
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        self._diag_pub.publish(DiagnosticArray(
-            header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+        return DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), message=text,
+                                hardware_id=device,
+                                values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def close(self) -> None:
         """Stop the worker: it finishes the frame in hand, however long that takes (a
@@ -406,7 +458,7 @@ def _run(args: Optional[list[str]]) -> int:
         rclpy.try_shutdown()
         return 1
     if node.params["autostart"] and not start(node) and rclpy.ok():  # not ok: stopped meanwhile
-        node.get_logger().fatal(f"cannot start: {node.configure_error or 'activation failed'}")
+        node.get_logger().fatal(f"cannot start: {node.transition_failure or 'start-up failed'}")
         node.close()
         node.destroy_node()
         rclpy.try_shutdown()

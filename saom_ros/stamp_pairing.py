@@ -1,12 +1,13 @@
 """Pairing a colour frame with the depth frame of the same moment, by stamp. No ROS.
 
-Depth frames are kept in a short buffer as they arrive; a colour frame is paired when it is
-processed (after inference, so depth that arrives a little later than colour is still found) with
-the buffered frame whose stamp is nearest, if within the tolerance. While depth is arriving but
-none stamped at or after the colour frame is in yet, the pairing waits a bounded time for it: the
-frame of the same moment may be on its way, and an older one within the tolerance would be taken
-instead. Nothing is queued for later: colour frames the node drops (latest frame wins) never ask
-for their depth, and depth frames that no processed colour frame asks for age out of the buffer.
+Depth frames are kept in a short buffer (bounded in frames and in bytes) as they arrive; a colour
+frame is paired when it is processed (after inference, so depth that arrives a little later than
+colour is still found) with the buffered frame whose stamp is nearest, if within the tolerance.
+While depth is arriving but none stamped at or after the colour frame is in yet, the pairing waits
+a bounded time for it: the frame of the same moment may be on its way, and an older one within the
+tolerance would be taken instead. Nothing is queued for later: colour frames the node drops
+(latest frame wins) never ask for their depth, and depth frames that no processed colour frame
+asks for age out of the buffer.
 """
 from __future__ import annotations
 
@@ -15,26 +16,50 @@ import time
 from collections import deque
 from typing import Any, Optional
 
-# Depth frames kept: ~1 s of a 30 Hz camera, more than inference on a CPU lags behind.
+# Depth frames kept: ~1 s of a 30 Hz camera, more than inference on a CPU lags behind...
 DEPTH_FRAMES_KEPT = 32
+# ...and at most this many bytes of them (the newest frame is always kept): 32 frames of
+# 1280x720 fit in either depth encoding (16UC1 56 MiB, 32FC1 112 MiB); of 2048x2048 32FC1
+# (16 MiB each) the last 8.
+DEPTH_BYTES_KEPT = 128 * 1024 * 1024
 # Depth counts as arriving when the last frame came within this many seconds; a stopped depth
 # stream then costs the colour frames no waiting.
 ARRIVING_S = 1.0
 
 
 class StampBuffer:
-    """The last ``capacity`` items with their stamps (integer nanoseconds); thread-safe."""
+    """The last ``capacity`` items with their stamps (integer nanoseconds), at most ``max_bytes``
+    of them by the sizes given to :meth:`put` (the newest is kept whatever its size);
+    thread-safe."""
 
-    def __init__(self, capacity: int = DEPTH_FRAMES_KEPT) -> None:
-        self._items: deque[tuple[int, Any]] = deque(maxlen=capacity)
+    def __init__(self, capacity: int = DEPTH_FRAMES_KEPT, max_bytes: int = DEPTH_BYTES_KEPT
+                 ) -> None:
+        self.capacity, self.max_bytes = capacity, max_bytes
+        self._items: deque[tuple[int, Any, int]] = deque()  # stamp, item, size
+        self._bytes = 0
         self._arrived = float("-inf")  # time.monotonic() of the last put
         self._changed = threading.Condition()
 
-    def put(self, stamp_ns: int, item: Any) -> None:
+    def put(self, stamp_ns: int, item: Any, size: int = 0) -> None:
+        """Keep ``item`` of ``size`` bytes, dropping the oldest ones beyond the limits."""
         with self._changed:
-            self._items.append((stamp_ns, item))
+            self._items.append((stamp_ns, item, size))
+            self._bytes += size
+            while len(self._items) > self.capacity or (
+                    self._bytes > self.max_bytes and len(self._items) > 1):
+                self._bytes -= self._items.popleft()[2]
             self._arrived = time.monotonic()
             self._changed.notify_all()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        """The sizes of the items kept, summed."""
+        with self._changed:
+            return self._bytes
 
     def nearest(self, stamp_ns: int, tolerance_ns: int, wait_s: float = 0.0) -> Optional[Any]:
         """The item whose stamp is nearest ``stamp_ns`` and at most ``tolerance_ns`` from it;
@@ -50,7 +75,7 @@ class StampBuffer:
                     break
                 self._changed.wait(left)
             best, best_key = None, None
-            for stamp, item in self._items:  # in arrival order: ">=" lets the later one win
+            for stamp, item, _ in self._items:  # in arrival order: ">=" lets the later one win
                 gap = abs(stamp - stamp_ns)
                 key = (-gap, stamp)
                 if gap <= tolerance_ns and (best_key is None or key >= best_key):
@@ -63,8 +88,9 @@ class StampBuffer:
             return self._newest() if self._items else None
 
     def _newest(self) -> int:
-        return max(stamp for stamp, _ in self._items)
+        return max(stamp for stamp, _, _ in self._items)
 
     def clear(self) -> None:
         with self._changed:
             self._items.clear()
+            self._bytes = 0

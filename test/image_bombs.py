@@ -48,3 +48,40 @@ def corrupt_images(count: int, seed: int = 1) -> list[bytes]:
             data = data[:20] + rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
         frames.append(bytes(data))
     return frames
+
+
+def _segments(data: bytes) -> list[bytes]:
+    """A JPEG's marker segments (a scan with its entropy-coded data), SOI and EOI included."""
+    pos, segments = 2, [data[:2]]
+    while pos < len(data):
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            segments.append(data[pos:pos + 2])
+            break
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # entropy-coded data up to the next marker other than FF00, RSTn
+            while not (data[end] == 0xFF and data[end + 1] != 0
+                       and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+        segments.append(data[pos:end])
+        pos = end
+    return segments
+
+
+def progressive_jpeg(width: int, height: int) -> bytes:
+    """A flat grey progressive JPEG (Pillow, libjpeg's scan script: 10 scans)."""
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 130, 140)).save(out, "JPEG", progressive=True,
+                                                            quality=50)
+    return out.getvalue()
+
+
+def jpeg_scan_bomb(width: int, height: int, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan (an AC refinement, tiny for a flat image) comes
+    ``repeats`` times: a small valid file whose decoding passes over the image once a scan."""
+    segments = _segments(progressive_jpeg(width, height))
+    last = max(k for k, s in enumerate(segments) if s[1] == 0xDA)
+    return b"".join(segments[:last] + [segments[last]] * repeats + segments[last + 1:])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from image_bombs import jpeg_claiming, png_bomb
-from saom_ros.image_codec import (ImageDecodeError, array_to_image, compressed_to_rgb,
-                                  image_to_array, image_to_rgb)
+from image_bombs import jpeg_claiming, jpeg_scan_bomb, png_bomb
+from saom_ros.image_codec import (ImageDecodeError, array_to_image, check_image,
+                                  compressed_to_rgb, image_to_array, image_to_rgb)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -128,6 +128,17 @@ def test_raw_images_with_absurd_row_padding_are_refused():
         image_to_array(msg, max_pixels=1000)
 
 
+def test_check_image_refuses_what_image_to_array_would_without_copying():
+    good = hand_built(np.zeros((2, 3), np.uint16), "16UC1")
+    check_image(good, encodings=("16UC1", "32FC1"))
+    with pytest.raises(ImageDecodeError, match="unsupported encoding 'mono16'; supported: 16UC1"):
+        check_image(hand_built(np.zeros((2, 3), np.uint16), "mono16"), encodings=("16UC1",))
+    with pytest.raises(ImageDecodeError, match="max_image_pixels = 5"):
+        check_image(good, max_pixels=5)
+    with pytest.raises(ImageDecodeError, match="data holds 104 bytes"):
+        check_image(_truncated())
+
+
 def compressed(pixels_rgb: np.ndarray, ext: str, fmt: str) -> CompressedImage:
     ok, buf = cv2.imencode(ext, cv2.cvtColor(pixels_rgb, cv2.COLOR_RGB2BGR))
     assert ok
@@ -232,3 +243,9 @@ def test_cv_bridge_does_the_conversion_where_it_is_installed(monkeypatch):
     np.testing.assert_array_equal(image_to_rgb(hand_built(RGB, "rgb8", pad=1)), RGB)
     np.testing.assert_array_equal(image_to_rgb(hand_built(RGB[..., ::-1], "bgr8", pad=3)), RGB)
     assert len(calls) == 2
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_as_a_malformed_image():
+    msg = CompressedImage(format="jpeg", data=jpeg_scan_bomb(64, 48, 3000))
+    with pytest.raises(ImageDecodeError, match="JPEG of 3009 scans exceeds the limit of 100"):
+        compressed_to_rgb(msg)

@@ -1,4 +1,5 @@
-"""image_decode: OpenCV's pixels from Pillow, the pixel limit checked on the header, no stderr."""
+"""image_decode: OpenCV's pixels from Pillow, the pixel limit checked on the header, JPEGs of
+absurdly many scans refused before decoding, no stderr."""
 import subprocess
 import sys
 import textwrap
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_bombs import jpeg_claiming, png_bomb
-from saom_ros.image_decode import ImageError, decode_rgb
+from image_bombs import jpeg_claiming, jpeg_scan_bomb, png_bomb, progressive_jpeg
+from saom_ros.image_decode import MAX_JPEG_SCANS, ImageError, decode_rgb, jpeg_scans
 
 RNG = np.random.default_rng(0)
 BGR = cv2.resize(RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8), (161, 119))
@@ -98,3 +99,36 @@ def test_corrupt_images_print_nothing_on_the_c_stderr():
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) > 200  # most of the 300 were corrupt enough to refuse
     assert run.stderr == ""
+
+
+def test_scans_are_counted_from_the_first_scan_on():
+    assert jpeg_scans(bytes(ENCODED["jpeg q30"])) == 1
+    assert jpeg_scans(bytes(ENCODED["jpeg progressive"])) == 10  # libjpeg's colour script
+    assert jpeg_scans(bytes(ENCODED["jpeg grey"])) == 1
+    # Metadata before the first scan may hold 0xFFDA bytes (an EXIF thumbnail's own scans, an
+    # ICC profile): its segments are skipped by their lengths.
+    data = bytes(ENCODED["jpeg progressive"])
+    comment = b"\xff\xda" * 5000
+    with_metadata = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment \
+        + data[2:]
+    assert jpeg_scans(with_metadata) == 10
+    np.testing.assert_array_equal(decode_rgb(with_metadata), decode_rgb(data))
+
+
+def test_a_jpeg_at_the_scan_limit_decodes():
+    data = jpeg_scan_bomb(64, 48, MAX_JPEG_SCANS - 9)  # 9 scans + the last one repeated
+    assert jpeg_scans(data) == MAX_JPEG_SCANS
+    assert decode_rgb(data).shape == (48, 64, 3)
+
+
+def test_a_progressive_jpeg_of_thousands_of_scans_is_refused_before_decoding():
+    """200 KB of 4096x4096 with 3000 scans took ~29 s to decode (one pass over the image a
+    scan); refused from the count of its scans."""
+    plain = progressive_jpeg(4096, 4096)
+    bomb = jpeg_scan_bomb(4096, 4096, 3000)
+    assert len(plain) < 100_000 and len(bomb) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"JPEG of 3009 scans exceeds the limit of 100 \(a "
+                                         r"progressive JPEG has about 10"):
+        decode_rgb(bomb)
+    assert time.perf_counter() - start < 0.5  # nothing was decoded

@@ -1,7 +1,8 @@
-"""input_watchdog: OK while frames come, WARN after a silent window, ERROR after the timeout."""
+"""input_watchdog: OK while frames come, WARN after a silent window, ERROR after the timeout;
+WARN while one frame has been in processing longer than the timeout (a stalled pipeline)."""
 import pytest
 
-from saom_ros.input_watchdog import InputWatchdog, Level
+from saom_ros.input_watchdog import InputWatchdog, Level, StallWatch
 
 
 def test_a_camera_that_stops_goes_warn_then_error_and_recovers():
@@ -42,3 +43,21 @@ def test_levels_are_diagnostic_status_levels():
 def test_the_timeout_must_be_positive():
     with pytest.raises(ValueError, match="input timeout"):
         InputWatchdog(timeout_s=0.0, now=0.0)
+
+
+def test_a_frame_in_processing_past_the_timeout_is_a_stall():
+    stall = StallWatch(timeout_s=5.0)
+    assert stall.check(100.0) == (Level.OK, "")  # idle
+    stall.started(100.0)
+    for _ in range(12):
+        stall.arrived()
+    assert stall.check(104.9) == (Level.OK, "")
+    assert stall.check(107.0) == (Level.WARN, "stalled: one frame in processing for 7.0 s "
+                                              "(over 5 s), 12 image(s) received meanwhile")
+    stall.finished()
+    assert stall.check(120.0) == (Level.OK, "")
+    stall.started(121.0)  # the next frame: its own time and arrivals
+    assert stall.check(126.5) == (Level.WARN, "stalled: one frame in processing for 5.5 s "
+                                              "(over 5 s), 0 image(s) received meanwhile")
+    with pytest.raises(ValueError, match="stall timeout"):
+        StallWatch(timeout_s=0.0)

@@ -34,6 +34,13 @@ def test_bad_depth_messages_are_value_errors():
         messages_3d.depth_image(truncated, (4, 6))
 
 
+def test_depth_decoding_takes_the_node_s_pixel_limit():
+    depth = array_to_image(np.ones((4, 6), np.float32), "32FC1")
+    assert messages_3d.depth_image(depth, (4, 6), max_pixels=24).shape == (4, 6)
+    with pytest.raises(DepthError, match="4 = 24 pixels exceeds the limit max_image_pixels = 23"):
+        messages_3d.depth_image(depth, (4, 6), max_pixels=23)
+
+
 def test_intrinsics_from_camera_info():
     info = CameraInfo(height=8, width=12, k=[10.0, 0, 5.5, 0, 20.0, 3.5, 0, 0, 1])
     assert messages_3d.intrinsics(info, (8, 12)) == Intrinsics(10.0, 20.0, 5.5, 3.5)

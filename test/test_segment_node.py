@@ -6,7 +6,9 @@ publishes the camera images and checks what comes back.
 """
 from __future__ import annotations
 
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
@@ -230,6 +233,120 @@ def test_a_failed_configure_stays_unconfigured_and_keeps_the_reason(context, tmp
         assert node.lifecycle_state == "unconfigured"
         assert str(missing) in node.configure_error
     finally:
+        node.close()
+        node.destroy_node()
+
+
+def status_values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_an_unexpected_error_in_configure_is_logged_and_reported(context, checkpoint, capfd,
+                                                                 monkeypatch):
+    """rclpy swallows an exception from a transition callback; the node catches it, logs it and
+    reports it in /diagnostics, and nothing of the half-made configuration stays."""
+    def fail(node):
+        node._engine, node.device = object(), "cpu"  # as if loading got this far
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(SegmentNode, "_load", fail)
+    node = SegmentNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state == "unconfigured" and node._engine is None
+        assert node.configure_error == "OSError: [Errno 5] Input/output error"
+        status = node._diagnostic_status()
+        assert status.level == DiagnosticStatus.ERROR
+        assert status.message == \
+            "unconfigured: configure failed: OSError: [Errno 5] Input/output error"
+        assert status_values(status)["device"] == status.hardware_id == "none"
+    finally:
+        node.close()
+        node.destroy_node()
+    err = capfd.readouterr().err  # rcutils logs to the C stderr
+    assert "[ERROR]" in err and "configure failed: OSError: [Errno 5] Input/output error" in err, \
+        err
+
+
+def test_an_unexpected_error_in_activate_is_logged_and_reported(context, checkpoint,
+                                                                monkeypatch):
+    node = SegmentNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=False)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        monkeypatch.setattr(node._watchdog, "start", lambda now: 1 / 0)
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state == "inactive" and node._sub is None
+        assert node.transition_failure == "activate failed: ZeroDivisionError: division by zero"
+        status = node._diagnostic_status()
+        assert (status.level, status.message) == (DiagnosticStatus.ERROR, "inactive: activate "
+                                                  "failed: ZeroDivisionError: division by zero")
+        monkeypatch.undo()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.transition_failure is None
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_a_class_file_that_is_a_directory_stops_start_up_naming_it(context, checkpoint,
+                                                                   tmp_path):
+    with pytest.raises(StartupError, match=f"class file {tmp_path} is a directory"):
+        make_node(context, checkpoint, classes=str(tmp_path))
+
+
+def test_cleanup_leaves_no_device_in_the_diagnostics(context, checkpoint):
+    node = make_node(context, checkpoint)
+    try:
+        status = node._diagnostic_status()
+        assert status_values(status)["device"] == status.hardware_id == "cpu"
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        status = node._diagnostic_status()
+        assert status_values(status)["device"] == status.hardware_id == "none"
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_a_frame_that_takes_longer_than_the_input_timeout_is_a_stall(context, checkpoint):
+    """Images keep coming while one frame is processed for seconds (a decoder or model far
+    slower than usual): /diagnostics says WARN, and OK again once frames are answered."""
+    node = make_node(context, checkpoint, input_timeout=1.0, **FAST_ENGINE)
+    engine, release = node._engine, threading.Event()
+
+    class Slow:  # the first frame takes until released
+        settings = engine.settings
+
+        def __call__(self, image, previous=None):
+            release.wait(30)
+            return engine(image, previous)
+
+    node._engine = Slow()
+    try:
+        frame = array_to_image(camera_image(1), "rgb8", Header())
+        status, end = None, time.monotonic() + 20
+        while time.monotonic() < end:
+            node._on_image(frame)
+            time.sleep(0.1)
+            status = node._diagnostic_status()
+            if status.level != DiagnosticStatus.OK:
+                break
+        assert status.level == DiagnosticStatus.WARN, status
+        assert re.fullmatch(r"stalled: one frame in processing for \d+\.\d s \(over 1 s\), "
+                            r"\d+ image\(s\) received meanwhile", status.message), status.message
+        release.set()
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            node._on_image(frame)
+            time.sleep(0.1)
+            status = node._diagnostic_status()
+            if status.level == DiagnosticStatus.OK:
+                break
+        assert status.level == DiagnosticStatus.OK, status
+    finally:
+        release.set()
         node.close()
         node.destroy_node()
 

@@ -228,6 +228,34 @@ def test_malformed_depth_and_camera_info_are_survived(camera, node_process):
     assert "no 3D output" in node_process.output
 
 
+def test_unusable_depth_is_refused_on_arrival_and_counted(camera, node_process):
+    """Depth of a colour encoding and depth whose data does not hold its rows are refused when
+    they arrive (not buffered until a colour frame asks for them): counted, warned, WARN."""
+    lis = camera.listener
+    settled: dict = {}
+    for _ in range(10):  # until two reports agree: every earlier depth image is counted
+        lis.spin_until(lambda: False, 1.2)
+        now = lis.diagnostics_values()
+        if settled and now.get("depth_frames_refused") == settled.get("depth_frames_refused"):
+            break
+        settled = now
+    before = int(settled["depth_frames_refused"])
+    truncated = array_to_image(np.full((H, W), 1.2, np.float32), "32FC1", header(20))
+    truncated.data = bytes(truncated.data)[:100]
+    refused = [array_to_image(camera_image(0), "rgb8", header(21)), truncated]
+    for depth in refused:
+        camera.depth_pub.publish(depth)
+    assert lis.spin_until(lambda: int(lis.diagnostics_values()["depth_frames_refused"])
+                          == before + len(refused), 15, node_process), lis.diagnostics_values()
+    assert any(status.level == DiagnosticStatus.WARN
+               and status.message.endswith("depth image(s) refused")
+               for msg in lis.messages("diagnostics") for status in msg.status
+               if status.name == lis.node_name)
+    assert "depth image refused: unsupported encoding 'rgb8'" in node_process.output or \
+        "depth image refused: data holds 100 bytes" in node_process.output  # throttled
+    assert node_process.alive()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt_strategy", ["grid", "streaming"])
 def test_a_scene_shifting_a_few_pixels_per_frame_keeps_its_ids(ros, tmp_path, prompt_strategy):

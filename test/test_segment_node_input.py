@@ -1,6 +1,6 @@
 """segment_node against hostile or absent input, over real DDS: decompression bombs (the node's
-peak memory, from /proc), a camera that stops, the compressed topic from `-r image:=X` alone, and
-a checkpoint path that is a directory."""
+peak memory, from /proc), a progressive-JPEG scan bomb, a camera that stops, the compressed topic
+from `-r image:=X` alone, and a checkpoint path or class file that is a directory."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CompressedImage
 
-from image_bombs import corrupt_images, jpeg_claiming, png_bomb
+from image_bombs import corrupt_images, jpeg_claiming, jpeg_scan_bomb, png_bomb
 from ros_helpers import FAST_ENGINE, Listener, NodeProcess, camera_image, run_node
 from test_segment_node import START_TIMEOUT, header, request, ros  # noqa: F401 (fixture)
 
@@ -31,6 +31,19 @@ def peak_rss_mb(pid: int) -> float:
 def jpeg_frame(seq: int) -> CompressedImage:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(camera_image(seq), cv2.COLOR_RGB2BGR))
     return CompressedImage(header=header(seq), format="jpeg", data=buf.tobytes())
+
+
+def settled(listener: Listener, process, key: str) -> dict[str, str]:
+    """The /diagnostics values once two reports in a row agree on ``key`` (a count that earlier
+    frames may still be adding to)."""
+    before: dict = {}
+    for _ in range(10):
+        listener.spin_until(lambda: False, 1.2)
+        now = listener.diagnostics_values()
+        if before and now.get(key) == before.get(key):
+            return now
+        before = now
+    raise AssertionError(f"{key} did not settle: {before}; node output:\n{process.output}")
 
 
 def latest_status(listener: Listener) -> DiagnosticStatus | None:
@@ -139,8 +152,36 @@ def test_a_frame_stamped_before_1970_is_segmented_and_not_counted_malformed(list
     assert "skipped image (frame_id 'cam_optical', stamp -5" not in node_process.output
 
 
+def test_a_progressive_jpeg_of_thousands_of_scans_is_refused_as_malformed(listener,
+                                                                            node_process):
+    """~200 KB, 4096x4096 (within max_image_pixels), 3000 repeats of one scan: it took ~29 s to
+    decode, with nothing processed and /diagnostics OK meanwhile. Refused from its scan count."""
+    request(listener, jpeg_frame(500), node_process)
+    before = int(settled(listener, node_process, "frames_malformed")["frames_malformed"])
+    bomb = CompressedImage(header=header(501), format="jpeg",
+                           data=jpeg_scan_bomb(4096, 4096, 3000))
+    listener.pub.publish(bomb)
+    assert listener.spin_until(lambda: int(listener.diagnostics_values()[
+        "frames_malformed"]) == before + 1, 10, node_process), listener.diagnostics_values()
+    _, instances, _ = request(listener, jpeg_frame(502), node_process, timeout=10)
+    assert instances.header == header(502)
+    assert not listener.by_stamp("detections", header(501).stamp)
+    assert "JPEG of 3009 scans exceeds the limit of 100" in node_process.output
+
+
 def test_a_directory_as_checkpoint_is_reported_as_one(tmp_path):
     result = run_node({"checkpoint": tmp_path})
     assert result.returncode != 0
     assert f"checkpoint {tmp_path} is a directory, not a checkpoint file" in \
         result.stdout + result.stderr
+
+
+def test_a_directory_as_class_file_names_the_transition_and_the_file(tmp_path):
+    """An OSError in configure (rclpy swallows exceptions from transition callbacks): the log
+    names the failed transition and the file, and the start-up failure says configure."""
+    result = run_node({"classes": tmp_path})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    reason = f"class file {tmp_path} is a directory, not a class file"
+    assert f"configure failed: {reason}" in output
+    assert "[FATAL]" in output and f"cannot start: configure failed: {reason}" in output

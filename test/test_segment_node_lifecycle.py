@@ -1,19 +1,23 @@
 """segment_node as a managed node, over real DDS from this process: the lifecycle services drive
-it through every state while camera frames arrive, and only an active node answers; it stops
-cleanly (exit 0, no traceback) on any number of SIGINT and on SIGTERM."""
+it through every state while camera frames arrive, and only an active node answers; a failed
+configure is logged and reported; /diagnostics keep no stale values; it stops cleanly (exit 0, no
+traceback) on any number of SIGINT and on SIGTERM."""
 from __future__ import annotations
 
 import signal
 import time
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from std_msgs.msg import Header
 
 from ros_helpers import FAST_ENGINE, Listener, NodeProcess, camera_image
 from saom_ros.image_codec import array_to_image
 from test_segment_node import (START_TIMEOUT, checkpoint, header, request,  # noqa: F401 (fixtures)
                                ros)
+from test_segment_node_input import latest_status
 
 SILENCE_S = 4.0  # how long a frame may go unanswered before we call it "not answered"
 
@@ -113,18 +117,67 @@ def test_only_an_active_node_answers_through_the_whole_lifecycle(ros, checkpoint
     assert "Traceback" not in proc.output, proc.output
 
 
-def test_a_failed_configure_over_the_service_stays_unconfigured(ros, tmp_path):
-    missing = tmp_path / "no_model.pt"
-    proc = NodeProcess(tmp_path, {"checkpoint": missing, "autostart": False},
-                       {"__ns": "/broken"})
+@pytest.mark.parametrize("bad", ["checkpoint", "classes"])
+def test_a_failed_configure_over_the_service_stays_unconfigured(ros, checkpoint, tmp_path, bad):
+    """A missing checkpoint (the loader's own error) and a class file that is a directory (an
+    OSError, which rclpy would swallow): the log and /diagnostics say which transition failed
+    and why."""
+    if bad == "checkpoint":
+        params, words = {"checkpoint": tmp_path / "no_model.pt"}, f"{tmp_path / 'no_model.pt'}"
+    else:
+        params = {"checkpoint": checkpoint, "classes": tmp_path}
+        words = f"class file {tmp_path} is a directory, not a class file"
+    proc = NodeProcess(tmp_path, {**params, "autostart": False}, {"__ns": "/broken"})
     lis = Listener("/cam/broken", node="/broken/segment_node")
     try:
         life = Lifecycle(lis, "/broken/segment_node", proc)
         assert not life.change(Transition.TRANSITION_CONFIGURE)
         assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
-        assert lis.spin_until(lambda: str(missing) in proc.output, 10, proc)
-        assert diagnostics_state(lis, proc, "unconfigured")
+        assert lis.spin_until(lambda: "configure failed: " in proc.output
+                              and words in proc.output, 10, proc), proc.output
+        assert "[ERROR]" in next(line for line in proc.output.splitlines() if words in line)
+        # Reports made before the transition said OK: wait for one made after it.
+        assert lis.spin_until(lambda: (s := latest_status(lis)) is not None
+                              and s.level == DiagnosticStatus.ERROR, 10, proc), latest_status(lis)
+        status = latest_status(lis)
+        assert status.message.startswith("unconfigured: configure failed: ")
+        assert words in status.message
+        assert lis.diagnostics_values()["device"] == status.hardware_id == "none"
         assert proc.alive()
+    finally:
+        lis.close()
+        proc.stop()
+
+
+def test_diagnostics_keep_no_stale_frame_age_or_device(ros, checkpoint, tmp_path):
+    """frame_age_ms is that of the report window's frames: none ("nan") once the camera is
+    silent, and after cleanup no device is reported (the model is freed)."""
+    proc = NodeProcess(tmp_path, {"checkpoint": checkpoint, **FAST_ENGINE},
+                       {"image": "/cam/stale", "__ns": "/stale"})
+    lis = Listener("/cam/stale", node="/stale/segment_node")
+    try:
+        assert lis.wait_for_subscriber(START_TIMEOUT, proc), proc.output
+        life = Lifecycle(lis, "/stale/segment_node", proc)
+        msg = array_to_image(camera_image(1), "rgb8",
+                             Header(stamp=lis.node.get_clock().now().to_msg(), frame_id="cam"))
+        request(lis, msg, proc)
+
+        def value(key: str) -> str:
+            return lis.diagnostics_values().get(key, "")
+
+        # The window that processed the frame reports its age (now - stamp, a fresh stamp)...
+        assert lis.spin_until(lambda: value("frame_age_ms") not in ("", "nan"), 10, proc), \
+            lis.diagnostics_values()
+        assert 0 < float(value("frame_age_ms")) < 60_000
+        assert value("device") == "cpu"
+        # ...and the silent windows after it none.
+        assert lis.spin_until(lambda: value("frame_age_ms") == "nan", 5, proc), \
+            lis.diagnostics_values()
+        assert life.change(Transition.TRANSITION_DEACTIVATE)
+        assert life.change(Transition.TRANSITION_CLEANUP)
+        assert lis.spin_until(lambda: value("lifecycle_state") == "unconfigured", 10, proc)
+        assert (value("device"), value("frame_age_ms")) == ("none", "nan")
+        assert latest_status(lis).hardware_id == "none"
     finally:
         lis.close()
         proc.stop()

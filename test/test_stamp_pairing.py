@@ -28,6 +28,29 @@ def test_old_items_age_out_and_clear_empties():
     assert buffer.nearest(3, 10) is None
 
 
+def test_the_buffer_is_bounded_in_bytes_and_keeps_the_newest():
+    buffer = StampBuffer(capacity=32, max_bytes=100)
+    for stamp in range(10):
+        buffer.put(stamp, stamp, size=30)
+    assert len(buffer) == 3 and buffer.bytes == 90  # the last three fit
+    assert buffer.nearest(6, 0) is None and buffer.nearest(7, 0) == 7
+    buffer.put(10, "huge", size=1000)  # over the budget alone: kept, the others go
+    assert len(buffer) == 1 and buffer.bytes == 1000 and buffer.nearest(10, 0) == "huge"
+    buffer.put(11, 11, size=10)
+    assert len(buffer) == 1 and buffer.bytes == 10
+    buffer.clear()
+    assert len(buffer) == 0 and buffer.bytes == 0
+
+
+def test_the_default_budget_holds_32_frames_of_1280x720_depth():
+    from saom_ros.stamp_pairing import DEPTH_BYTES_KEPT, DEPTH_FRAMES_KEPT
+    assert DEPTH_FRAMES_KEPT * 1280 * 720 * 4 <= DEPTH_BYTES_KEPT  # 32FC1
+    buffer = StampBuffer()
+    for stamp in range(40):
+        buffer.put(stamp, stamp, size=2048 * 2048 * 4)
+    assert len(buffer) == 8 and buffer.bytes <= DEPTH_BYTES_KEPT
+
+
 def test_a_tie_goes_to_the_later_stamp_whatever_the_arrival_order():
     buffer = StampBuffer()
     buffer.put(100, "d100")
