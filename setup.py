@@ -53,8 +53,8 @@ setup(
     cmdclass={"develop": Develop} if hasattr(develop, "install_wrapper_scripts") else {},
     entry_points={
         "console_scripts": [
-            "segment_node = saom_ros.segment_node:main",
-            "saom-segment = saom_ros.segment_node:main",
+            "segment_node = saom_ros.node_main:main",
+            "saom-segment = saom_ros.node_main:main",
             "saom-train = saom_ros.training.cli:main",
         ],
     },

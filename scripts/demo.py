@@ -47,7 +47,7 @@ def node_command(checkpoint: Path) -> list[str]:
     No engine parameters: the node runs with the everything-mode settings the checkpoint carries.
     """
     script = Path(sys.executable).parent / "saom-segment"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.segment_node"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.node_main"]
     return cmd + ["--ros-args", "-r", f"__node:={NODE}", "-r", f"image:=/{NODE}/camera/image",
                   "-p", f"checkpoint:={checkpoint}", "-p", "publish_overlay:=true",
                   "-p", "device:=cpu"]

@@ -36,7 +36,7 @@ def ros_env() -> dict[str, str]:
 def node_command() -> list[str]:
     """``saom-segment`` where it is installed, else the same entry point through ``-m``."""
     script = Path(sys.executable).parent / "saom-segment"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.segment_node"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "saom_ros.node_main"]
 
 
 def ros_args(params: dict[str, Any], remaps: dict[str, str],

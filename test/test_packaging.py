@@ -54,7 +54,7 @@ def test_training_installs_inside_the_package_namespace(wheel):
 def test_console_scripts(wheel):
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    for script in ("segment_node = saom_ros.segment_node:main", "saom-segment = saom_ros.segment_node:main",
+    for script in ("segment_node = saom_ros.node_main:main", "saom-segment = saom_ros.node_main:main",
                    "saom-train = saom_ros.training.cli:main"):
         assert script in text
 

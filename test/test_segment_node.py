@@ -7,7 +7,6 @@ publishes the camera images and checks what comes back.
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,13 +28,14 @@ from std_msgs.msg import Header
 from vision_msgs.msg import LabelInfo
 
 from ros_domain import unique_domain_id
-from ros_helpers import FAST_ENGINE, ROOT, Listener, NodeProcess, camera_image, run_node
+from ros_helpers import FAST_ENGINE, ROOT, Listener, NodeProcess, camera_image
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingSettings
 from saom_ros.image_codec import array_to_image, image_to_array
 from saom_ros.model import ModelConfig, build_saom, save_checkpoint
 from saom_ros.engine_loader import StartupError
-from saom_ros.segment_node import SegmentNode, start
+from saom_ros.node_main import start
+from saom_ros.segment_node import SegmentNode
 
 START_TIMEOUT = 120  # seconds for the node process to import torch and subscribe (2 busy cores)
 ANSWER_TIMEOUT = 90
@@ -532,17 +532,6 @@ def test_with_no_parameters_at_all_the_packaged_model_finds_objects_on_the_demo_
     finally:
         lis.close()
         proc.stop()
-
-
-@pytest.mark.parametrize("command", [
-    None,  # saom-segment
-    [sys.executable, str(ROOT / "scripts" / "lib" / "segment_node")],  # what ros2 run starts
-], ids=["saom-segment", "lib-saom_ros-segment_node"])
-def test_missing_checkpoint_makes_the_process_exit_nonzero_naming_the_file(tmp_path, command):
-    missing = tmp_path / "no_such_model.pt"
-    result = run_node({"checkpoint": missing}, command)
-    assert result.returncode != 0
-    assert str(missing) in result.stdout + result.stderr
 
 
 @pytest.mark.slow
