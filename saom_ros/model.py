@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from torchvision.transforms.functional import resize, to_pil_image
 
 from saom_ros.atomic import atomic_open
+from saom_ros.checkpoint_fields import (CheckpointError, check_class_count, checked_class_names,
+                                       checked_config, checked_everything, checked_state)
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.decoder import DecoderTokens, run_tokens, upscale_masks
 from saom_ros.model_config import PRESETS, ModelConfig
@@ -28,10 +30,6 @@ from saom_ros.model_config import PRESETS, ModelConfig
 FORMAT = "saom"
 FORMAT_VERSION = 1
 _SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded; the message names the file and the problem."""
 
 
 class DecoderOutput(NamedTuple):
@@ -244,66 +242,6 @@ def _load_official(path: Path, state: dict[str, torch.Tensor], model_type: Optio
     return model
 
 
-def _checked_everything(everything: Any, where: str) -> dict[str, Any]:
-    """A checkpoint's everything-mode settings: a dict of field names to plain values.
-
-    Field names and types are checked against EverythingSettings by ``settings_for``; this
-    module does not import the engine.
-    """
-    if not isinstance(everything, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, (bool, int, float, str))
-            for k, v in everything.items()):
-        raise CheckpointError(f"{where}: 'everything' must map setting names to numbers, "
-                              f"booleans or strings, got {everything!r:.200}")
-    return dict(everything)
-
-
-def _checked_state(where: str, what: str, state: Any) -> dict[str, torch.Tensor]:
-    """A state dict read from a file (``what``: its name in messages): parameter names to dense
-    floating-point tensors (every SAM/SAOM parameter and buffer is one)."""
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{where}: malformed checkpoint: {what} must map parameter "
-                              f"names to tensors, got a {type(state).__name__}")
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor) or \
-                value.layout != torch.strided or not value.is_floating_point():
-            raise CheckpointError(f"{where}: malformed checkpoint: {what} must map parameter "
-                                  f"names to floating-point tensors, got {key!r:.100}: "
-                                  f"{value!r:.100}")
-    return dict(state)
-
-
-def _checked_config(where: str, field: str, config: Any) -> ModelConfig:
-    """The ModelConfig a file's ``field`` (a dict of its fields) describes."""
-    if not isinstance(config, Mapping):
-        raise CheckpointError(f"{where}: malformed checkpoint: {field!r} must map ModelConfig "
-                              f"fields to values, got a {type(config).__name__}")
-    try:
-        return ModelConfig(**config)
-    except (TypeError, ValueError) as err:  # TypeError: unknown, missing or non-text names
-        raise CheckpointError(f"{where}: malformed checkpoint: {field!r}: {err}") from None
-
-
-def _checked_class_names(where: str, field: str, names: Any) -> tuple[str, ...]:
-    """A file's class names: a list of strings (a string itself would pass as its letters)."""
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{where}: malformed checkpoint: {field!r} must be a list of "
-                              f"class names (strings), got {names!r:.100}")
-    return tuple(names)
-
-
-def _check_class_count(where: str, config: ModelConfig, class_names: Sequence[str],
-                       state: Mapping[str, torch.Tensor]) -> None:
-    """The config's class count agrees with the class names and the class head's outputs."""
-    head = state.get("class_head.weight")
-    n_head = 0 if head is None or not head.dim() else head.shape[0]
-    if (config.num_classes > 0 and len(class_names) != config.num_classes) or \
-            n_head != config.num_classes:
-        raise CheckpointError(
-            f"{where}: class-count mismatch: config says {config.num_classes} classes, "
-            f"{len(class_names)} class names, class head has {n_head} outputs")
-
-
 def saom_from_fields(where: str, ckpt: Mapping[str, Any],
                      fields: tuple[str, str, str] = ("config", "class_names", "state_dict")
                      ) -> Saom:
@@ -316,10 +254,10 @@ def saom_from_fields(where: str, ckpt: Mapping[str, Any],
     missing = [f for f in fields if f not in ckpt]
     if missing:
         raise CheckpointError(f"{where}: malformed checkpoint (no {', '.join(missing)})")
-    config = _checked_config(where, fields[0], ckpt[fields[0]])
-    class_names = _checked_class_names(where, fields[1], ckpt[fields[1]])
-    state = _checked_state(where, repr(fields[2]), ckpt[fields[2]])
-    _check_class_count(where, config, class_names, state)
+    config = checked_config(where, fields[0], ckpt[fields[0]])
+    class_names = checked_class_names(where, fields[1], ckpt[fields[1]])
+    state = checked_state(where, repr(fields[2]), ckpt[fields[2]])
+    check_class_count(where, config, class_names, state)
     problems = _mismatch(state, _shapes(config, saom=True))
     if problems:
         raise CheckpointError(f"{where}: architecture mismatch: {'; '.join(problems)}")
@@ -334,7 +272,7 @@ def _load_saom(path: Path, ckpt: dict[str, Any]) -> Saom:
         raise CheckpointError(f"{path}: unsupported SAOM format version "
                               f"{ckpt.get('format_version')!r} (expected {FORMAT_VERSION})")
     # What is cheap to check first, before the model is built.
-    everything = _checked_everything(ckpt.get("everything", {}), str(path))
+    everything = checked_everything(ckpt.get("everything", {}), str(path))
     metadata = ckpt.get("metadata") or {}
     if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
         raise CheckpointError(f"{path}: malformed checkpoint: 'metadata' must map names to "
@@ -379,7 +317,7 @@ def load_model(path: str | os.PathLike, model_type: Optional[str] = None,
     if ckpt.get("format") == FORMAT:
         model = _load_saom(path, ckpt)
     elif ckpt and all(isinstance(k, str) and k.startswith(_SAM_PREFIXES) for k in ckpt):
-        state = _checked_state(str(path), "the SAM state dict", ckpt)
+        state = checked_state(str(path), "the SAM state dict", ckpt)
         model = _load_official(path, state, model_type)
     else:
         raise CheckpointError(f"{path} is not a checkpoint: neither a SAOM checkpoint "
@@ -396,7 +334,7 @@ def save_checkpoint(path: str | os.PathLike, model: Saom,
     was evaluated with; ``metadata`` and ``everything`` default to the model's own.
     """
     path = Path(path)
-    everything = _checked_everything(model.everything if everything is None else everything,
+    everything = checked_everything(model.everything if everything is None else everything,
                                      f"save_checkpoint({path})")
     ckpt = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
