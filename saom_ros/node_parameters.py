@@ -17,7 +17,7 @@ from rclpy.parameter import Parameter
 from saom_ros.everything_settings import (PROMPT_STRATEGIES, RANGES, RUNTIME_FIELDS,
                                           EverythingSettings)
 from saom_ros.input_qos import RELIABILITY_SETTINGS
-from saom_ros.model_config import DEFAULT_CHECKPOINT, PRESETS
+from saom_ros.model_config import PRESETS
 
 # Node parameter -> EverythingSettings field. These apply to the next frame when set at run time.
 ENGINE_PARAMETERS = {
@@ -81,7 +81,7 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
     "unset": the value comes from the checkpoint (see ``FROM_CHECKPOINT``)."""
     engine = _engine_default
     return [
-        ("checkpoint", str(DEFAULT_CHECKPOINT), _d(
+        ("checkpoint", "", _d(
             "SAOM checkpoint or official sam_vit_*.pth; empty: the packaged saom_small.pt", True)),
         ("model_type", "auto", _d(
             f"architecture of an official SAM file: {', '.join(MODEL_TYPES)} (auto: from shapes)",
@@ -102,7 +102,7 @@ def parameter_table() -> list[tuple[str, Any, ParameterDescriptor]]:
             "pixels; smaller holes and islands are removed (0: off)",
             **_engine_range("min_mask_area"))),
         ("max_instances", engine("max_instances"), _d(
-            "keep at most this many best-scoring instances (0: all)",
+            "keep at most this many instances, highest predicted IoU first (0: all)",
             **_engine_range("max_instances"))),
         ("prompt_strategy", engine("prompt_strategy"), _d(
             f"which points prompt the decoder: {', '.join(PROMPT_STRATEGIES)} (grid: the full "

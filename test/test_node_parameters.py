@@ -10,8 +10,9 @@ from rclpy.parameter import Parameter
 
 from ros_helpers import PARAMS_FILE
 from saom_ros.everything_settings import EverythingSettings
-from saom_ros.node_parameters import (DEFAULT_CHECKPOINT, ENGINE_PARAMETERS, FROM_CHECKPOINT,
-                                      engine_fields, parameter_table, validate)
+from saom_ros.model_config import DEFAULT_CHECKPOINT
+from saom_ros.node_parameters import (ENGINE_PARAMETERS, FROM_CHECKPOINT, engine_fields,
+                                      parameter_table, validate)
 
 
 def test_defaults_come_from_engine_settings_and_match_the_params_file():
@@ -28,12 +29,11 @@ def test_defaults_come_from_engine_settings_and_match_the_params_file():
     documented = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert set(documented) == set(table) - set(FROM_CHECKPOINT)  # nothing pinned, nothing extra
     for name, value in documented.items():
-        if name != "checkpoint":  # documented as "" = the packaged default
-            assert value == table[name], name
+        assert value == table[name], name
     for name in FROM_CHECKPOINT:  # documented, commented out, with the generator's default
         value = getattr(engine, ENGINE_PARAMETERS[name])
         assert re.search(rf"^ +# {name}: {value}\b", text, re.M), name
-    assert table["checkpoint"] == str(DEFAULT_CHECKPOINT)
+    assert table["checkpoint"] == ""  # the packaged model, as in config/saom.yaml and README
     assert DEFAULT_CHECKPOINT.parent.name == "data" and DEFAULT_CHECKPOINT.name == "saom_small.pt"
 
 
