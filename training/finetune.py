@@ -2,9 +2,11 @@
 
 One optimizer step sees ``world_size * batch_size * grad_accum`` images; every image brings all of
 its masks (up to ``max_prompts_per_image``) as one prompt batch, each prompted with its assigned
-grid point. All data randomness (order, prompt sub-sampling, random prompts) is derived from
-(seed, epoch, image index), so a run resumed from a checkpoint sees exactly the data an unbroken
-run would, on any number of processes.
+grid point. Images without a trainable mask are left out (data_order.trainable_images). All data
+randomness (order, prompt sub-sampling, random prompts) is derived from (seed, epoch, image
+index), so a run resumed from a checkpoint sees exactly the data an unbroken run would, with the
+same number of processes: the checkpoint records it, and a resume with another is refused (the
+global batch, the schedule's length and the data position would all change).
 """
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ import random
 import signal
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,22 +28,22 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from saom_ros.atomic import atomic_write_text, remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import check_device, validate_config
+from saom_ros.training.data_order import DataOrder, trainable_images
 from saom_ros.training.datasets import open_dataset
 from saom_ros.training.distributed import init_distributed, resolve_device
 from saom_ros.training.embedding_cache import EmbeddingCache, encoder_fingerprint
-from saom_ros.training.process_lifetime import (
-    StopRequest, catch_stop_signals, dataloader_worker_init, stop_signals_blocked)
+from saom_ros.training.process_lifetime import StopRequest, catch_stop_signals
 from saom_ros.training.run_dir import (
-    CSV_FIELDS, clear_run, has_run, metric_rows, readable_checkpoint)
+    CSV_FIELDS, clear_run, has_run, metric_rows, readable_checkpoint, warn)
 from saom_ros.training.train_state import (
-    STATE_FORMAT, atomic_torch_save, config_diff, load_train_state, rng_state, set_rng_state)
+    STATE_FORMAT, atomic_torch_save, config_diff, layout_diff, load_train_state, rng_state,
+    set_rng_state)
 from saom_ros.training.train_step import Prepared, TrainStep
 
 
@@ -125,10 +126,19 @@ class Trainer:
                                            weight_decay=float(oc["weight_decay"]))
         self.batch = int(tc["batch_size"])
         self.accum = int(tc["grad_accum"])
-        micro = len(self.dataset) // (self.dist.world * self.batch)
-        self.steps_per_epoch = micro // self.accum
+        grid = self.model.config.img_size // self.model.config.patch_size
+        images = trainable_images(self.dataset, cfg, self.model.config.img_size, grid, self.dist,
+                                  self.device)
+        dropped = len(self.dataset) - len(images)
+        if dropped and self.dist.main:
+            warn(f"{dropped} of {len(self.dataset)} images have no mask to train on (no instance, "
+                 f"or every mask vanishes on the {grid}x{grid} embedding grid at "
+                 f"assignment.min_coverage): left out of training")
+        self.data = DataOrder(self.dataset, images, self.dist, self.batch, self.accum, seed,
+                              int(cfg["data"]["num_workers"]))
+        self.steps_per_epoch = self.data.steps_per_epoch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.dataset)} images are fewer than one global batch "
+            raise ValueError(f"{len(images)} trainable images are fewer than one global batch "
                              f"({self.dist.world} x {self.batch} x {self.accum})")
         self.total_steps = int(tc["max_steps"] or int(tc["epochs"]) * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -163,7 +173,14 @@ class Trainer:
                 "class_names": list(self.model.class_names),
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "rng": rng_state()}
+                "scaler": self.scaler.state_dict(), "step": self.step, "rng": rng_state(),
+                "layout": self.layout()}
+
+    def layout(self) -> dict:
+        """What the global batch, the schedule and the data position depend on beyond the
+        config: a resume must find the same."""
+        return {"world_size": self.dist.world, "images": len(self.data.images),
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
 
     def save(self) -> Path:
         """step_<N>.pt (atomic) and last.pt (a hard link to it); prune old step files."""
@@ -189,6 +206,9 @@ class Trainer:
         diff = config_diff(state["config"], self.cfg)
         if diff:
             raise ValueError(f"cannot resume from {path}: the config differs: {'; '.join(diff)}")
+        diff = layout_diff(state.get("layout"), self.layout())
+        if diff:
+            raise ValueError(f"cannot resume from {path}: {'; '.join(diff)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -197,30 +217,6 @@ class Trainer:
         set_rng_state(state["rng"])
 
     # -- data
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This process's image indices for ``epoch`` (DistributedSampler: same order any resume)."""
-        sampler = DistributedSampler(self.dataset, num_replicas=self.dist.world,
-                                     rank=self.dist.rank, shuffle=True,
-                                     seed=int(self.cfg["train"]["seed"]), drop_last=True)
-        sampler.set_epoch(epoch)
-        return list(sampler)[:self.steps_per_epoch * self.accum * self.batch]
-
-    def micro_batches(self) -> Iterator[tuple[int, list]]:
-        """(epoch, [(index, Sample), ...]) from the current step on, forever."""
-        done = self.step * self.accum
-        per_epoch = self.steps_per_epoch * self.accum
-        epoch, offset = divmod(done, per_epoch)
-        while True:
-            indices = self.epoch_indices(epoch)[offset * self.batch:]
-            loader = DataLoader(_Indexed(self.dataset), batch_size=self.batch, sampler=indices,
-                                collate_fn=list, num_workers=int(self.cfg["data"]["num_workers"]),
-                                worker_init_fn=partial(dataloader_worker_init, os.getpid()))
-            with stop_signals_blocked():  # the workers start here and must not die of Ctrl-C
-                batches = iter(loader)
-            for batch in batches:
-                yield epoch, batch
-            epoch, offset = epoch + 1, 0
-
     def prepare(self, epoch: int, batch: list) -> list[Prepared]:
         items = []
         for index, sample in batch:
@@ -268,11 +264,13 @@ class Trainer:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
 
     def log(self, epoch: int, lr: float, stats: dict[str, float], images_per_s: float) -> None:
+        """A metrics.csv row: the losses are means per image, ``prompts`` the prompts the whole
+        optimizer step trained (summed over micro-batches and processes)."""
         keys = ["loss", "dice", "focal", "ce", "iou", "prompts"]
         vec = torch.tensor([stats.get(k, 0.0) for k in keys], dtype=torch.float64)
         if self.dist.world > 1:
             dist.all_reduce(vec)
-            vec /= self.dist.world
+            vec[:-1] /= self.dist.world  # prompts (last) stay a sum
         if not self.dist.main:
             return
         row = {"step": self.step, "epoch": epoch, "lr": lr,
@@ -305,7 +303,7 @@ class Trainer:
         acc: dict[str, float] = {}
         micro, t0, images, last = 0, time.perf_counter(), 0, None
         self.step_module.train()
-        batches = self.micro_batches()
+        batches = self.data.micro_batches(self.step)
         while self.step < end:
             epoch, batch = next(batches)
             items = self.prepare(epoch, batch)
@@ -316,7 +314,7 @@ class Trainer:
                     loss, stats = self.ddp(items)
                 self.scaler.scale(loss / self.accum).backward()
             for k, v in stats.items():
-                acc[k] = acc.get(k, 0.0) + v / self.accum
+                acc[k] = acc.get(k, 0.0) + (v if k == "prompts" else v / self.accum)
             micro += 1
             images += len(items)
             if not sync:
@@ -360,19 +358,6 @@ class Trainer:
             saved = last if last is not None and self.step > start else None
             raise TrainingInterrupted(signum, self.step, saved, self.dist.main)
         return last
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """(index, sample) pairs, so per-image randomness can be keyed by the index."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return i, self.dataset[i]
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -62,6 +62,26 @@ def config_diff(a: dict, b: dict, where: tuple = ()) -> list[str]:
     return out
 
 
+_LAYOUT_NAMES = {"world_size": "processes", "images": "trainable images",
+                 "steps_per_epoch": "steps per epoch", "total_steps": "total steps"}
+
+
+def layout_diff(saved: Optional[dict], now: dict) -> list[str]:
+    """Why a run laid out as ``saved`` (a checkpoint's ``layout``) cannot resume as ``now``.
+
+    The number of processes sets the global batch, the steps per epoch, the schedule's length and
+    which images a step position means; the trainable images (the dataset's content) set the
+    last three. A checkpoint from before layouts were recorded (None) is not checked.
+    """
+    saved = saved or {}
+    out = [f"it was written with {saved[key]} {name}, this run has {now[key]}"
+           for key, name in _LAYOUT_NAMES.items() if key in saved and saved[key] != now[key]]
+    if saved.get("world_size", now["world_size"]) != now["world_size"]:
+        out.append(f"resume it with {saved['world_size']} process(es) (torchrun "
+                   "--nproc_per_node=N; 1: without torchrun)")
+    return out
+
+
 def _as_number(value: Any) -> Any:
     """Numeric text as a float: runs started before load_config turned ``1e-3`` into a number
     hold it as text, and resuming them must not count that as a change."""

@@ -135,6 +135,53 @@ def test_resume_refuses_a_different_config(dataset, tmp_path):
         train(other, resume=True, progress=False)
 
 
+def test_resume_refuses_another_number_of_processes(dataset, tmp_path):
+    """The process count sets the global batch, the epoch's steps and the schedule's length: a
+    checkpoint of 2 processes must not continue in 1 (it would run 8 steps instead of 4)."""
+    cfg = tiny_config(dataset, tmp_path / "r", "train.epochs=1")
+    train(cfg, stop_after=1, progress=False)
+    path = tmp_path / "r/checkpoints/last.pt"
+    state = load_train_state(path)
+    assert state["layout"] == {"world_size": 1, "images": 6, "steps_per_epoch": 6,
+                               "total_steps": 6}
+    state["layout"].update(world_size=2, steps_per_epoch=3, total_steps=3)  # as torchrun wrote it
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"cannot resume from .*last.pt: it was written with 2 "
+                                         r"processes, this run has 1;.*resume it with 2"):
+        train(cfg, resume=True, progress=False)
+    assert load_train_state(path)["step"] == 1 and _metric_steps(tmp_path / "r") == [1]
+
+
+def _without_trainable_masks(root: Path) -> Path:
+    """make_dataset's 4 images, image 2 without annotations and image 3 with only a 3 x 3 px
+    speck (under half of any 8 x 8 px embedding cell: the assignment drops it)."""
+    path = make_dataset(root, n=4)
+    data = json.loads(path.read_text())
+    speck = np.zeros((96, 128), bool)
+    speck[40:43, 60:63] = True
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in (2, 3)]
+    data["annotations"].append(mask_to_annotation(speck, 99, 3, 1))
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_frames_without_trainable_masks_take_no_step(tmp_path, capsys):
+    data = _without_trainable_masks(tmp_path / "data")
+    cfg = tiny_config(data, tmp_path / "r", "train.epochs=2", "train.checkpoint_every=1",
+                      "train.keep_checkpoints=0")
+    train(cfg, progress=False)
+    with open(tmp_path / "r/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # 2 images x 2 epochs
+    assert all(float(r["loss"]) > 0 and float(r["prompts"]) > 0 for r in rows)
+    assert "2 of 4 images have no mask to train on" in capsys.readouterr().err
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.data.images == [0, 3] and trainer.total_steps == 4
+    assert sorted(trainer.data.epoch_indices(0) + trainer.data.epoch_indices(1)) == [0, 0, 3, 3]
+    with pytest.raises(ValueError, match="2 trainable images are fewer than one global batch"):
+        Trainer(tiny_config(data, tmp_path / "n", "train.batch_size=3"), progress=False)
+
+
 def test_resume_and_pruning_remove_temp_files_of_killed_writes(dataset, tmp_path):
     run = tmp_path / "r"
     cfg = tiny_config(dataset, run, "train.max_steps=4", "train.checkpoint_every=2")
@@ -200,6 +247,9 @@ def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path):
     train(tiny_config(dataset, tmp_path / "acc", "train.max_steps=2",
                       "train.grad_accum=2"), progress=False)
     _assert_same(_final_model(tmp_path / "b2"), _final_model(tmp_path / "acc"), atol=1e-6)
+    # metrics.csv's prompts: the step's total, however its images were split
+    assert _metric_column(tmp_path / "b2", "prompts") == _metric_column(tmp_path / "acc",
+                                                                        "prompts")
 
 
 def test_unfrozen_class_agnostic_random_prompts(dataset, tmp_path):
@@ -351,6 +401,11 @@ def _metric_steps(run: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f)]
 
 
+def _metric_column(run: Path, key: str) -> list[float]:
+    with open(run / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f)]
+
+
 def test_damaged_or_foreign_checkpoints_are_clear_errors(dataset, tmp_path):
     train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1"), progress=False)
     good = (tmp_path / "r/checkpoints/last.pt").read_bytes()
@@ -476,6 +531,27 @@ def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):
                     "--run-dir", str(tmp_path / "one"), "--set", "train.batch_size=2"],
                    check=True, env=env, timeout=300)
     _assert_same(_final_model(tmp_path / "ddp"), _final_model(tmp_path / "one"), atol=1e-5)
+    for key in ("prompts", "loss"):  # prompts: the step's total, not a per-process mean
+        assert _metric_column(tmp_path / "ddp", key) == pytest.approx(
+            _metric_column(tmp_path / "one", key), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_torchrun_checkpoint_does_not_resume_in_one_process(dataset, tmp_path):
+    run = tmp_path / "ddp"
+    args = ["--data", str(dataset), "--model-type", "tiny", "--device", "cpu", "--no-progress",
+            "--run-dir", str(run), "--set", "data.num_workers=0", "--set",
+            "assignment.points_per_side=8", "--set", "train.amp=false", "--set", "train.epochs=1"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", "-m", "saom_ros.training.cli", "train", *args,
+                    "--stop-after", "2"],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert load_train_state(run / "checkpoints/last.pt")["layout"]["world_size"] == 2
+    metrics = (run / "metrics.csv").read_text()
+    with pytest.raises(ValueError, match="written with 2 processes, this run has 1"):
+        train(load_config(run / "config.yaml"), resume=True, progress=False)
+    assert load_train_state(run / "checkpoints/last.pt")["step"] == 2
+    assert (run / "metrics.csv").read_text() == metrics
 
 
 def test_open_dataset_reads_coco_and_saom_layouts(dataset, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for training/train_state.py's model_from_state: the model a training checkpoint holds."""
+"""Tests for training/train_state.py: model_from_state (the model a training checkpoint holds) and
+layout_diff (what a resume must find unchanged besides the config)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import torch
 
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.model import CheckpointError, Saom
-from saom_ros.training.train_state import model_from_state
+from saom_ros.training.train_state import layout_diff, model_from_state
 from test_model import refuse_real_builds
 
 
@@ -52,3 +53,24 @@ def test_a_huge_model_config_is_refused_before_building(tiny_model: Saom,
     with pytest.raises(CheckpointError, match="^training checkpoint: architecture mismatch: "
                                               "missing: .*wrong shape"):
         model_from_state(state)
+
+
+LAYOUT = {"world_size": 2, "images": 8, "steps_per_epoch": 4, "total_steps": 4}
+
+
+def test_layout_diff_names_both_process_counts():
+    assert layout_diff(LAYOUT, dict(LAYOUT)) == []
+    diff = layout_diff(LAYOUT, {**LAYOUT, "world_size": 1, "steps_per_epoch": 8,
+                                "total_steps": 8})
+    assert diff[0] == "it was written with 2 processes, this run has 1"
+    assert "4 steps per epoch, this run has 8" in diff[1] and "4 total steps" in diff[2]
+    assert diff[-1].startswith("resume it with 2 process(es)")
+
+
+def test_layout_diff_names_a_changed_set_of_trainable_images():
+    assert layout_diff(LAYOUT, {**LAYOUT, "images": 9}) == [
+        "it was written with 8 trainable images, this run has 9"]
+
+
+def test_a_checkpoint_without_a_layout_is_not_checked():
+    assert layout_diff(None, LAYOUT) == []
