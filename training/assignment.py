@@ -49,21 +49,45 @@ def to_model_frame(points: np.ndarray, image_hw: tuple[int, int], img_size: int)
     return ResizeLongestSide(img_size).apply_coords(np.asarray(points, np.float64), image_hw)
 
 
+def _overlaps(edges: torch.Tensor, size: int) -> torch.Tensor:
+    """[size, len(edges) - 1]: the length of pixel i's extent [i, i + 1] inside [e_j, e_j+1]."""
+    px = torch.arange(size, dtype=edges.dtype, device=edges.device)[:, None]
+    return (torch.minimum(px + 1, edges[1:]) - torch.maximum(px, edges[:-1])).clamp_(min=0)
+
+
 def mask_coverage(masks: torch.Tensor, image_hw: tuple[int, int], img_size: int,
                   out_size: int) -> torch.Tensor:
     """Fraction of each cell of an ``out_size``^2 tiling of the model frame that a mask covers.
 
-    masks: bool/float [N, H, W] in the image frame -> float32 [N, out_size, out_size]. The content
-    occupies the top-left ceil(resized * out_size / img_size) cells (within one cell of exact).
+    masks: bool [N, H, W] in the image frame -> float32 [N, out_size, out_size]. A cell is a
+    square of the padded model input (padding counts as uncovered); its covered fraction is the
+    mask's area inside it, a pixel cut by the cell's edge counted by its part inside (exact area
+    averaging for any ratio of image to cell size, down- or upsampling). The content occupies
+    the top-left ceil(resized * out_size / img_size) cells.
     """
     rh, rw = resized_hw(image_hw, img_size)
     oh, ow = -(-rh * out_size // img_size), -(-rw * out_size // img_size)
     if masks.shape[0] == 0:
-        return masks.new_zeros((0, out_size, out_size), dtype=torch.float32)
-    # antialias makes downsampling an area-like average, so coverage is a fraction of the cell
-    cov = F.interpolate(masks[:, None].float(), size=(oh, ow), mode="bilinear",
-                        align_corners=False, antialias=True)[:, 0]
+        return torch.zeros((0, out_size, out_size), dtype=torch.float32, device=masks.device)
+    h, w = image_hw
+    cell_h, cell_w = img_size / out_size * h / rh, img_size / out_size * w / rw  # image pixels
+    # cell edges in the image frame (the model frame scales each axis by rh / H, rw / W)
+    ys = (torch.arange(oh + 1, dtype=torch.float64, device=masks.device) * cell_h).clamp_(max=h)
+    xs = (torch.arange(ow + 1, dtype=torch.float64, device=masks.device) * cell_w).clamp_(max=w)
+    # separable: each pixel's overlap with each cell's columns, then rows, as two products
+    wx = (_overlaps(xs, w) / cell_w).float()  # [W, ow]
+    wy = (_overlaps(ys, h) / cell_h).float()  # [H, oh]
+    cov = wy.T @ (masks.to(torch.float32) @ wx)  # [N, oh, ow]
     return F.pad(cov, (0, out_size - ow, 0, out_size - oh)).clamp_(0.0, 1.0)
+
+
+def kept_masks(masks: torch.Tensor, img_size: int, grid: int,
+               min_coverage: float) -> torch.Tensor:
+    """Which masks (bool [N, H, W], image frame) survive on the ``grid``^2 embedding grid: those
+    covering at least ``min_coverage`` of some cell. bool [N]. Every prompt mode trains these
+    (the others vanish when downsampled, and the SAOM assignment drops them)."""
+    image_hw = (int(masks.shape[-2]), int(masks.shape[-1]))
+    return (mask_coverage(masks, image_hw, img_size, grid) >= min_coverage).flatten(1).any(1)
 
 
 def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
@@ -118,12 +142,16 @@ def assign_nearest(features: torch.Tensor, masks: torch.Tensor, img_size: int,
     return Assignment(keep.cpu().numpy(), grid[chosen], chosen.astype(np.int64))
 
 
-def assign_random(masks: torch.Tensor, rng: np.random.Generator) -> Assignment:
-    """Ablation: one uniformly random pixel inside each non-empty mask (pixel centre)."""
+def assign_random(masks: torch.Tensor, rng: np.random.Generator, img_size: int, grid: int,
+                  min_coverage: float = 0.5) -> Assignment:
+    """Ablation: one uniformly random pixel (its centre) inside each mask that the SAOM
+    assignment keeps (:func:`kept_masks` on the ``grid``^2 embedding grid), so both train the
+    same objects."""
+    kept = kept_masks(masks, img_size, grid, min_coverage).cpu().numpy()
     keep, points = [], []
     for i, m in enumerate(masks.cpu().numpy()):
         ys, xs = np.nonzero(m)
-        if len(xs):
+        if kept[i] and len(xs):
             j = rng.integers(len(xs))
             keep.append(i)
             points.append((xs[j] + 0.5, ys[j] + 0.5))

@@ -68,7 +68,8 @@ def mask_losses(low_res_logits: torch.Tensor, iou_pred: torch.Tensor,
     predicted IoU towards its actual IoU, so part-masks learn low scores and everything mode's
     pred_iou filter drops them. ``prompt_weights`` [N] (summing to 1) weigh the prompts in
     every term instead of a plain mean (e.g. each object equally however many prompts it has).
-    Returns the weighted ``total`` and each unweighted term.
+    Returns the weighted ``total`` and each unweighted term; a term weighted 0 is reported but
+    not part of ``total`` (no gradient reaches what only it would train).
     """
     logits = low_res_logits.float()
     actual_iou = mask_iou(logits, targets[:, None])  # [N, M]
@@ -77,14 +78,23 @@ def mask_losses(low_res_logits: torch.Tensor, iou_pred: torch.Tensor,
     score = actual_iou if selection == "best_gt_iou" else iou_pred.detach().float()
     best = score.argmax(1)
     chosen = logits[torch.arange(len(best), device=best.device), best]
-    terms = {
-        "dice": dice_loss(chosen, targets, weights=prompt_weights),
-        "focal": focal_loss(chosen, targets, weights.focal_alpha, weights.focal_gamma,
-                            prompt_weights),
-        "iou": _mean(((iou_pred.float() - actual_iou) ** 2).mean(1), prompt_weights),
-    }
+    def weighted(name: str) -> bool:  # a term with weight 0 is computed for the log only
+        return getattr(weights, name) != 0
+
+    terms = {}
+    with torch.set_grad_enabled(torch.is_grad_enabled() and weighted("dice")):
+        terms["dice"] = dice_loss(chosen, targets, weights=prompt_weights)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and weighted("focal")):
+        terms["focal"] = focal_loss(chosen, targets, weights.focal_alpha, weights.focal_gamma,
+                                    prompt_weights)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and weighted("iou")):
+        terms["iou"] = _mean(((iou_pred.float() - actual_iou) ** 2).mean(1), prompt_weights)
     if class_logits is not None and class_ids is not None:
-        terms["ce"] = _mean(F.cross_entropy(class_logits.float(), class_ids.long() - 1,
-                                            reduction="none"), prompt_weights)
-    total = sum(getattr(weights, k) * v for k, v in terms.items())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weighted("ce")):
+            terms["ce"] = _mean(F.cross_entropy(class_logits.float(), class_ids.long() - 1,
+                                                reduction="none"), prompt_weights)
+    # zero-weight terms stay out of the sum: their parameters get no gradient (None, not 0),
+    # which AdamW skips instead of decaying them
+    total = sum((getattr(weights, k) * v for k, v in terms.items() if weighted(k)),
+                logits.new_zeros(()))
     return {"total": total, **{k: v.detach() for k, v in terms.items()}}

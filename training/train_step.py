@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from segment_anything.modeling.transformer import Attention
 from torch import nn
 
 from saom_ros.model import Saom
@@ -33,6 +34,30 @@ class Prepared:
     embedding: Optional[torch.Tensor] = None  # [1, C, h, w] when it is frozen
 
 
+def unreached_parameters(model: Saom, weights: LossWeights) -> list[nn.Parameter]:
+    """The parameters of ``model`` that no loss of this training reaches (given ``weights``).
+
+    Always: the prompt encoder's negative-point and two box-corner embeddings and its mask
+    input (every prompt mode gives positive points only, no boxes or masks), the decoder's
+    single-mask output (training decodes multimask), and the key biases of the decoder's
+    attentions (each adds the same score to all keys of a query, which the softmax cancels).
+    A loss weight of 0 also leaves out what only that term trains: the IoU head (``iou``), the
+    class head (``ce``), the mask upscaling and hypernetworks (``dice`` and ``focal``).
+    """
+    pe, md = model.sam.prompt_encoder, model.sam.mask_decoder
+    modules = [pe.point_embeddings[0], pe.point_embeddings[2], pe.point_embeddings[3],
+               pe.mask_downscaling, md.output_hypernetworks_mlps[0]]
+    if weights.iou == 0:
+        modules.append(md.iou_prediction_head)
+    if weights.ce == 0 and model.class_head is not None:
+        modules.append(model.class_head)
+    if weights.dice == 0 and weights.focal == 0:
+        modules += [md.output_upscaling, md.output_hypernetworks_mlps]
+    key_biases = [m.k_proj.bias for m in md.transformer.modules()
+                  if isinstance(m, Attention) and m.k_proj.bias is not None]
+    return [p for m in modules for p in m.parameters()] + key_biases
+
+
 class TrainStep(nn.Module):
     """Forward = the loss of one micro-batch, so DDP sees one forward per backward."""
 
@@ -47,19 +72,24 @@ class TrainStep(nn.Module):
                                    focal_alpha=lc["focal_alpha"], focal_gamma=lc["focal_gamma"])
         self.selection = lc["mask_selection"]
         self.per_object = bool(lc["per_object"])
+        # Before the optimizer is built over the parameters that require a gradient (finetune.py
+        # sets the image encoder's flag first, then builds this, then AdamW and DDP): what this
+        # training cannot reach gets no gradient, so AdamW does not decay it and DDP ignores it.
+        for p in unreached_parameters(model, self.weights):
+            p.requires_grad_(False)
 
     def assign(self, item: Prepared, embedding: torch.Tensor) -> Assignment:
         rng = sample_rng(self.seed, item.epoch, item.index)
         mode = self.assign_cfg["prompt_mode"]
         pps = int(self.assign_cfg["points_per_side"])
+        size, min_coverage = self.model.config.img_size, float(self.assign_cfg["min_coverage"])
         if mode in ("nearest", "multi"):
-            a = assign_nearest(embedding[0].detach(), item.masks, self.model.config.img_size,
-                               pps, float(self.assign_cfg["min_coverage"]))
+            a = assign_nearest(embedding[0].detach(), item.masks, size, pps, min_coverage)
             if mode == "multi":
                 a = add_interior_points(a, item.masks, pps,
                                         int(self.assign_cfg["points_per_mask"]), rng)
-        elif mode == "random":
-            a = assign_random(item.masks, rng)
+        elif mode == "random":  # the same masks as nearest: those kept on the embedding grid
+            a = assign_random(item.masks, rng, size, embedding.shape[-1], min_coverage)
         else:
             raise ValueError(f"assignment.prompt_mode must be nearest, random or multi, "
                              f"not {mode!r}")
@@ -76,6 +106,7 @@ class TrainStep(nn.Module):
         keep = torch.as_tensor(a.keep, device=item.masks.device)
         coords = torch.as_tensor(to_model_frame(a.points, item.image_hw, size),
                                  dtype=torch.float32, device=embedding.device)[:, None]
+        # positive points only (unreached_parameters leaves the negative-point embedding untrained)
         labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=embedding.device)
         out = self.model.decode(embedding, coords, labels, multimask=True)
         low = out.low_res_logits.shape[-1]
@@ -98,8 +129,13 @@ class TrainStep(nn.Module):
             embeddings = [embeddings[i:i + 1] for i in range(len(items))]
         else:
             embeddings = [it.embedding for it in items]
-        # zero that touches every trainable parameter: backward (and DDP's all-reduce) still
-        # works when all of a rank's images lost their masks in the assignment
+        # A zero that touches every trainable parameter, so that backward (and DDP's all-reduce)
+        # still works should all of a rank's images lose their masks in the assignment. It
+        # changes no gradient: trainable parameters are the ones a prompt's loss reaches
+        # (unreached_parameters are frozen) and images without a mask that the assignment keeps
+        # are left out of training up front, so each micro-batch's loss reaches them anyway (a
+        # mask output's hypernetwork gets a zero gradient, and AdamW's decay, when no prompt
+        # selects that output: decay of trained parameters, as in the reference code).
         total = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         stats: dict[str, float] = {"prompts": 0.0}
         for item, emb in zip(items, embeddings):

@@ -131,6 +131,59 @@ def test_masks_that_vanish_on_the_embedding_grid_are_dropped():
         assert masks[k, int(y), int(x)]
 
 
+def test_random_prompts_train_the_masks_the_nearest_assignment_keeps():
+    """The random-prompt ablation differs from the SAOM assignment in the prompt only: masks
+    that vanish on the embedding grid are dropped by both."""
+    hw = (128, 128)
+    masks = np.zeros((4, *hw), bool)
+    masks[0, 10:50, 10:50] = True
+    masks[1, 70, 70] = True  # one pixel
+    masks[2, 60:120, 60:120] = True
+    masks[3, 20:100, 100:103] = True  # a thin line: under half of every cell it crosses
+    feats = torch.randn(C, GRID, GRID, generator=torch.Generator().manual_seed(0))
+    # the 3-pixel line covers 3 / 8 of each cell it crosses
+    for min_coverage, kept in ((0.5, [0, 2]), (0.2, [0, 2, 3])):
+        near = assign_nearest(feats, torch.from_numpy(masks), IMG_SIZE, 16, min_coverage)
+        rand = assign_random(torch.from_numpy(masks), np.random.default_rng(0), IMG_SIZE, GRID,
+                             min_coverage)
+        assert rand.keep.tolist() == near.keep.tolist() == kept
+
+
+def test_coverage_is_the_covered_fraction_of_each_cell():
+    # a square image: 16 x 16 pixel cells; a mask filling exactly one cell, and half of one
+    mask = torch.zeros(2, 256, 256, dtype=torch.bool)
+    mask[0, 32:48, 48:64] = True
+    mask[1, 32:48, 48:56] = True
+    cov = mask_coverage(mask, (256, 256), IMG_SIZE, GRID)
+    expected = torch.zeros(2, GRID, GRID)
+    expected[0, 2, 3], expected[1, 2, 3] = 1.0, 0.5
+    torch.testing.assert_close(cov, expected, atol=1e-6, rtol=0)
+    # 50 x 70: cells of 70 / 16 = 4.375 image pixels across (rows 50 / 183 * 16), so pixels
+    # straddle cell edges; a 7 x 7 corner covers cell (0, 0), 0.6 of (0, 1), 0.6 x 0.6 of (1, 1)
+    hw = (50, 70)
+    rh, rw = resized_hw(hw, IMG_SIZE)
+    ey, ex = 16 * hw[0] / rh, 16 * hw[1] / rw
+    mask = torch.zeros(1, *hw, dtype=torch.bool)
+    mask[0, :7, :7] = True
+    cov = mask_coverage(mask, hw, IMG_SIZE, GRID)[0]
+    fy, fx = (7 - ey) / ey, (7 - ex) / ex
+    torch.testing.assert_close(cov[:2, :2], torch.tensor([[1.0, fx], [fy, fy * fx]]),
+                               atol=1e-5, rtol=0)
+    assert cov[2:].sum() == 0 and cov[:, 2:].sum() == 0
+    # any mask: coverage x cell area adds up to the mask's pixels; padding is never covered
+    rng = np.random.default_rng(0)
+    for hw in [(50, 70), (96, 128), (33, 250), (300, 41)]:
+        masks = torch.from_numpy(rng.random((3, *hw)) < 0.3)
+        rh, rw = resized_hw(hw, IMG_SIZE)
+        for out in (GRID, 64, IMG_SIZE):
+            cov = mask_coverage(masks, hw, IMG_SIZE, out)
+            cell_area = (IMG_SIZE / out) ** 2 * hw[0] / rh * hw[1] / rw
+            torch.testing.assert_close(cov.double().sum((1, 2)) * cell_area,
+                                       masks.sum((1, 2)).double(), atol=1e-3, rtol=1e-6)
+        full = mask_coverage(torch.ones(1, *hw, dtype=torch.bool), hw, IMG_SIZE, IMG_SIZE)[0]
+        assert (full[:rh, :rw] == 1).all() and full[rh:].sum() == 0 and full[:, rw:].sum() == 0
+
+
 def test_no_masks():
     a = assign_nearest(torch.randn(C, GRID, GRID), torch.zeros(0, 64, 64, dtype=torch.bool),
                        IMG_SIZE, 8)
@@ -140,9 +193,9 @@ def test_no_masks():
 def test_random_prompts_lie_inside_their_masks_and_are_reproducible():
     masks = np.zeros((3, 50, 70), bool)
     masks[0, 5:9, 5:60] = True
-    masks[2, 30:48, 40:42] = True
-    a = assign_random(torch.from_numpy(masks), np.random.default_rng(3))
-    b = assign_random(torch.from_numpy(masks), np.random.default_rng(3))
+    masks[2, 30:48, 40:46] = True
+    a = assign_random(torch.from_numpy(masks), np.random.default_rng(3), IMG_SIZE, GRID)
+    b = assign_random(torch.from_numpy(masks), np.random.default_rng(3), IMG_SIZE, GRID)
     assert a.keep.tolist() == [0, 2]
     np.testing.assert_array_equal(a.points, b.points)
     for k, (x, y) in zip(a.keep, a.points):

@@ -105,6 +105,22 @@ def test_gradients_reach_logits_iou_and_classes():
     assert logits.grad.abs().sum() > 0 and iou.grad.abs().sum() > 0 and cls.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("off", ["iou", "ce"])
+def test_a_zero_weight_term_is_reported_but_gives_no_gradient(off):
+    """Not even a zero one: AdamW skips a parameter without a gradient, but decays one whose
+    gradient is 0 (the IoU head of the iou=0 ablation would shrink)."""
+    t = torch.zeros(2, 8, 8)
+    t[:, :4] = 1
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    iou = torch.rand(2, 3, requires_grad=True)
+    cls = torch.randn(2, 4, requires_grad=True)
+    out = mask_losses(logits, iou, cls, t, torch.tensor([2, 3]), LossWeights(**{off: 0.0}))
+    assert out[off].item() > 0
+    out["total"].backward()
+    assert {"iou": iou, "ce": cls}[off].grad is None
+    assert logits.grad.abs().sum() > 0
+
+
 def test_prompt_weights_weigh_every_term():
     t = torch.zeros(3, 8, 8)
     t[:, 2:6, 2:6] = 1
