@@ -18,24 +18,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from saom_ros.training.assignment import mask_coverage
+from saom_ros.training.assignment import kept_masks
 from saom_ros.training.distributed import DistInfo
 from saom_ros.training.process_lifetime import dataloader_worker_init, stop_signals_blocked
 
 
-def has_trainable_mask(masks: np.ndarray, mode: str, img_size: int, grid: int,
-                       min_coverage: float) -> bool:
-    """Whether the prompt assignment would keep any of ``masks`` (bool [N, H, W]).
-
-    nearest / multi: a mask covering some cell of the ``grid``^2 embedding grid >= ``min_coverage``
-    (assign_nearest's test); random: a mask with a pixel.
-    """
+def has_trainable_mask(masks: np.ndarray, img_size: int, grid: int, min_coverage: float) -> bool:
+    """Whether the prompt assignment would keep any of ``masks`` (bool [N, H, W]): every prompt
+    mode trains the masks covering some cell of the ``grid``^2 embedding grid by at least
+    ``min_coverage`` (``assignment.kept_masks``)."""
     if len(masks) == 0:
         return False
-    if mode == "random":
-        return bool(masks.any())
-    m = torch.from_numpy(np.ascontiguousarray(masks))
-    return bool((mask_coverage(m, tuple(masks.shape[-2:]), img_size, grid) >= min_coverage).any())
+    kept = kept_masks(torch.from_numpy(np.ascontiguousarray(masks)), img_size, grid, min_coverage)
+    return bool(kept.any())
 
 
 class _Trainable(torch.utils.data.Dataset):
@@ -58,7 +53,7 @@ def trainable_images(dataset, cfg: dict, img_size: int, grid: int, world: DistIn
     The scan reads every image's masks once (on the CPU, in ``data.num_workers`` workers).
     """
     ac = cfg["assignment"]
-    test = partial(has_trainable_mask, mode=ac["prompt_mode"], img_size=img_size, grid=grid,
+    test = partial(has_trainable_mask, img_size=img_size, grid=grid,
                    min_coverage=float(ac["min_coverage"]))
     mine = list(range(world.rank, len(dataset), world.world))
     flags = torch.zeros(len(dataset), dtype=torch.int64)

@@ -210,7 +210,12 @@ class Trainer:
         if diff:
             raise ValueError(f"cannot resume from {path}: {'; '.join(diff)}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # another set of trained parameters: an earlier version's run
+            raise ValueError(f"cannot resume from {path}: its optimizer trained other parameters "
+                             f"than this version trains ({err}); export it and start a new run "
+                             f"with --init") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])

@@ -152,6 +152,21 @@ def test_resume_refuses_another_number_of_processes(dataset, tmp_path):
     assert load_train_state(path)["step"] == 1 and _metric_steps(tmp_path / "r") == [1]
 
 
+def test_resume_refuses_an_optimizer_of_other_parameters(dataset, tmp_path):
+    """A run of a version that trained another set of parameters (its optimizer state has other
+    groups) is refused with what to do instead, not with torch's bare size mismatch."""
+    cfg = tiny_config(dataset, tmp_path / "r", "train.epochs=1")
+    train(cfg, stop_after=1, progress=False)
+    path = tmp_path / "r/checkpoints/last.pt"
+    state = load_train_state(path)
+    state["optimizer"]["param_groups"][0]["params"].append(
+        max(state["optimizer"]["param_groups"][0]["params"]) + 1)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"cannot resume from .*last.pt: its optimizer trained "
+                                         r"other parameters.*--init"):
+        train(cfg, resume=True, progress=False)
+
+
 def _without_trainable_masks(root: Path) -> Path:
     """make_dataset's 4 images, image 2 without annotations and image 3 with only a 3 x 3 px
     speck (under half of any 8 x 8 px embedding cell: the assignment drops it)."""
