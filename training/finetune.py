@@ -119,6 +119,10 @@ class Trainer:
         self.model = init_model(cfg, _class_names(self.dataset, cfg)).to(self.device)
         self.frozen = bool(cfg["model"]["freeze_encoder"])
         self.model.sam.image_encoder.requires_grad_(not self.frozen)
+        if self.frozen and not cfg["model"]["init"] and self.dist.main:
+            warn("no --init (model.init): the frozen image encoder keeps its random weights; "
+                 "start from sam_vit_*.pth or a SAOM checkpoint (the SAOM recipe), or set "
+                 "model.freeze_encoder=false to train the encoder too")
         self.step_module = TrainStep(self.model, cfg).to(self.device)
         params = [p for p in self.step_module.parameters() if p.requires_grad]
         oc = cfg["optim"]

@@ -180,6 +180,15 @@ def _without_trainable_masks(root: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("freeze, warned", [(True, True), (False, False)])
+def test_a_frozen_random_encoder_is_warned_about(dataset, tmp_path, capsys, freeze, warned):
+    """No --init with the encoder frozen trains the decoder on random features: say so."""
+    train(tiny_config(dataset, tmp_path / "r", "train.max_steps=1",
+                      f"model.freeze_encoder={str(freeze).lower()}"), progress=False)
+    assert ("the frozen image encoder keeps its random weights" in capsys.readouterr().err) \
+        is warned
+
+
 def test_frames_without_trainable_masks_take_no_step(tmp_path, capsys):
     data = _without_trainable_masks(tmp_path / "data")
     cfg = tiny_config(data, tmp_path / "r", "train.epochs=2", "train.checkpoint_every=1",
