@@ -40,21 +40,27 @@ from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import Instances
 
 ROOT = Path(__file__).resolve().parents[1]
+# The subscriber stops at SIGTERM between two spins: under rclpy's own signal handler a signal
+# that arrives while a message is being taken ends the process with a RuntimeError traceback.
 SINK = """
+import signal
 import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
-rclpy.init()
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
 node = rclpy.create_node("node_overhead_sink")
 qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 for msg_type, topic in ((Detection2DArray, "detections"), (Image, "instances"),
                         (Image, "semantic")):
     node.create_subscription(msg_type, "bench/" + topic, lambda m: None, qos)
-try:
-    rclpy.spin(node)
-except KeyboardInterrupt:
-    pass
+while not stop:
+    rclpy.spin_once(node, timeout_sec=0.1)
+node.destroy_node()
+rclpy.shutdown()
 """
 H, W, N = 480, 640, 50
 
@@ -127,7 +133,7 @@ def overhead(frames: int) -> float:
         if i >= 5:  # warm-up
             for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0, t5 - t4)):
                 stages[key].append(dt)
-    sink.send_signal(2)
+    sink.terminate()
     sink.wait(timeout=30)
     node.destroy_node()
     print(f"part 1: {W}x{H} bgr8 -> rgb, {N} instances ({len(detections.detections)} own pixels), "
