@@ -258,6 +258,36 @@ def evaluate_everything(model: Saom, dataset, settings: EverythingSettings,
     return result
 
 
+def _check_arguments(checkpoints: Sequence[str | os.PathLike], names: Sequence[str],
+                     protocols: Sequence[str]) -> None:
+    """ValueError for names that do not pair up with the checkpoints one to one (a repeated name
+    would keep only its last model's results) and for no or unknown protocols."""
+    if len(checkpoints) != len(names):
+        raise ValueError(f"{len(checkpoints)} checkpoints but {len(names)} names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        shared = "; ".join(f"{n!r} names " + ", ".join(
+            str(c) for c, m in zip(checkpoints, names) if m == n) for n in repeated)
+        raise ValueError(f"each checkpoint needs its own name: {shared}; give them distinct "
+                         "names with --names")
+    if not protocols:
+        raise ValueError(f"no protocol to run; known: {', '.join(PROTOCOLS)}")
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(PROTOCOLS)}")
+
+
+def _load_with_settings(path: str | os.PathLike, model_type: Optional[str], device: str,
+                        explicit: dict) -> tuple[Saom, EverythingSettings]:
+    """The checkpoint's model and its everything-mode settings under ``explicit``."""
+    model = load_model(path, model_type=model_type, device=device)
+    try:
+        return model, settings_for(model, **explicit)
+    except ValueError as err:
+        raise ValueError(f"evaluate.everything / {path}: {err}") from None
+
+
 def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequence[str], dataset,
                          cfg: dict, out_dir: str | os.PathLike, device: str = "cpu",
                          model_type: Optional[str] = None,
@@ -270,24 +300,21 @@ def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], names: Sequen
     values ``cfg['evaluate']`` sets (``points_per_side`` and ``everything``; null: not set).
     Their grid and mask_threshold are used by every protocol.
     """
-    if len(checkpoints) != len(names):
-        raise ValueError(f"{len(checkpoints)} checkpoints but {len(names)} names")
-    unknown = set(protocols) - set(PROTOCOLS)
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(PROTOCOLS)}")
+    _check_arguments(checkpoints, names, protocols)
     ec = cfg["evaluate"]
     explicit = {"points_per_side": ec["points_per_side"], **ec["everything"]}
+    # A bad later checkpoint must fail in seconds, not after the earlier ones' evaluation (hours
+    # for large models). Each is loaded on the CPU and dropped: several ViT-H models kept for
+    # their turn would not fit on one GPU, and a second load costs seconds. The first one's own
+    # load comes before any evaluation anyway.
+    for path in checkpoints[1:]:
+        _load_with_settings(path, model_type, "cpu", explicit)
     results = {"dataset_images": (len(dataset) if ec["max_images"] is None
                                   else min(len(dataset), int(ec["max_images"]))),
                "settings": {"match_iou": float(ec["match_iou"]), "explicit": explicit},
                "models": {}}
     for path, name in zip(checkpoints, names):
-        model = load_model(path, model_type=model_type, device=device)
-        try:
-            settings = settings_for(model, **explicit)
-        except ValueError as err:
-            raise ValueError(f"evaluate.everything / {path}: {err}") from None
+        model, settings = _load_with_settings(path, model_type, device, explicit)
         entry = {"checkpoint": str(path), "class_aware": model.class_head is not None,
                  "everything_settings": dataclasses.asdict(settings)}
         for protocol in (p for p in PROMPTED if p in protocols):

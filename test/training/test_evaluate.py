@@ -245,8 +245,35 @@ def test_bad_arguments(two_checkpoints, tmp_path):
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate.evaluate_checkpoints(two_checkpoints[:1], ["SAM"], data, cfg, tmp_path,
                                       protocols=["panoptic"])
+    with pytest.raises(ValueError, match="no protocol to run; known: prompted, "):
+        evaluate.evaluate_checkpoints(two_checkpoints[:1], ["SAM"], data, cfg, tmp_path,
+                                      protocols=[])
+    # one name for two models would keep only the last one's results
+    sam, saom = two_checkpoints
+    with pytest.raises(ValueError, match=f"'A' names {sam}, {saom}; give them distinct names "
+                                         "with --names"):
+        evaluate.evaluate_checkpoints(two_checkpoints, ["A", "A"], data, cfg, tmp_path)
     with pytest.raises(ValueError, match="unknown assignment 'image'"):
         evaluate.evaluate_prompted(load_model(two_checkpoints[1]), data, 8, assignment="image")
+
+
+def test_a_bad_later_checkpoint_fails_before_any_evaluation(two_checkpoints, tmp_path,
+                                                            monkeypatch):
+    data = open_dataset(make_dataset(tmp_path / "d", n=1))
+    evaluated = []
+    monkeypatch.setattr(evaluate, "evaluate_prompted", lambda *a, **k: evaluated.append(a))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    newer = tmp_path / "newer.pt"  # carries a setting this version does not know
+    save_checkpoint(newer, load_model(two_checkpoints[1]), everything={"tile_overlap": 0.2})
+    for bad, message in ((tmp_path / "missing.pt", "does not exist"),
+                         (junk, "is not a checkpoint"),
+                         (newer, f"{newer}: .*unknown setting 'tile_overlap'")):
+        with pytest.raises(ValueError, match=message):
+            evaluate.evaluate_checkpoints([two_checkpoints[0], bad], ["SAM", "bad"], data,
+                                          load_config(), tmp_path / "out",
+                                          protocols=["prompted"], progress=False)
+    assert evaluated == [] and not (tmp_path / "out").exists()
 
 
 def test_each_checkpoint_runs_with_its_own_settings_unless_set(two_checkpoints, tmp_path):
