@@ -6,6 +6,7 @@ Every subcommand that trains or evaluates takes the YAML config (defaults: confi
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -109,6 +110,14 @@ def _train_overrides(args: argparse.Namespace) -> list[dict]:
     return [{s: {k: v}} for (s, k), v in named.items() if v is not None]
 
 
+def _check_folder(path: Path, what: str) -> None:
+    """ValueError unless ``path`` is a folder or can be made one, found before any work."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise ValueError(f"{what} {path}{where} is a file, not a folder")
+
+
 def _device(name: str) -> str:
     import torch
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
@@ -126,6 +135,8 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
     if command == "train":
         from saom_ros.training.finetune import TrainingInterrupted, train
         cfg = load_config(args.config, [*args.overrides, *_train_overrides(args)])
+        validate_config(cfg)  # before the run dir's path is used
+        _check_folder(Path(cfg["train"]["run_dir"]), "run dir")
         try:
             last = train(cfg, resume=args.resume, stop_after=args.stop_after,
                          progress=not args.no_progress, overwrite=args.overwrite)
@@ -136,10 +147,7 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"checkpoint: {last}")
         return 0
     if command == "export":
-        from saom_ros.training.export import export
-        out = export(args.source, args.out, _everything_values(args.everything))
-        print(f"wrote {out}")
-        return 0
+        return _export(args)
     from saom_ros.training import evaluate
     from saom_ros.training.datasets import open_dataset
     cfg = load_config(args.config, [
@@ -147,6 +155,7 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
     validate_config(cfg)
     check_device(args.device, "--device")
     names = (args.names.split(",") if args.names else [Path(c).stem for c in args.checkpoint])
+    _check_folder(args.out, "--out")
     dataset = open_dataset(args.data, args.split)
     evaluate.evaluate_checkpoints(args.checkpoint, names, dataset, cfg, args.out,
                                   device=_device(args.device), model_type=args.model_type,
@@ -156,8 +165,51 @@ def _run(command: str, args: argparse.Namespace, rest: Sequence[str]) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from saom_ros.everything_settings import RUNTIME_FIELDS
+    from saom_ros.training.export import export
+    if args.out.is_dir():
+        raise ValueError(f"-o {args.out} is a folder; name the checkpoint file to write, e.g. "
+                         f"{args.out / 'saom.pt'}")
+    values = _everything_values(args.everything)
+    out = export(args.source, args.out, values)
+    dropped = sorted(RUNTIME_FIELDS & set(values))
+    if dropped:
+        print(f"saom-train export: warning: --everything {', '.join(dropped)} not written: "
+              "checkpoints carry no speed/memory settings, each machine keeps its own (the "
+              "node's parameters set them)", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+# argparse reads a value that starts with '-' as an option unless it is a plain negative number,
+# so "--horizon-range -20,50" (the help's own form) would lose its value.
+_NEGATIVE_LIST = re.compile(r"-\d[\d.]*(,-?\d[\d.]*)+")
+_LONG_OPTION = re.compile(r"--[^=]+")
+
+
+def _attach_negative_lists(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each comma-separated list that starts with a minus joined to the long
+    option before it (``--horizon-range=-20,50``)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and _NEGATIVE_LIST.fullmatch(arg) and _LONG_OPTION.fullmatch(out[-1]):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _os_error_text(err: OSError) -> str:
+    """An OSError as one line: the file(s) first, as shell tools write it."""
+    if err.filename is None or err.strerror is None:
+        return str(err)
+    files = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return f"{files}: {err.strerror}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_negative_lists(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] in _DELEGATED:
         args, rest = argparse.Namespace(command=argv[0]), argv[1:]
@@ -168,8 +220,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as err:
         print(f"saom-train {args.command}: cannot import what it needs: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError included
+    except ValueError as err:  # DatasetError, CheckpointError included
         print(f"saom-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written: no traceback to show
+        print(f"saom-train {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
 
 

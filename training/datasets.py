@@ -361,6 +361,10 @@ class SaomMetadataDataset:
 def open_dataset(path: str | Path, split: str = "train") -> CocoInstances | SaomMetadataDataset:
     """A COCO file or a SAOM-layout metadata file (``split`` picks its list) as a dataset."""
     path = Path(path)
+    if path.is_dir():  # e.g. the folder collect or synth wrote
+        hint = (f"pass its {path / 'annotations.json'}" if (path / "annotations.json").is_file()
+                else "pass a COCO or SAOM-layout JSON file")
+        raise DatasetError(f"dataset {path} is a folder; {hint}")
     try:
         with open(path) as f:
             keys = json.load(f).keys()

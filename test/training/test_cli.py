@@ -98,6 +98,73 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_evaluate_refuses_repeated_names_and_no_protocol(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", n=1)
+    twins = [tmp_path / run / "saom.pt" for run in ("a", "b")]  # stems name them both "saom"
+    for path in twins:
+        path.parent.mkdir()
+        path.write_bytes(SHIPPED.read_bytes())
+    argv = ["evaluate", "--data", str(data), "--checkpoint", str(twins[0]), "--checkpoint",
+            str(twins[1]), "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 2
+    assert f"'saom' names {twins[0]}, {twins[1]}; give them distinct names with --names" \
+        in capsys.readouterr().err
+    assert main([*argv, "--names", "A,B", "--protocol", ","]) == 2
+    assert "error: no protocol to run" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_path_mistakes_are_clear_errors_found_before_the_work(tmp_path, capsys, monkeypatch):
+    from saom_ros.training import finetune
+    data = make_dataset(tmp_path / "d", n=1)  # d/ holds annotations.json
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+
+    def no_model(*_args):
+        raise AssertionError("the model was built before the run dir was checked")
+
+    monkeypatch.setattr(finetune, "init_model", no_model)
+    cases = [
+        (["train", "--data", str(data.parent), "--run-dir", str(tmp_path / "run"),
+          *TRAIN_SETTINGS], f"dataset {data.parent} is a folder; pass its {data}"),
+        (["train", "--data", str(data), "--run-dir", str(afile), *TRAIN_SETTINGS],
+         f"run dir {afile} is a file, not a folder"),
+        (["train", "--data", str(data), "--run-dir", str(afile / "run"), *TRAIN_SETTINGS],
+         f"run dir {afile / 'run'}: {afile} is a file, not a folder"),
+        (["evaluate", "--data", str(data), "--checkpoint", str(SHIPPED), "--out", str(afile)],
+         f"--out {afile} is a file, not a folder"),
+        (["export", str(SHIPPED), "-o", str(tmp_path)],
+         f"-o {tmp_path} is a folder; name the checkpoint file to write, e.g. "
+         f"{tmp_path / 'saom.pt'}"),
+        (["synth", str(afile), "-n", "1"], f"error: {afile}: File exists"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert afile.read_text() == "hi" and not (tmp_path / "saom.pt").exists()
+
+
+def test_export_says_which_speed_settings_it_does_not_carry(tmp_path, capsys):
+    out = tmp_path / "x.pt"
+    assert main(["export", str(SHIPPED), "-o", str(out), "--everything", "points_per_batch=8",
+                 "--everything", "compile=true", "--everything", "pred_iou_thresh=0.5"]) == 0
+    printed = capsys.readouterr()
+    assert "warning: --everything compile, points_per_batch not written: checkpoints carry no " \
+        "speed/memory settings" in printed.err and "the node's parameters set them" in printed.err
+    assert f"wrote {out}" in printed.out
+    assert load_model(out).everything["pred_iou_thresh"] == 0.5
+
+
+def test_collect_takes_a_negative_range_as_its_help_writes_it(tmp_path, capsys):
+    argv = ["collect", "--output", str(tmp_path / "out"), "--simulator-port", "1"]
+    # reaches the range check (argparse alone would take -40,50 for an option)
+    assert main([*argv, "--horizon-range", "-40,50", "--width", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--width -2: must be >= 1; --horizon-range '-40,50': must be MIN <= MAX" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--set", "optim.betas=0.9"], "optim.betas must be a list of two numbers"),
     (["--set", "train.epochs=0"], "train.epochs must be an integer >= 1, not 0"),

@@ -14,8 +14,8 @@ from image_bombs import jpeg_claiming, png_bomb
 from saom_ros.training.coco_masks import mask_to_annotation
 from saom_ros.training.datasets import (CocoInstances, DatasetError, SaomMetadataDataset,
                                         atomic_write_json, coco_categories, ithor_scenes,
-                                        ithor_split, read_image, scene_number, write_coco,
-                                        write_image)
+                                        ithor_split, open_dataset, read_image, scene_number,
+                                        write_coco, write_image)
 
 
 def random_image(rng, h=24, w=32) -> np.ndarray:
@@ -197,6 +197,16 @@ def test_coco_instances_bad_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DatasetError, match="not valid JSON"):
         CocoInstances(tmp_path / "bad.json")
+
+
+def test_open_dataset_given_a_folder_says_which_file_to_pass(coco_dir):
+    root, _ = coco_dir
+    with pytest.raises(DatasetError, match="is a folder; pass a COCO or SAOM-layout JSON file"):
+        open_dataset(root)
+    (root / "ann.json").rename(root / "annotations.json")  # what collect and synth write
+    with pytest.raises(DatasetError) as err:
+        open_dataset(root)
+    assert str(err.value) == f"dataset {root} is a folder; pass its {root / 'annotations.json'}"
 
 
 @pytest.fixture
