@@ -93,7 +93,7 @@ def test_undefined_results_are_none_not_zero():
 
 
 def _crowd_case(root) -> tuple[CocoInstances, list[dict]]:
-    """The audit's hand case, as a COCO file: image 1 holds A (class 1), B (class 2) and a crowd
+    """A hand-checked case, as a COCO file: image 1 holds A (class 1), B (class 2) and a crowd
     region (class 2), image 2 nothing; detections on the crowd (0.95), exactly A (0.9), half of
     B (0.8, IoU 0.5) and on image 2 (0.5)."""
     h = w = 40
