@@ -10,9 +10,7 @@ global batch, the schedule's length and the data position would all change).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import random
@@ -25,12 +23,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from saom_ros.atomic import atomic_write_text, remove_temp_files
+from saom_ros.atomic import remove_temp_files
 from saom_ros.classes import AGNOSTIC_CLASSES
 from saom_ros.model import ModelConfig, Saom, build_saom, load_model
 from saom_ros.training.config import check_device, validate_config
@@ -39,8 +36,8 @@ from saom_ros.training.datasets import open_dataset
 from saom_ros.training.distributed import init_distributed, resolve_device
 from saom_ros.training.embedding_cache import EmbeddingCache, encoder_fingerprint
 from saom_ros.training.process_lifetime import StopRequest, catch_stop_signals
-from saom_ros.training.run_dir import (
-    CSV_FIELDS, clear_run, has_run, metric_rows, readable_checkpoint, warn)
+from saom_ros.training.run_dir import clear_run, has_run, readable_checkpoint, warn
+from saom_ros.training.run_logs import RunLogs, mean_over_processes
 from saom_ros.training.train_state import (
     STATE_FORMAT, atomic_torch_save, config_diff, layout_diff, load_train_state, rng_state,
     set_rng_state)
@@ -161,7 +158,7 @@ class Trainer:
                                             device_ids=[self.device.index]
                                             if self.device.type == "cuda" else None)
                     if self.dist.world > 1 else self.step_module)
-        self.writer = None
+        self.logs: Optional[RunLogs] = None  # the main process's, while fit runs
         self.stop_request = StopRequest()  # never fires unless train() installs the handlers
 
     # -- checkpoints
@@ -259,36 +256,12 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
     # -- logging
-    def _open_logs(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = self.run_dir / "metrics.csv"
-        rows = metric_rows(csv_path, self.step) if csv_path.is_file() else []
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(csv_path, buf.getvalue())
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
-
     def log(self, epoch: int, lr: float, stats: dict[str, float], images_per_s: float) -> None:
         """A metrics.csv row: the losses are means per image, ``prompts`` the prompts the whole
         optimizer step trained (summed over micro-batches and processes)."""
-        keys = ["loss", "dice", "focal", "ce", "iou", "prompts"]
-        vec = torch.tensor([stats.get(k, 0.0) for k in keys], dtype=torch.float64)
-        if self.dist.world > 1:
-            dist.all_reduce(vec)
-            vec[:-1] /= self.dist.world  # prompts (last) stay a sum
-        if not self.dist.main:
-            return
-        row = {"step": self.step, "epoch": epoch, "lr": lr,
-               **dict(zip(keys, vec.tolist())), "images_per_s": images_per_s}
-        with open(self.run_dir / "metrics.csv", "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
-        for k, v in row.items():
-            if k not in ("step", "epoch"):
-                self.writer.add_scalar(f"train/{k}", v, self.step)
+        means = mean_over_processes(stats, self.dist.world)
+        if self.dist.main:
+            self.logs.write(self.step, epoch, lr, means, images_per_s)
 
     # -- the loop
     def stop_signal(self) -> int:
@@ -304,7 +277,7 @@ class Trainer:
         when a stop signal comes); returns the last checkpoint."""
         tc = self.cfg["train"]
         if self.dist.main:
-            self._open_logs()
+            self.logs = RunLogs(self.run_dir, self.cfg, self.step)
         end = self.total_steps if stop_after is None else min(self.total_steps,
                                                                self.step + stop_after)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
@@ -354,8 +327,8 @@ class Trainer:
                 if self.dist.world > 1:
                     dist.barrier()
         bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.logs is not None:
+            self.logs.close()
         return last if last is not None else self.checkpoint_dir / "last.pt"
 
     def fit_until_stopped(self, stop_after: Optional[int]) -> Path:
@@ -381,7 +354,7 @@ def train(cfg: dict, resume: bool = False, stop_after: Optional[int] = None,
         raise ValueError("--resume and --overwrite exclude each other")
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"--stop-after must be a positive number of steps, not {stop_after!r}")
-    # Logs go to TensorBoard (_open_logs): without tensorboard, fail (ImportError) before any
+    # Logs go to TensorBoard (RunLogs): without tensorboard, fail (ImportError) before any
     # run dir is cleared, data read or embedding cached.
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     run_dir = Path(cfg["train"]["run_dir"])

@@ -469,22 +469,6 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(dataset, tmp_path, 
         train(cfg, resume=True, progress=False)
 
 
-def test_resume_drops_malformed_metrics_rows(dataset, tmp_path, capsys):
-    run = tmp_path / "r"
-    cfg = tiny_config(dataset, run, "train.max_steps=4")
-    train(cfg, stop_after=2, progress=False)
-    with open(run / "metrics.csv", "a") as f:
-        f.write("garbage\n1,,,,,,,,,\n3,0,1,1,1,1,1,1,1,1\n")  # junk, torn, beyond the resume
-    capsys.readouterr()
-    train(cfg, resume=True, progress=False)
-    assert f"{run / 'metrics.csv'}: dropped 2 malformed row(s)" in capsys.readouterr().err
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert all(all(v not in ("", None) for v in r.values()) for r in rows)
-    assert float(rows[2]["loss"]) != 1.0  # step 3 is the resumed run's, not the stray row
-
-
 def test_a_stop_signal_checkpoints_the_step_and_resumes_exactly(dataset, tmp_path, monkeypatch):
     common = ("train.max_steps=5", "optim.warmup_steps=2")
     train(tiny_config(dataset, tmp_path / "a", *common), progress=False)
