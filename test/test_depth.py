@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 
-from saom_ros.depth import (FENCE, FENCE_SAMPLES, MIN_BAND_M, DepthError, Intrinsics, boxes_3d,
-                            depth_in_metres, match_size)
+from saom_ros.depth import DepthError, Intrinsics, boxes_3d, depth_in_metres, match_size
 
 K = Intrinsics(fx=100.0, fy=200.0, cx=4.0, cy=2.0)
+# README, "Flying pixels": Tukey's fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR], quartiles of 256 evenly
+# spaced pixels of the instance, widened to at least the median +- 5 cm.
+FENCE, FENCE_SAMPLES, MIN_BAND_M = 1.5, 256, 0.05
 
 
 def test_units_and_invalid_values():
@@ -26,6 +28,16 @@ def test_match_size_nearest_neighbour_same_aspect_only():
     np.testing.assert_array_equal(match_size(doubled, (2, 3)), depth)
     with pytest.raises(DepthError, match="not the same aspect ratio"):
         match_size(depth, (3, 3))
+
+
+def test_match_size_takes_the_pixel_under_each_output_pixels_centre():
+    # A third of the size: each output pixel covers 3x3 input pixels and takes the middle one.
+    depth = np.arange(54, dtype=np.float32).reshape(6, 9)
+    np.testing.assert_array_equal(match_size(depth, (2, 3)), depth[[1, 4]][:, [1, 4, 7]])
+    # 4/3 of the size: output centres (i + 0.5) * 3/4 = 0.375, 1.125, 1.875, 2.625 input pixels.
+    depth = np.arange(18, dtype=np.float32).reshape(3, 6)
+    np.testing.assert_array_equal(match_size(depth, (4, 8)),
+                                  depth[[0, 1, 1, 2]][:, [0, 1, 1, 2, 3, 4, 4, 5]])
 
 
 def test_intrinsics_from_camera_info():
@@ -100,6 +112,19 @@ def test_flying_pixels_at_the_silhouette_are_cut():
     z_high = boxes.centers[0, 2] + boxes.sizes[0, 2] / 2
     assert z_low == pytest.approx(1.0, abs=1e-6) and z_high == pytest.approx(1.04, abs=1e-6)
     assert np.all(boxes.points[:, 2] < 1.05)
+
+
+def test_fences_are_one_and_a_half_interquartile_ranges_beyond_the_quartiles():
+    # 256 pixels, so the quartiles are of all of them: Q1 = 1.0, Q3 = 1.2 (IQR 0.2), median 1.2;
+    # the fences are [0.7, 1.5]. 0.6 and 1.6 lie between 1.5 and 3 IQR beyond the quartiles.
+    labels = np.ones((16, 16), np.uint16)
+    depth = np.where(np.arange(256) < 128, 1.0, 1.2).astype(np.float32).reshape(16, 16)
+    depth.flat[0], depth.flat[200], depth.flat[255] = 0.6, 1.45, 1.6
+    boxes = boxes_3d(labels, depth, Intrinsics(50.0, 50.0, 8.0, 8.0), with_points=True)
+    assert len(boxes.points) == 254
+    assert sorted(set(boxes.points[:, 2].tolist())) == pytest.approx([1.0, 1.2, 1.45])
+    z = boxes.centers[0, 2] + np.array([-0.5, 0.5]) * boxes.sizes[0, 2]
+    np.testing.assert_allclose(z, [1.0, 1.45], atol=1e-6)
 
 
 def test_a_slanted_surface_keeps_its_whole_depth_range():
@@ -189,6 +214,8 @@ def test_boxes_equal_the_rule_applied_label_by_label(seed):
     depth = rng.uniform(0.5, 3.0, labels.shape).astype(np.float32)
     depth[rng.random(labels.shape) < 0.1] = np.nan
     depth[rng.random(labels.shape) < 0.05] = 9.0  # outliers for the fences to cut
+    # ... and ones 1.5 to 3 IQR (~1.25 m for uniform depths) above the third quartile (~2.4 m)
+    depth[rng.random(labels.shape) < 0.05] = 5.0
     intr = Intrinsics(40.0, 45.0, 26.0, 18.0)
     boxes = boxes_3d(labels, depth, intr)
     expected = _reference_boxes(labels, depth, intr)
