@@ -38,6 +38,7 @@ from saom_ros.depth import boxes_3d
 from saom_ros.tracking import Tracker, track_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_args import positive_int  # noqa: E402
 from node_overhead import H, N, W, synthetic_instances  # noqa: E402  (the same scene)
 
 SINK = """
@@ -76,7 +77,7 @@ def median_ms(samples: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--frames", type=positive_int, default=200)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     base = synthetic_instances(rng)

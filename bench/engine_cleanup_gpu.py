@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from bench_args import missing_cuda
 from saom_ros.engine_loader import load_engine
 from saom_ros.model import ModelConfig, build_saom, save_checkpoint
 
@@ -27,9 +28,8 @@ MB = 2 ** 20
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    if not torch.cuda.is_available():
-        print(f"engine_cleanup_gpu: needs a CUDA device; torch {torch.__version__} sees none "
-              f"(CUDA build: {torch.version.cuda or 'no'})", file=sys.stderr)
+    if reason := missing_cuda():
+        print(f"engine_cleanup_gpu: {reason}", file=sys.stderr)
         return 1
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory()  # a vit_b checkpoint is 360 MB: removed on exit

@@ -23,10 +23,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from bench_args import choice_list, frame_sizes, torch_device
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.everything_settings import PROMPT_STRATEGIES, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom
+from saom_ros.model_config import PRESETS
 
 
 def _bench_module(name: str):
@@ -64,14 +66,14 @@ def _time_frames(engine: EverythingEngine, frames: Sequence[np.ndarray], sync) -
 
 def run_model(name: str, sizes: Sequence[tuple[int, int]], args: argparse.Namespace,
               device: torch.device) -> None:
-    """Print one table row per frame size, strategy and threshold set of one model."""
+    """Print one table row per (width, height) of ``sizes``, strategy and threshold set."""
     torch.manual_seed(0)
     model = build_saom(ModelConfig.preset(name, num_classes=len(SAOM_CLASSES)), SAOM_CLASSES)
     engine = EverythingEngine(model.eval(), EverythingSettings(
         points_per_batch=args.points_per_batch, cuda_dtype=args.cuda_dtype,
         compile=args.compile), device, token_graphs=not args.no_token_graphs)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for h, w in sizes:
+    for w, h in sizes:
         image = synthetic_scene(h, w, seed=7)[0]
         for strategy in PROMPT_STRATEGIES:
             for label, (iou, stab) in THRESHOLDS.items():
@@ -98,8 +100,8 @@ def run_model(name: str, sizes: Sequence[tuple[int, int]], args: argparse.Namesp
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="vit_b,vit_h")
-    p.add_argument("--sizes", default="640x480,1280x720", help="WxH,...")
+    p.add_argument("--models", type=choice_list(list(PRESETS)), default="vit_b,vit_h")
+    p.add_argument("--sizes", type=frame_sizes, default="640x480,1280x720", help="WxH,...")
     p.add_argument("--runs", type=int, default=5, help="timed frames, grid and hierarchical")
     p.add_argument("--stream-frames", type=int, default=20, help="timed frames, streaming")
     p.add_argument("--points-per-batch", type=int, default=0, help="0: the engine's choice")
@@ -107,18 +109,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-token-graphs", action="store_true",
                    help="launch the decoder's token stage op by op instead of from CUDA graphs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=torch_device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={name} torch={torch.__version__} dtype={args.cuda_dtype} "
           f"compile={args.compile} token_graphs={not args.no_token_graphs} grid=32^2 "
           f"batch={args.points_per_batch}")
     print("| model | frame | strategy | thresholds | median ms | instances | peak GiB |")
     print("|---|---|---|---|---|---|---|")
-    for model in args.models.split(","):
-        run_model(model, sizes, args, device)
+    for model in args.models:
+        run_model(model, args.sizes, args, device)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 import yaml
 
+from bench_args import load_checkpoint, positive_int, torch_device
 from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.everything_settings import settings_for
 from saom_ros.malloc_settings import keep_freed_memory
-from saom_ros.model import Saom, load_model
+from saom_ros.model import Saom
 from saom_ros.training.datasets import CocoInstances, Sample
 from saom_ros.training.evaluate import ClassStats, match_greedy, score_matches, summarize
 from saom_ros.training.synthetic import write_dataset
@@ -229,12 +230,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "per seed, then the means over them as the last line")
     # Fewer scenes measure the draw more than the mode: with 40 scenes and 6 sequences the
     # deltas of eight seeds spread over 4.2 and 2.0 points.
-    p.add_argument("--scenes", type=int, default=160, help="scenes for hierarchical")
-    p.add_argument("--sequences", type=int, default=24,
+    p.add_argument("--scenes", type=positive_int, default=160, help="scenes for hierarchical")
+    p.add_argument("--sequences", type=positive_int, default=24,
                    help="camera sequences for streaming (a third each panned, zoomed, moving)")
-    p.add_argument("--frames", type=int, default=20, help="frames per sequence")
+    p.add_argument("--frames", type=positive_int, default=20, help="frames per sequence")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--device", default="cpu",
+    p.add_argument("--device", type=torch_device, default="cpu",
                    help="cpu (the targets' device) or cuda (engines in cuda_dtype, warmed up)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory, as the node sets it (saom_ros.malloc_settings)")
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory and not keep_freed_memory():
         raise SystemExit("--keep-freed-memory needs glibc's mallopt")
-    model = load_model(args.checkpoint)
+    model = load_checkpoint(p, args.checkpoint)
     print(f"checkpoint {args.checkpoint}; settings {settings_for(model)}")
     results = []
     for seed in seeds:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,7 +26,10 @@ from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingEngine, EverythingSettings, make_point_grid
 from saom_ros.everything_settings import settings_for
 from saom_ros.malloc_settings import keep_freed_memory
-from saom_ros.model import ModelConfig, Saom, build_saom, load_model
+from saom_ros.model import ModelConfig, Saom, build_saom
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests load this file by its path
+from bench_args import load_checkpoint, positive_int, torch_device  # noqa: E402
 
 
 def synthetic_scene(h: int, w: int, seed: int, n_shapes: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +176,8 @@ def amg_masks(model: Saom, s: EverythingSettings, image: np.ndarray,
     return np.stack([r["segmentation"] for r in records])
 
 
-def _model(args: argparse.Namespace) -> Saom:
-    if args.checkpoint:
-        return load_model(args.checkpoint, device="cpu")
+def _built_model(args: argparse.Namespace) -> Saom:
+    """``args.model`` with random weights, its decoder fitted to shapes for ``args.fit_steps``."""
     torch.manual_seed(0)
     model = build_saom(ModelConfig.preset(args.model, num_classes=len(SAOM_CLASSES)), SAOM_CLASSES)
     if args.fit_steps > 0:
@@ -200,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "uses 64")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88)
     p.add_argument("--stability-thresh", type=float, default=0.95)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--device", type=torch_device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-amg", action="store_true", help="time the engine only")
@@ -224,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.keep_freed_memory and not keep_freed_memory():
         raise SystemExit("--keep-freed-memory needs glibc's mallopt")
     device = torch.device(args.device)
-    model = _model(args).to(device)
+    model = (load_checkpoint(p, args.checkpoint) if args.checkpoint
+             else _built_model(args)).to(device)
     runtime = dict(points_per_batch=args.points_per_batch or (1024 if device.type == "cuda" else 0),
                    cuda_dtype=args.cuda_dtype, compile=args.compile)
     settings = settings_for(model, **runtime) if args.carried_settings else EverythingSettings(

@@ -23,8 +23,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests load this file by its path
+from bench_args import choice_list, frame_sizes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
+# The node parameters of each load (others: the packaged defaults).
+LOADS = {"idle": {"points_per_side": "1"}, "inference": {}}
 CAMERA = """
 import sys, time
 import rclpy
@@ -129,8 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--rate", type=float, default=10.0)
-    parser.add_argument("--sizes", default="640x480,1280x720")
-    parser.add_argument("--loads", default="idle,inference")
+    parser.add_argument("--sizes", type=frame_sizes, default="640x480,1280x720")
+    parser.add_argument("--loads", type=choice_list(list(LOADS)), default="idle,inference")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="keep the node's logs here (default: a temporary folder, removed)")
     args = parser.parse_args()
@@ -142,19 +147,17 @@ def _run(args: argparse.Namespace, log_dir: Path) -> None:
     os.environ.update(ros_env())
     import rclpy
     rclpy.init()
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     cameras = [(reliability, profile) for reliability in ("reliable", "best_effort")
                for profile in (None, PROFILE)]
-    loads = {"idle": {"points_per_side": "1"}, "inference": {}}
     print(f"{args.frames} frames at {args.rate:g} Hz per row; node parameters: defaults "
           "(idle: points_per_side 1)")
     print("| camera QoS | camera profile | frame | node load | delivered |")
     print("|---|---|---|---|---|")
-    for load in args.loads.split(","):
-        counter = NodeCounter(loads[load], log_dir / f"frame_delivery_{load}.log")
+    for load in args.loads:
+        counter = NodeCounter(LOADS[load], log_dir / f"frame_delivery_{load}.log")
         try:
             counter.wait_ready()
-            for width, height in sizes:
+            for width, height in args.sizes:
                 for reliability, profile in cameras:
                     before = counter.received()
                     run_camera(width, height, reliability, args.frames, args.rate, profile)

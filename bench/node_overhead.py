@@ -35,6 +35,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
+from bench_args import positive_int
 from saom_ros import image_codec, messages
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import Instances
@@ -217,7 +218,7 @@ def end_to_end(frames: int, points_per_side: int, reliability: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--frames", type=positive_int, default=200)
     parser.add_argument("--e2e", action="store_true", help="also time the real node end to end")
     parser.add_argument("--e2e-frames", type=int, default=10)
     parser.add_argument("--points-per-side", type=int, default=8)

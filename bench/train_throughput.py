@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bench_args import positive_int, torch_device
+from saom_ros.model_config import PRESETS
 from saom_ros.training.config import load_config
 from saom_ros.training.finetune import train
 from saom_ros.training.synthetic import write_dataset
@@ -42,11 +44,11 @@ def measure(data: Path, run_dir: Path, args: argparse.Namespace, cache: str | bo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-type", default="tiny")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--model-type", default="tiny", choices=list(PRESETS))
+    p.add_argument("--device", type=torch_device, default="cpu")
     p.add_argument("--images", type=int, default=8, help="dataset size (one epoch fills the cache)")
     p.add_argument("--size", type=int, default=256, help="synthetic image side")
-    p.add_argument("--steps", type=int, default=8, help="measured steps per run")
+    p.add_argument("--steps", type=positive_int, default=8, help="measured steps per run")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--points-per-side", type=int, default=32)
