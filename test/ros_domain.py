@@ -1,7 +1,47 @@
-"""A private ROS domain per test process, so concurrent test runs never see each other."""
+"""A private ROS domain per test process, so concurrent test runs never see each other.
+
+A process takes an id that no other live process holds: it tries the ids in turn from one
+derived from its process id, and takes one by an exclusive flock on a lock file (under
+tempfile.gettempdir()) for each domain the id brings into use, held open until the process
+exits, when the kernel releases the locks (a crash included).
+"""
+from __future__ import annotations
+
+import fcntl
 import os
+import tempfile
+
+IDS = range(1, 101)
+# Domains the tests derive from the id: the id, 100 + id (test_segment_node, test_demo) and
+# 120 + id (test_input_qos); at most 220, within Fast DDS's 0..232. Id 21's 121 is id 1's 120 + 1,
+# so every domain of an id is locked, not just the id.
+OFFSETS = (0, 100, 120)
+_held: dict[int, tuple[int, list[int]]] = {}  # process id -> (domain id, its lock files' fds)
 
 
 def unique_domain_id() -> int:
-    """A domain id in 1..100 derived from this process id (Fast DDS supports 0..232)."""
-    return 1 + os.getpid() % 100
+    """This process's domain id in 1..100 (the same on every call); RuntimeError when every id
+    is held by other live processes."""
+    pid = os.getpid()  # a forked child takes its own
+    if pid not in _held:
+        _held[pid] = _take(pid)
+    return _held[pid][0]
+
+
+def _take(pid: int) -> tuple[int, list[int]]:
+    folder = tempfile.gettempdir()
+    for k in range(len(IDS)):
+        domain_id = IDS[(pid + k) % len(IDS)]
+        fds: list[int] = []
+        try:
+            for domain in (domain_id + offset for offset in OFFSETS):
+                path = os.path.join(folder, f"saom_ros_test_domain_{domain}.lock")
+                fds.append(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666))
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another process
+            for fd in fds:
+                os.close(fd)
+            continue
+        return domain_id, fds
+    raise RuntimeError(f"every ROS test domain id ({IDS.start}..{IDS.stop - 1}) is held by "
+                       f"another live process (lock files saom_ros_test_domain_*.lock in {folder})")
