@@ -24,8 +24,9 @@ from saom_ros.everything_settings import EverythingSettings
 # full grid is not decoded (see spread_over_new_masks).
 NEAR_PASS = 0.05
 # hierarchical: a near mask leads to full-grid points only when at least this fraction of it is
-# outside the confident masks; a mere variant of a found object does not.
-NEW_FRACTION = 0.3
+# outside the confident masks; a mere variant of a found object does not. A ratio of integers,
+# compared exactly: 0.3 * area in floating point exceeds 30 for 100 pixels.
+NEW_FRACTION = (3, 10)
 
 
 def near_pass(s: EverythingSettings) -> EverythingSettings:
@@ -151,4 +152,5 @@ def _new(frame: Frame, near: torch.Tensor, confident: torch.Tensor, threshold: f
     near_masks = _low_res(frame, near, threshold)
     known = _low_res(frame, confident, threshold).any(0)
     area = near_masks.flatten(1).sum(1).clamp(min=1)
-    return (near_masks & ~known).flatten(1).sum(1) >= NEW_FRACTION * area
+    outside = (near_masks & ~known).flatten(1).sum(1)
+    return outside * NEW_FRACTION[1] >= NEW_FRACTION[0] * area

@@ -115,7 +115,5 @@ def test_a_near_mask_is_new_when_at_least_30_percent_of_it_is_outside_the_confid
     assert _new_of(_masks_partly_outside([29, 31, 20, 60])) == [2, 4]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: NEW_FRACTION * area is float32, "
-                   "30.000002 for 100 pixels, so exactly 30% outside is not new")
 def test_a_near_mask_exactly_30_percent_outside_the_confident_ones_is_new() -> None:
     assert _new_of(_masks_partly_outside([30])) == [1]
