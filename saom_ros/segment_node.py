@@ -153,12 +153,14 @@ class SegmentNode(LifecycleNode):
                                           self.params["input_reliability"],
                                           self.params["input_depth"])
         if self._depth is not None:  # a few frames deep: depth is buffered for stamp pairing
-            self._depth_subs = [
-                FollowingSubscription(self, msg_type, topic, callback,
-                                      self.params["input_reliability"], 5)
-                for msg_type, topic, callback in (
-                    (Image, "depth", self._on_depth),
-                    (CameraInfo, "camera_info", self._depth.set_camera_info))]
+            # One at a time into the list: if camera_info's fails, _stop_input still finds the
+            # depth subscription already made.
+            self._depth_subs = []
+            for msg_type, topic, callback in ((Image, "depth", self._on_depth),
+                                              (CameraInfo, "camera_info",
+                                               self._depth.set_camera_info)):
+                self._depth_subs.append(FollowingSubscription(
+                    self, msg_type, topic, callback, self.params["input_reliability"], 5))
         self.get_logger().info(f"active: segmenting {self.input_topic} ({self._msg_type.__name__}, "
                                f"{self._sub.reliability_name})")
 

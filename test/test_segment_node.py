@@ -291,13 +291,7 @@ def test_an_unexpected_error_in_configure_is_logged_and_reported(context, checkp
 INPUTS = {"/image", "/depth", "/camera_info"}
 
 
-@pytest.mark.parametrize("topic", [
-    "depth",
-    pytest.param("camera_info", marks=pytest.mark.xfail(strict=True, reason=(
-        "product bug: SegmentNode._activate makes the depth subscriptions in one list "
-        "comprehension; when camera_info's fails, the depth one already made is in no list, "
-        "so _stop_input leaves it subscribed and the next activate makes a second one"))),
-])
+@pytest.mark.parametrize("topic", ["depth", "camera_info"])
 def test_an_unexpected_error_in_activate_is_logged_and_reported(context, checkpoint, capfd,
                                                                 topic):
     """Another node of the process publishing text on an input topic: Fast DDS refuses a
