@@ -63,8 +63,14 @@ def torch_device(text: str) -> str:
         device = torch.device(text)
     except RuntimeError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: the benchmarks run on cpu or cuda")
     if device.type == "cuda" and (reason := missing_cuda()):
         raise argparse.ArgumentTypeError(reason)
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has "
+                                         f"{torch.cuda.device_count()} CUDA device(s)")
     return text
 
 

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from bench_args import choice_list, frame_sizes, torch_device
+from bench_args import choice_list, frame_sizes, positive_int, torch_device
 from saom_ros.classes import SAOM_CLASSES
 from saom_ros.everything import EverythingEngine, Instances
 from saom_ros.everything_settings import PROMPT_STRATEGIES, EverythingSettings
@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=choice_list(list(PRESETS)), default="vit_b,vit_h")
     p.add_argument("--sizes", type=frame_sizes, default="640x480,1280x720", help="WxH,...")
-    p.add_argument("--runs", type=int, default=5, help="timed frames, grid and hierarchical")
-    p.add_argument("--stream-frames", type=int, default=20, help="timed frames, streaming")
+    p.add_argument("--runs", type=positive_int, default=5, help="timed frames, grid and hierarchical")
+    p.add_argument("--stream-frames", type=positive_int, default=20, help="timed frames, streaming")
     p.add_argument("--points-per-batch", type=int, default=0, help="0: the engine's choice")
     p.add_argument("--cuda-dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true")

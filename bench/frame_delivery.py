@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests load this file by its path
-from bench_args import choice_list, frame_sizes  # noqa: E402
+from bench_args import choice_list, frame_sizes, positive_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
@@ -132,7 +132,7 @@ def run_camera(width: int, height: int, reliability: str, frames: int, rate: flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--frames", type=positive_int, default=30)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--sizes", type=frame_sizes, default="640x480,1280x720")
     parser.add_argument("--loads", type=choice_list(list(LOADS)), default="idle,inference")

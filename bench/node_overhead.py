@@ -220,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=positive_int, default=200)
     parser.add_argument("--e2e", action="store_true", help="also time the real node end to end")
-    parser.add_argument("--e2e-frames", type=int, default=10)
+    parser.add_argument("--e2e-frames", type=positive_int, default=10)
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--input-reliability", default="reliable",  # one-shot frames: no loss
                         choices=("best_effort", "reliable"))

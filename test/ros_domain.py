@@ -35,13 +35,25 @@ def _take(pid: int) -> tuple[int, list[int]]:
         fds: list[int] = []
         try:
             for domain in (domain_id + offset for offset in OFFSETS):
-                path = os.path.join(folder, f"saom_ros_test_domain_{domain}.lock")
-                fds.append(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666))
+                fds.append(_open_lock(os.path.join(folder, f"saom_ros_test_domain_{domain}.lock")))
                 fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by another process
+        except OSError:  # held by another process, or a lock file this one cannot open
             for fd in fds:
                 os.close(fd)
             continue
         return domain_id, fds
     raise RuntimeError(f"every ROS test domain id ({IDS.start}..{IDS.stop - 1}) is held by "
                        f"another live process (lock files saom_ros_test_domain_*.lock in {folder})")
+
+
+def _open_lock(path: str) -> int:
+    """A descriptor of the lock file ``path``, made readable by every user when this process
+    makes it: test runs of other users share the machine's DDS domains, so they lock the same
+    files. An existing file is opened without O_CREAT, which protected_regular refuses for
+    another user's file in a sticky folder such as /tmp."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        os.fchmod(fd, 0o666)  # whatever the umask took away
+        return fd

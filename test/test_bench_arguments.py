@@ -45,6 +45,9 @@ ARGUMENT_CASES = {
     "depth_tracking_no_frames": Case("depth_tracking_overhead.py", ("--frames", "0"), "--frames"),
     "frame_delivery_bad_size": Case("frame_delivery.py", ("--sizes", "640x48O"), "640x48O"),
     "frame_delivery_bad_load": Case("frame_delivery.py", ("--loads", "busy"), "busy"),
+    "gpu_matrix_no_runs": Case("everything_gpu_matrix.py", ("--runs", "0"), "--runs"),
+    "train_no_images": Case("train_throughput.py", ("--images", "0"), "--images"),
+    "modes_other_device": Case("everything_modes.py", ("--device", "meta"), "cpu or cuda"),
 }
 NO_CUDA = "needs a CUDA device"
 CUDA_CASES = {

@@ -59,3 +59,15 @@ def test_concurrent_processes_get_ids_no_other_one_holds(tmp_path: Path, free: t
             child.communicate()
         for fd in held:
             os.close(fd)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_skipped_like_a_held_one(tmp_path: Path) -> None:
+    """Lock files of every id but one lead nowhere (a link into a missing folder: opening it
+    fails, as another user's file can): the process takes the one id it can lock."""
+    for domain in set(range(1, 101)) - {42}:
+        (tmp_path / f"saom_ros_test_domain_{domain}.lock").symlink_to(tmp_path / "gone" / "x")
+    child = _holder(tmp_path)
+    out, err = child.communicate("", timeout=60)
+    assert child.returncode == 0 and "Traceback" not in err, err
+    assert out.split() == ["42", "42"]
+    assert (tmp_path / "saom_ros_test_domain_42.lock").stat().st_mode & 0o777 == 0o666

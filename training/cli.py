@@ -184,15 +184,18 @@ def _export(args: argparse.Namespace) -> int:
 
 # argparse reads a value that starts with '-' as an option unless it is a plain negative number,
 # so "--horizon-range -20,50" (the help's own form) would lose its value.
-_NEGATIVE_LIST = re.compile(r"-\d[\d.]*(,-?\d[\d.]*)+")
+_NUMBER = r"(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
+_NEGATIVE_LIST = re.compile(rf"-{_NUMBER}(,-?{_NUMBER})+")
 _LONG_OPTION = re.compile(r"--[^=]+")
 
 
 def _attach_negative_lists(argv: Sequence[str]) -> list[str]:
     """``argv`` with each comma-separated list that starts with a minus joined to the long
-    option before it (``--horizon-range=-20,50``)."""
+    option before it (``--horizon-range=-20,50``); nothing after ``--``, which ends options."""
     out: list[str] = []
-    for arg in argv:
+    for k, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[k:])
         if out and _NEGATIVE_LIST.fullmatch(arg) and _LONG_OPTION.fullmatch(out[-1]):
             out[-1] = f"{out[-1]}={arg}"
         else:

@@ -11,7 +11,7 @@ import torch
 from saom_ros.everything import EverythingEngine
 from saom_ros.everything_settings import RUNTIME_FIELDS, EverythingSettings
 from saom_ros.model import ModelConfig, build_saom, load_model
-from saom_ros.training.cli import main
+from saom_ros.training.cli import _attach_negative_lists, main
 from saom_ros.training.datasets import CocoInstances
 from saom_ros.training.train_state import load_train_state
 from test_ai2thor_collect import Simulators, free_ports
@@ -163,6 +163,19 @@ def test_collect_takes_a_negative_range_as_its_help_writes_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--width -2: must be >= 1; --horizon-range '-40,50': must be MIN <= MAX" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["-1e1,50", "-.5,1"])
+def test_collect_takes_negative_ranges_in_every_number_form(value, tmp_path, capsys):
+    argv = ["collect", "--output", str(tmp_path / "out"), "--simulator-port", "1"]
+    assert main([*argv, "--horizon-range", value, "--width", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--width -2: must be >= 1" in err and "horizon-range" not in err
+
+
+def test_nothing_after_a_double_dash_is_joined_to_an_option():
+    assert _attach_negative_lists(["synth", "--", "--seed", "-1,2"]) == \
+        ["synth", "--", "--seed", "-1,2"]
 
 
 @pytest.mark.parametrize("extra, message", [
